@@ -1,0 +1,14 @@
+-- Cancel a task that has not started. ARGV[4] id.
+-- Returns {verdict, previous state}: verdict 'missing', 'cancelled', 'already' or 'refused'.
+local id = ARGV[4]
+local key = tkey(id)
+local state, run = unpack(redis.call('HMGET', key, 's', 'r'))
+if not state then return {'missing', ''} end
+if state == 'CANCELLED' then return {'already', state} end
+if state ~= 'SCHEDULED' and state ~= 'QUEUED' and state ~= 'RETRYING' then
+  return {'refused', state}
+end
+redis.call('ZREM', claims, id)
+move(id, state, 'CANCELLED', run)
+redis.call('HSET', key, 'ft', now, 'err', 'cancelled')
+return {'cancelled', state}

@@ -1,0 +1,22 @@
+-- Shared by every schedkit script; ARGV[1] key prefix, ARGV[2] event history length,
+-- ARGV[3] the caller's clock in ms. Script arguments start at ARGV[4].
+-- Keys are built here from the prefix (schedkit runs on one Redis, not a cluster).
+local prefix = ARGV[1]
+local history = ARGV[2]
+local now = tonumber(ARGV[3])
+local claims = prefix .. ':claims'
+
+local function tkey(id) return prefix .. ':task:' .. id end
+local function skey(state) return prefix .. ':state:' .. state end
+
+local function emit(id, state)
+  redis.call('XADD', prefix .. ':events', 'MAXLEN', '~', history, '*', 'id', id, 's', state)
+end
+
+-- Move a task between state indexes, keeping the record, the index and the event stream agreed.
+local function move(id, from, to, run)
+  redis.call('ZREM', skey(from), id)
+  redis.call('ZADD', skey(to), run, id)
+  redis.call('HSET', tkey(id), 's', to)
+  emit(id, to)
+end

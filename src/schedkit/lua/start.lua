@@ -1,0 +1,21 @@
+-- The worker hook asks to start a task. ARGV[4] id. Returns one of:
+-- 'unmanaged' (not a schedkit task), 'started', 'cancelled', 'expired', 'duplicate:<state>'.
+local id = ARGV[4]
+local key = tkey(id)
+local state, run, expires_after = unpack(redis.call('HMGET', key, 's', 'r', 'x'))
+if not state then return 'unmanaged' end
+if state == 'CANCELLED' then return 'cancelled' end
+if state ~= 'SCHEDULED' and state ~= 'QUEUED' and state ~= 'RETRYING' then
+  return 'duplicate:' .. state
+end
+-- A claimed task can start before its dispatcher marks it queued.
+redis.call('ZREM', claims, id)
+if expires_after and tonumber(run) + tonumber(expires_after) < now then
+  move(id, state, 'EXPIRED', run)
+  redis.call('HSET', key, 'ft', now, 'err', 'expired before a worker could start it')
+  return 'expired'
+end
+move(id, state, 'STARTED', run)
+redis.call('HSET', key, 'st', now)
+redis.call('HINCRBY', key, 'at', 1)
+return 'started'

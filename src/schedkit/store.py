@@ -1,0 +1,389 @@
+"""The schedule store: task records, the due-time index, claims and state changes in Redis.
+
+Every state change is one Lua script, so the record, the state indexes and the event stream
+never disagree, and several servers, dispatchers and workers can share one store.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any, cast
+
+import redis
+
+from schedkit.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from schedkit.keys import Keys
+from schedkit.model import (
+    Outcome,
+    ScheduleResult,
+    TaskRecord,
+    TaskSpec,
+    TaskState,
+    from_millis,
+    to_millis,
+    utc_now,
+)
+from schedkit.record import decode, encode
+
+SCRIPTS = ("schedule", "claim", "handed", "start", "finish", "cancel", "page", "purge")
+ALL_STATES: tuple[TaskState, ...] = tuple(TaskState)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A task claimed for hand-off, with what apply_async needs."""
+
+    id: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    run_at: datetime
+    queue: str
+    priority: int | None
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """What ListTasks and WatchTasks select; empty fields match everything."""
+
+    states: frozenset[TaskState] = frozenset()
+    task: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    run_after: datetime | None = None
+    run_before: datetime | None = None
+    ids: frozenset[str] = frozenset()
+
+    def matches(self, record: TaskRecord) -> bool:
+        """True when ``record`` passes every set field."""
+        spec = record.spec
+        return (
+            (not self.states or record.state in self.states)
+            and (not self.task or spec.task == self.task)
+            and all(spec.labels.get(k) == v for k, v in self.labels)
+            and (self.run_after is None or spec.run_at >= self.run_after)
+            and (self.run_before is None or spec.run_at < self.run_before)
+            and (not self.ids or record.id in self.ids)
+        )
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One entry of the event stream."""
+
+    cursor: str
+    task_id: str
+    state: TaskState
+    at: datetime
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Map Redis connection failures to Unavailable at the store boundary."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise Unavailable(f"schedule store unreachable: {exc}") from exc
+    except redis.ResponseError as exc:
+        if "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
+            raise Unavailable(f"schedule store not ready: {exc}") from exc
+        raise
+
+
+def _load_script(client: redis.Redis, name: str) -> Any:
+    package = resources.files("schedkit") / "lua"
+    prelude = (package / "prelude.lua").read_text()
+    return client.register_script(prelude + "\n" + (package / f"{name}.lua").read_text())
+
+
+class Store:
+    """Task records and indexes in one Redis database."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "schedkit", history: int = 100_000):
+        self.redis = client
+        self.keys = Keys(prefix)
+        self._history = history
+        self._scripts = {
+            name: _load_script(client, name)
+            for name in (
+                "schedule",
+                "claim",
+                "handed",
+                "start",
+                "finish",
+                "cancel",
+                "page",
+                "purge",
+            )
+        }
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "schedkit", history: int = 100_000) -> Store:
+        """Connect to the store at a redis:// URL (no round trip until first use)."""
+        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        return cls(client, prefix=prefix, history=history)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.redis.close()
+
+    def _run(self, name: str, *args: Any, client: Any = None, now: datetime | None = None) -> Any:
+        now_ms = to_millis(now or utc_now())
+        argv = [self.keys.prefix, self._history, now_ms, *args]
+        with store_errors():
+            return self._scripts[name](keys=[], args=argv, client=client)
+
+    def ping(self) -> None:
+        """Raise Unavailable unless the store answers."""
+        with store_errors():
+            self.redis.ping()
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def schedule(
+        self,
+        items: Sequence[tuple[str, TaskSpec]],
+        *,
+        window_seconds: float,
+        now: datetime | None = None,
+    ) -> list[ScheduleResult]:
+        """Store (id, spec) pairs in one round trip; report created / existing / conflict."""
+        if not items:
+            return []
+        now = now or utc_now()
+        created_ms = to_millis(now)
+        argv: list[Any] = [int(window_seconds * 1000)]
+        for task_id, spec in items:
+            fields = encode(spec, created_ms)
+            fingerprint = spec.fingerprint() if spec.key else ""
+            argv += [task_id, fingerprint, to_millis(spec.run_at), len(fields) // 2, *fields]
+        verdicts = self._run("schedule", *argv, now=now)
+        results = []
+        for (task_id, spec), verdict in zip(items, verdicts, strict=True):
+            if verdict == 1:
+                results.append(ScheduleResult(task_id, Outcome.CREATED))
+            elif verdict == 2:
+                results.append(ScheduleResult(task_id, Outcome.EXISTING))
+            else:
+                error = AlreadyExists(
+                    f"idempotency key {spec.key!r} already names task {task_id} with different "
+                    "content; use a new key to schedule something else"
+                )
+                results.append(ScheduleResult(task_id, Outcome.REJECTED, error))
+        return results
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord:
+        """The task with this id, or NotFound."""
+        record = self.get_many([task_id])[0]
+        if record is None:
+            raise NotFound(f"no task with id {task_id!r}")
+        return record
+
+    def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
+        """Records for ids in one round trip; None where there is none."""
+        with store_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hgetall(self.keys.task(task_id))
+            raws = pipe.execute()
+        return [
+            decode(task_id, raw) if raw else None
+            for task_id, raw in zip(task_ids, raws, strict=True)
+        ]
+
+    def page(
+        self, query: TaskQuery, *, page_size: int, page_token: str = "", scan_budget: int = 0
+    ) -> tuple[list[TaskRecord], str]:
+        """One page of tasks ordered by (run time, id), and the token of the next page."""
+        cursor_score, cursor_id = _parse_token(page_token)
+        budget = scan_budget or max(page_size * 20, 2000)
+        states = sorted(query.states or ALL_STATES)
+        labels = json.dumps(dict(query.labels)) if query.labels else ""
+        lo = str(to_millis(query.run_after)) if query.run_after else ""
+        hi = str(to_millis(query.run_before)) if query.run_before else ""
+        with store_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for state in states:
+                self._run(
+                    "page",
+                    state.value,
+                    lo,
+                    hi,
+                    cursor_score,
+                    cursor_id,
+                    page_size,
+                    budget,
+                    query.task,
+                    labels,
+                    client=pipe,
+                )
+            replies = pipe.execute()
+        candidates: list[tuple[float, str, list[str]]] = []
+        horizon: tuple[float, str] | None = None
+        for reply in replies:
+            exhausted, last_score, last_id = reply[0], reply[1], reply[2]
+            for i in range(3, len(reply), 2):
+                fields = reply[i + 1]
+                candidates.append((float(dict(_pairs(fields))["r"]), reply[i], fields))
+            if not exhausted and last_id:
+                frontier = (float(last_score), last_id)
+                horizon = frontier if horizon is None else min(horizon, frontier)
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        if horizon is not None:
+            candidates = [c for c in candidates if (c[0], c[1]) <= horizon]
+        page = candidates[:page_size]
+        records = [decode(task_id, dict(_pairs(fields))) for _, task_id, fields in page]
+        if len(page) == page_size and (len(candidates) > page_size or horizon is not None):
+            next_token = _make_token(page[-1][0], page[-1][1])
+        elif horizon is not None:
+            next_token = _make_token(*horizon)
+        else:
+            next_token = ""
+        return records, next_token
+
+    def count(self, state: TaskState) -> int:
+        """How many tasks are in ``state``."""
+        with store_errors():
+            return int(self.redis.zcard(self.keys.state(state.value)))
+
+    # -- the dispatcher's side --------------------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        window_seconds: float,
+        lease_seconds: float,
+        limit: int,
+        now: datetime | None = None,
+    ) -> list[Claimed]:
+        """Atomically claim up to ``limit`` tasks due within the window, under a lease."""
+        flat = self._run(
+            "claim",
+            int(window_seconds * 1000),
+            int(lease_seconds * 1000),
+            limit,
+            now=now,
+        )
+        claimed = []
+        for i in range(0, len(flat), 7):
+            task_id, task, args, kwargs, run, queue, priority = flat[i : i + 7]
+            claimed.append(
+                Claimed(
+                    id=task_id,
+                    task=task,
+                    args=json.loads(args) if args else [],
+                    kwargs=json.loads(kwargs) if kwargs else {},
+                    run_at=from_millis(int(run)),
+                    queue=queue,
+                    priority=int(priority) if priority else None,
+                )
+            )
+        return claimed
+
+    def mark_queued(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
+        """The broker has these tasks: QUEUED, claim settled."""
+        if task_ids:
+            self._run("handed", "queued", *task_ids, now=now)
+
+    def release(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
+        """Hand-off failed: these tasks are due again right away."""
+        if task_ids:
+            self._run("handed", "release", *task_ids, now=now)
+
+    def next_run_at(self) -> datetime | None:
+        """Run time of the earliest parked task, if any."""
+        with store_errors():
+            first = self.redis.zrange(self.keys.state("SCHEDULED"), 0, 0, withscores=True)
+        return from_millis(int(first[0][1])) if first else None
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until a scheduler nudges (work entered the window) or ``timeout`` passes."""
+        with store_errors():
+            return self.redis.blpop([self.keys.wake], timeout=max(timeout, 0.01)) is not None
+
+    def nudge(self) -> None:
+        """Wake one waiting dispatcher (used on shutdown and in tests)."""
+        with store_errors():
+            self.redis.lpush(self.keys.wake, "1")
+
+    def purge(self, *, finished_before: datetime, limit: int = 1000) -> int:
+        """Forget final tasks that finished before the given instant; return how many."""
+        return int(self._run("purge", to_millis(finished_before), limit))
+
+    # -- the worker's side ------------------------------------------------------------------
+
+    def start(self, task_id: str, now: datetime | None = None) -> str:
+        """Ask to start a task: 'started', 'unmanaged', 'cancelled', 'expired', 'duplicate:…'."""
+        return cast(str, self._run("start", task_id, now=now))
+
+    def finish(
+        self,
+        task_id: str,
+        state: TaskState,
+        *,
+        result: str = "",
+        error: str = "",
+        traceback: str = "",
+        now: datetime | None = None,
+    ) -> bool:
+        """Record how a started task ended; False if it was not STARTED."""
+        return bool(self._run("finish", task_id, state.value, result, error, traceback, now=now))
+
+    # -- cancelling -------------------------------------------------------------------------
+
+    def cancel(self, task_id: str, now: datetime | None = None) -> tuple[str, TaskState | None]:
+        """Cancel a task not yet started: returns (verdict, state before)."""
+        verdict, previous = self._run("cancel", task_id, now=now)
+        return verdict, TaskState(previous) if previous else None
+
+    # -- watching ---------------------------------------------------------------------------
+
+    def latest_event(self) -> str:
+        """The cursor of the newest event, to watch from now on."""
+        with store_errors():
+            newest = self.redis.xrevrange(self.keys.events, count=1)
+        return str(newest[0][0]) if newest else "0-0"
+
+    def events(self, after: str, *, block_ms: int, count: int = 500) -> list[StateChange]:
+        """State changes after ``after``, waiting up to ``block_ms`` for the first one."""
+        with store_errors():
+            reply: Any = self.redis.xread({self.keys.events: after}, count=count, block=block_ms)
+        changes = []
+        for _, entries in reply or []:
+            for cursor, fields in entries:
+                millis = int(str(cursor).split("-", 1)[0])
+                changes.append(
+                    StateChange(
+                        str(cursor), fields["id"], TaskState(fields["s"]), from_millis(millis)
+                    )
+                )
+        return changes
+
+
+def _pairs(flat: Sequence[str]) -> Iterator[tuple[str, str]]:
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
+def _make_token(score: float, task_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{int(score)}:{task_id}".encode()).decode()
+
+
+def _parse_token(token: str) -> tuple[str, str]:
+    if not token:
+        return "", ""
+    try:
+        score, task_id = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+        int(score)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidArgument.for_field(
+            "page_token", "not a token this server issued; pass next_page_token unchanged"
+        ) from exc
+    return score, task_id
