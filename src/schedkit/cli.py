@@ -1,0 +1,175 @@
+"""``schedkit`` command line: thin wrappers that build Settings and call the library.
+
+schedkit up        embedded Redis (unless --store), a worker, the dispatcher and the server
+schedkit worker    a Celery worker for --app with the schedkit hook installed
+schedkit serve     the gRPC server alone (several may share one store)
+schedkit dispatch  the dispatcher alone (several may share one store)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from schedkit.dispatcher import Dispatcher
+from schedkit.errors import SchedkitError
+from schedkit.registry import TaskRegistry, load_app
+from schedkit.schedules import Schedules
+from schedkit.server import Server
+from schedkit.settings import Settings
+from schedkit.stack import Stack
+from schedkit.store import Store
+from schedkit.worker import configure_app, run_worker
+
+log = logging.getLogger("schedkit")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--app", help="Celery app as module:attr (SCHEDKIT_APP)")
+    parser.add_argument(
+        "--store", dest="store_url", help="Redis URL of the store (SCHEDKIT_STORE_URL)"
+    )
+    parser.add_argument(
+        "--broker", dest="broker_url", help="Celery broker URL (SCHEDKIT_BROKER_URL)"
+    )
+
+
+def _serving(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", help="gRPC address, default 127.0.0.1:50051 (SCHEDKIT_LISTEN)")
+    parser.add_argument(
+        "--handoff-window",
+        type=float,
+        help="seconds before run time to hand off (SCHEDKIT_HANDOFF_WINDOW)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="schedkit", description="Schedule Celery tasks at a time."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run the whole stack until Ctrl-C")
+    _common(up)
+    _serving(up)
+    up.add_argument("--data-dir", type=Path, help="embedded Redis data folder (SCHEDKIT_DATA_DIR)")
+    up.add_argument("--no-worker", action="store_true", help="do not start a Celery worker")
+    up.add_argument("--concurrency", type=int, dest="worker_concurrency", help="worker processes")
+
+    worker = commands.add_parser("worker", help="run a Celery worker with the schedkit hook")
+    _common(worker)
+    worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument("--pool", default="prefork", help="prefork, threads or solo")
+
+    serve = commands.add_parser("serve", help="run the gRPC server only")
+    _common(serve)
+    _serving(serve)
+
+    dispatch = commands.add_parser("dispatch", help="run the dispatcher only")
+    _common(dispatch)
+    dispatch.add_argument("--handoff-window", type=float)
+    return parser
+
+
+def _settings(options: argparse.Namespace) -> Settings:
+    names = (
+        "app",
+        "store_url",
+        "broker_url",
+        "listen",
+        "handoff_window",
+        "data_dir",
+        "worker_concurrency",
+    )
+    return Settings.from_env(**{n: getattr(options, n, None) for n in names})
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    stop.wait()
+
+
+def _up(options: argparse.Namespace) -> None:
+    settings = _settings(options)
+    with Stack(settings, worker=not options.no_worker) as stack:
+        print(
+            f"schedkit is up: gRPC on {stack.address}, store {stack.settings.store_url}", flush=True
+        )
+        print(
+            "try: buf curl --protocol grpc --http2-prior-knowledge "
+            f"http://{stack.address}/schedkit.v1.ScheduleService/ListTaskTypes",
+            flush=True,
+        )
+        print("Ctrl-C stops everything.", flush=True)
+        _wait_for_signal()
+        print("stopping…", flush=True)
+
+
+def _serve(options: argparse.Namespace) -> None:
+    settings = _settings(options)
+    store = _store(settings)
+    app = configure_app(load_app(settings.app), settings)
+    schedules = Schedules(store, TaskRegistry(app, settings.allow_tasks), settings)
+    server = Server(schedules, listen=settings.listen, threads=settings.server_threads).start()
+    print(f"schedkit server on {server.address}", flush=True)
+    _wait_for_signal()
+    server.stop(settings.shutdown_grace)
+
+
+def _dispatch(options: argparse.Namespace) -> None:
+    settings = _settings(options)
+    store = _store(settings)
+    app = configure_app(load_app(settings.app), settings)
+    dispatcher = Dispatcher(store, app, settings).start()
+    print("schedkit dispatcher running", flush=True)
+    _wait_for_signal()
+    dispatcher.stop()
+
+
+def _store(settings: Settings) -> Store:
+    if not settings.store_url:
+        raise SchedkitError(
+            "--store (or SCHEDKIT_STORE_URL) is required here; `schedkit up` embeds one"
+        )
+    store = Store.from_url(
+        settings.store_url, prefix=settings.prefix, history=settings.event_history
+    )
+    store.ping()
+    return store
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``schedkit`` command. Exit 0 on success, 2 on errors."""
+    options = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if options.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if options.command == "up":
+            _up(options)
+        elif options.command == "worker":
+            settings = _settings(options)
+            run_worker(settings, concurrency=options.concurrency, pool=options.pool)
+        elif options.command == "serve":
+            _serve(options)
+        elif options.command == "dispatch":
+            _dispatch(options)
+    except SchedkitError as exc:
+        print(f"schedkit: {exc}", file=sys.stderr)
+        return 2
+    return 0

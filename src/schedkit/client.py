@@ -1,0 +1,377 @@
+"""The Python client: ``with Client.connect("127.0.0.1:50051") as client: ...``.
+
+Every RPC failure is raised as the schedkit error class of its status code, carrying the
+server's message and field violations, so ``except SchedkitError`` catches all of them.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from schedkit.convert import (
+    datetime_to_timestamp,
+    outcome_from_proto,
+    spec_to_proto,
+    state_to_proto,
+    task_from_proto,
+)
+from schedkit.errors import (
+    FieldViolation,
+    InvalidArgument,
+    SchedkitError,
+    Unavailable,
+    error_class_for,
+)
+from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState
+from schedkit.registry import TaskType
+from schedkit.timeutil import DstPolicy, to_instant
+from schedkit.v1 import schedule_service_pb2 as pb
+from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+DEFAULT_TARGET = "127.0.0.1:50051"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def error_from_rpc(exc: grpc.RpcError) -> SchedkitError:
+    """The schedkit error for a failed call, with BadRequest field violations decoded."""
+    code: grpc.StatusCode = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    message = (exc.details() if isinstance(exc, grpc.Call) else "") or code.name
+    violations: list[FieldViolation] = []
+    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    details: list[Any] = list(status.details) if status is not None else []
+    for detail in details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations += [
+                FieldViolation(v.field, v.description) for v in bad_request.field_violations
+            ]
+    error = error_class_for(code)(message, violations=tuple(violations))
+    error.code = code
+    return error
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """What ScheduleTask returned: the task, and whether it was created or already there."""
+
+    task: TaskRecord
+    outcome: Outcome
+
+
+class Client:
+    """A connection to a schedkit server. Use :meth:`connect`; close it, or use ``with``."""
+
+    def __init__(self, channel: grpc.Channel, *, timeout: float | None = 30.0) -> None:
+        self._channel = channel
+        self._stub = pb_grpc.ScheduleServiceStub(channel)
+        self.timeout = timeout
+
+    @classmethod
+    def connect(
+        cls,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 30.0,
+        wait_ready: float | None = 10.0,
+    ) -> Client:
+        """Open a channel to ``target``; wait up to ``wait_ready`` seconds for it (None: don't)."""
+        channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        if wait_ready is not None:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=wait_ready)
+            except grpc.FutureTimeoutError as exc:
+                channel.close()
+                raise Unavailable(
+                    f"no schedkit server answered at {target} within {wait_ready:g}s; "
+                    "is `schedkit up` running?"
+                ) from exc
+        return cls(channel, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def schedule(
+        self,
+        task: str,
+        *args: Any,
+        run_at: datetime | str | timedelta,
+        tz: str | tzinfo | None = None,
+        dst: DstPolicy = "raise",
+        kwargs: Mapping[str, Any] | None = None,
+        key: str = "",
+        queue: str = "",
+        priority: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        expires_after: timedelta | None = None,
+    ) -> TaskRecord:
+        """Schedule ``task(*args, **kwargs)`` at ``run_at`` and return the stored task.
+
+        ``run_at`` is an aware datetime, a naive one read in ``tz``, an ISO string, or a
+        timedelta from now. Re-sending the same ``key`` returns the existing task.
+        """
+        spec = TaskSpec(
+            task=task,
+            run_at=to_instant(run_at, tz=tz, dst=dst),
+            args=list(args),
+            kwargs=dict(kwargs or {}),
+            key=key,
+            queue=queue,
+            priority=priority,
+            labels=dict(labels or {}),
+            expires_after=expires_after,
+        )
+        return self.schedule_spec(spec).task
+
+    def schedule_spec(self, spec: TaskSpec) -> Scheduled:
+        """Schedule one TaskSpec; say whether it was created or already existed."""
+        request = pb.ScheduleTaskRequest(spec=checked_spec_to_proto(spec))
+        response = self._call(self._stub.ScheduleTask, request)
+        return Scheduled(task_from_proto(response.task), outcome_from_proto(response.outcome))
+
+    def schedule_many(
+        self,
+        specs: Iterable[TaskSpec],
+        *,
+        batch_size: int = 1000,
+        max_in_flight: int = 4,
+    ) -> Iterator[ScheduleResult]:
+        """Stream specs in batches over one ScheduleTasks call; yield one result per spec,
+        in order. At most ``max_in_flight`` batches wait for their answer at any time."""
+        pending: collections.deque[list[SchedkitError | None]] = collections.deque()
+        slots = threading.Semaphore(max_in_flight)
+        finished = threading.Event()
+
+        def requests() -> Iterator[pb.ScheduleTasksRequest]:
+            iterator = iter(specs)
+            while batch := list(itertools.islice(iterator, batch_size)):
+                local_errors: list[SchedkitError | None] = []
+                messages = []
+                for index, spec in enumerate(batch):
+                    try:
+                        messages.append(checked_spec_to_proto(spec, prefix=f"specs[{index}]."))
+                        local_errors.append(None)
+                    except SchedkitError as exc:
+                        local_errors.append(exc)
+                while not slots.acquire(timeout=0.5):
+                    if finished.is_set():
+                        return
+                pending.append(local_errors)
+                yield pb.ScheduleTasksRequest(specs=messages)
+
+        responses = self._stub.ScheduleTasks(requests())
+        try:
+            for response in responses:
+                slots.release()
+                errors = pending.popleft()
+                remote = iter(response.results)
+                for error in errors:
+                    if error is not None:
+                        yield ScheduleResult("", Outcome.REJECTED, error)
+                    else:
+                        yield result_from_proto(next(remote))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            finished.set()
+            responses.cancel()
+
+    # -- reading and cancelling -------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord:
+        """One task by id."""
+        response = self._call(self._stub.GetTask, pb.GetTaskRequest(id=task_id))
+        return task_from_proto(response.task)
+
+    def tasks_page(
+        self,
+        *,
+        states: Sequence[TaskState | str] = (),
+        task: str = "",
+        labels: Mapping[str, str] | None = None,
+        run_after: datetime | None = None,
+        run_before: datetime | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> tuple[list[TaskRecord], str]:
+        """One page of tasks by run time, and the next page's token ('' at the end)."""
+        request = pb.ListTasksRequest(
+            filter=task_filter(states, task, labels, run_after, run_before),
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = self._call(self._stub.ListTasks, request)
+        return [task_from_proto(t) for t in response.tasks], response.next_page_token
+
+    def tasks(
+        self,
+        *,
+        states: Sequence[TaskState | str] = (),
+        task: str = "",
+        labels: Mapping[str, str] | None = None,
+        run_after: datetime | None = None,
+        run_before: datetime | None = None,
+        page_size: int = 500,
+    ) -> Iterator[TaskRecord]:
+        """Every matching task by run time, fetching pages as needed."""
+        token = ""
+        while True:
+            tasks, token = self.tasks_page(
+                states=states,
+                task=task,
+                labels=labels,
+                run_after=run_after,
+                run_before=run_before,
+                page_size=page_size,
+                page_token=token,
+            )
+            yield from tasks
+            if not token:
+                return
+
+    def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a task that has not started; returns it, CANCELLED."""
+        response = self._call(self._stub.CancelTask, pb.CancelTaskRequest(id=task_id))
+        return task_from_proto(response.task)
+
+    def watch(
+        self,
+        *,
+        states: Sequence[TaskState | str] = (),
+        task: str = "",
+        labels: Mapping[str, str] | None = None,
+        ids: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> Generator[TaskRecord, None, None]:
+        """Yield tasks as their state changes, from now on; closing the iterator ends the call.
+
+        ``timeout`` ends the watch quietly after that many seconds.
+        """
+        request = pb.WatchTasksRequest(filter=task_filter(states, task, labels, None, None))
+        request.filter.ids.extend(ids)
+        call = self._stub.WatchTasks(request, timeout=timeout)
+        try:
+            for response in call:
+                yield task_from_proto(response.task)
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
+
+    def wait_for(
+        self, task_id: str, states: Iterable[TaskState | str], *, timeout: float = 30.0
+    ) -> TaskRecord:
+        """Return the task once it is in one of ``states``; Unavailable after ``timeout``."""
+        wanted = {TaskState(s) for s in states}
+        with contextlib.closing(self.watch(ids=[task_id], timeout=timeout)) as changes:
+            task = self.get(task_id)  # after the watch started: no change is missed
+            if task.state in wanted:
+                return task
+            for task in changes:
+                if task.state in wanted:
+                    return task
+        task = self.get(task_id)
+        if task.state in wanted:
+            return task
+        raise Unavailable(f"task {task_id} still {task.state.value} after {timeout:g}s")
+
+    def task_types(self) -> list[TaskType]:
+        """The tasks the server allows, with signature and docstring line."""
+        response = self._call(self._stub.ListTaskTypes, pb.ListTaskTypesRequest())
+        return [TaskType(t.name, t.signature, t.doc) for t in response.task_types]
+
+
+def checked_spec_to_proto(spec: TaskSpec, prefix: str = "") -> pb.TaskSpec:
+    """spec_to_proto, with client-side mistakes raised as InvalidArgument naming the field."""
+    if spec.run_at.tzinfo is None or spec.run_at.utcoffset() is None:
+        raise InvalidArgument.for_field(
+            f"{prefix}run_at", "naive datetime: give a time zone (see schedkit.timeutil)"
+        )
+    if not isinstance(spec.args, list | tuple):
+        raise InvalidArgument.for_field(
+            f"{prefix}args", f"must be a list, got {type(spec.args).__name__}"
+        )
+    if not isinstance(spec.kwargs, Mapping):
+        raise InvalidArgument.for_field(
+            f"{prefix}kwargs", f"must be an object (dict), got {type(spec.kwargs).__name__}"
+        )
+    try:
+        return spec_to_proto(spec)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument.for_field(
+            f"{prefix}args", f"args and kwargs must be JSON values: {exc}"
+        ) from exc
+
+
+def task_filter(
+    states: Sequence[TaskState | str],
+    task: str,
+    labels: Mapping[str, str] | None,
+    run_after: datetime | None,
+    run_before: datetime | None,
+) -> pb.TaskFilter:
+    """A TaskFilter message from keyword arguments."""
+    msg = pb.TaskFilter(
+        states=[state_to_proto(TaskState(s)) for s in states],
+        task=task,
+        labels=dict(labels or {}),
+    )
+    if run_after is not None:
+        msg.run_after.CopyFrom(datetime_to_timestamp(run_after))
+    if run_before is not None:
+        msg.run_before.CopyFrom(datetime_to_timestamp(run_before))
+    return msg
+
+
+def result_from_proto(msg: pb.ScheduleResult) -> ScheduleResult:
+    """A ScheduleResult from its message; a rejection carries the matching error."""
+    outcome = outcome_from_proto(msg.outcome)
+    error: SchedkitError | None = None
+    if outcome is Outcome.REJECTED:
+        code = next((c for c in grpc.StatusCode if c.value[0] == msg.error.code), None)
+        cls = error_class_for(code) if code else SchedkitError
+        violations = (
+            (FieldViolation(msg.error.field, msg.error.message),) if msg.error.field else ()
+        )
+        error = cls(msg.error.message, violations=violations)
+    return ScheduleResult(msg.id, outcome, error)

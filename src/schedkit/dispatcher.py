@@ -1,0 +1,139 @@
+"""The dispatcher: claims tasks entering the hand-off window and hands them to Celery.
+
+Each round claims atomically under a lease (several dispatchers may share a store), calls
+``apply_async(eta=run time, task_id=schedkit id)``, then settles the claims: QUEUED for what
+the broker took, due-again for what it refused. A dispatcher that dies mid-round leaves
+claims whose lease lapses; the next round anywhere returns them to the due index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from schedkit.errors import Unavailable
+from schedkit.model import utc_now
+from schedkit.settings import Settings
+from schedkit.store import Claimed, Store
+
+log = logging.getLogger(__name__)
+
+PURGE_EVERY = timedelta(minutes=1)
+
+
+class Dispatcher:
+    """Moves due tasks from the store to the Celery broker."""
+
+    def __init__(
+        self,
+        store: Store,
+        app: Celery,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.app = app
+        self.settings = settings
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_purge = clock()
+
+    def run_once(self) -> int:
+        """One round: claim, hand off, settle. Returns how many tasks the broker took."""
+        claimed = self.store.claim(
+            window_seconds=self.settings.handoff_window,
+            lease_seconds=self.settings.claim_lease,
+            limit=self.settings.claim_batch,
+            now=self.clock(),
+        )
+        if not claimed:
+            return 0
+        handed: list[str] = []
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for task in claimed:
+                    self._hand_off(task, producer)
+                    handed.append(task.id)
+        except (OperationalError, OSError) as exc:
+            log.warning(
+                "broker refused hand-off after %d of %d tasks: %s", len(handed), len(claimed), exc
+            )
+        finally:
+            self.store.mark_queued(handed, now=self.clock())
+            self.store.release([t.id for t in claimed[len(handed) :]], now=self.clock())
+        return len(handed)
+
+    def _hand_off(self, task: Claimed, producer: Any) -> None:
+        options: dict[str, Any] = {
+            "task_id": task.id,
+            "eta": task.run_at,
+            "serializer": "json",
+            "producer": producer,
+        }
+        if task.queue:
+            options["queue"] = task.queue
+        if task.priority is not None:
+            options["priority"] = task.priority
+        registered = self.app.tasks.get(task.task)
+        if registered is not None:
+            registered.apply_async(tuple(task.args), task.kwargs, **options)
+        else:
+            # Registered only on the workers: send by name, as apply_async would.
+            self.app.send_task(task.task, task.args, task.kwargs, **options)
+
+    def seconds_until_work(self) -> float:
+        """How long to wait before the next task enters the window (capped at poll_interval)."""
+        poll = self.settings.poll_interval
+        first = self.store.next_run_at()
+        if first is None:
+            return poll
+        enters = first - timedelta(seconds=self.settings.handoff_window)
+        return max(0.0, min(poll, (enters - self.clock()).total_seconds()))
+
+    def purge_if_due(self) -> int:
+        """Forget finished tasks past their retention, about once a minute."""
+        now = self.clock()
+        if now < self._next_purge:
+            return 0
+        self._next_purge = now + PURGE_EVERY
+        return self.store.purge(finished_before=now - timedelta(seconds=self.settings.retention))
+
+    def run(self) -> None:
+        """Loop until :meth:`stop`: hand off, then sleep until work is due or nudged."""
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                handed = self.run_once()
+                self.purge_if_due()
+                backoff = 0.5
+                if handed >= self.settings.claim_batch:
+                    continue
+                self.store.wait_for_work(self.seconds_until_work())
+            except Unavailable as exc:
+                log.warning("store unavailable, retrying in %.1fs: %s", backoff, exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def start(self) -> Dispatcher:
+        """Run the loop in a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="schedkit-dispatcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the loop to end and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            with contextlib.suppress(Unavailable):
+                self.store.nudge()
+            self._thread.join(timeout)
+            self._thread = None

@@ -1,0 +1,172 @@
+"""The worker hook: records task states in the store and refuses what must not run.
+
+``install(app)`` wraps four handlers on the app's base Task class, so every task defined with
+``@app.task`` gets them: ``before_start`` asks the store to start the task (refusing a
+cancelled, expired or already-started one with Celery's ``Ignore``), and ``on_success``,
+``on_failure`` and ``on_retry`` record how it ended. Tasks not scheduled by schedkit run as
+usual. Tasks with a custom ``base=`` class not derived from ``app.Task`` are not covered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import Ignore
+
+from schedkit.errors import ConfigError, Unavailable
+from schedkit.model import TaskState
+from schedkit.record import dumps
+from schedkit.settings import Settings
+from schedkit.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_RESULT_CHARS = 4096
+MAX_TRACEBACK_CHARS = 16384
+STORE_RETRY_SECONDS = 2.0
+
+
+class StoreHandle:
+    """One Store per process, made on first use (worker children fork after import)."""
+
+    def __init__(self, settings: Settings | None) -> None:
+        self._settings = settings
+        self._store: Store | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def configure(self, settings: Settings | None) -> None:
+        """Use these settings from now on (None keeps reading the environment)."""
+        if settings is not None:
+            with self._lock:
+                self._settings = settings
+                self._store = None
+
+    def get(self) -> Store:
+        """This process's store."""
+        with self._lock:
+            if self._store is None or self._pid != os.getpid():
+                settings = self._settings or Settings.from_env()
+                if not settings.store_url:
+                    raise ConfigError(
+                        "the schedkit worker hook needs the store: set SCHEDKIT_STORE_URL "
+                        "or run the worker with `schedkit worker --store URL`"
+                    )
+                self._store = Store.from_url(
+                    settings.store_url, prefix=settings.prefix, history=settings.event_history
+                )
+                self._pid = os.getpid()
+            return self._store
+
+
+def summarize(value: Any) -> str:
+    """A short text form of a task's return value: JSON when possible, else repr."""
+    try:
+        text = dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= MAX_RESULT_CHARS else text[: MAX_RESULT_CHARS - 1] + "…"
+
+
+def install(app: Celery, settings: Settings | None = None) -> StoreHandle:
+    """Install the hook into ``app`` (idempotent) and make its messages JSON only."""
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+    )
+    base: Any = app.Task
+    existing: StoreHandle | None = getattr(base, "_schedkit_store", None)
+    if existing is not None:
+        existing.configure(settings)
+        return existing
+    handle = StoreHandle(settings)
+    base._schedkit_store = handle
+    _wrap(base, "before_start", _before_start(handle))
+    _wrap(base, "on_success", _on_success(handle))
+    _wrap(base, "on_failure", _on_failure(handle))
+    _wrap(base, "on_retry", _on_retry(handle))
+    return handle
+
+
+def _wrap(base: Any, name: str, hook: Callable[..., bool]) -> None:
+    """Run ``hook`` first; the original handler runs unless the hook returns False."""
+    original = getattr(base, name)
+
+    def handler(self: Any, *args: Any) -> Any:
+        if hook(self, *args) is False:
+            return None
+        return original(self, *args)
+
+    handler.__name__ = name
+    setattr(base, name, handler)
+
+
+def _before_start(handle: StoreHandle) -> Callable[..., bool]:
+    def hook(task: Any, task_id: str, args: Any, kwargs: Any) -> bool:
+        try:
+            verdict = handle.get().start(task_id)
+        except Unavailable as exc:
+            # Nothing ran yet: ask Celery to deliver it again rather than run it unrecorded.
+            raise task.retry(exc=exc, countdown=STORE_RETRY_SECONDS, max_retries=None) from exc
+        if verdict in ("started", "unmanaged"):
+            return True
+        log.warning("schedkit refused to start %s[%s]: %s", task.name, task_id, verdict)
+        raise Ignore(f"schedkit: {verdict}")
+
+    return hook
+
+
+def _record(handle: StoreHandle, task_id: str, state: TaskState, **fields: str) -> None:
+    try:
+        handle.get().finish(
+            task_id,
+            state,
+            result=fields.get("result", ""),
+            error=fields.get("error", ""),
+            traceback=fields.get("traceback", ""),
+        )
+    except Exception:  # recording must never change how the task itself ended
+        log.exception("schedkit could not record %s for %s", state.value, task_id)
+
+
+def _on_success(handle: StoreHandle) -> Callable[..., bool]:
+    def hook(task: Any, retval: Any, task_id: str, args: Any, kwargs: Any) -> bool:
+        _record(handle, task_id, TaskState.SUCCEEDED, result=summarize(retval))
+        return True
+
+    return hook
+
+
+def _error_fields(exc: BaseException, einfo: Any) -> dict[str, str]:
+    traceback = str(getattr(einfo, "traceback", "") or "")
+    return {
+        "error": f"{type(exc).__name__}: {exc}"[:MAX_RESULT_CHARS],
+        "traceback": traceback[-MAX_TRACEBACK_CHARS:],
+    }
+
+
+def _on_failure(handle: StoreHandle) -> Callable[..., bool]:
+    def hook(
+        task: Any, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> bool:
+        _record(handle, task_id, TaskState.FAILED, **_error_fields(exc, einfo))
+        return True
+
+    return hook
+
+
+def _on_retry(handle: StoreHandle) -> Callable[..., bool]:
+    def hook(
+        task: Any, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> bool:
+        _record(handle, task_id, TaskState.RETRYING, **_error_fields(exc, einfo))
+        return True
+
+    return hook

@@ -1,0 +1,108 @@
+"""Which Celery tasks may be scheduled: registered in the app and allowed by the pattern."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from schedkit.errors import ConfigError, FieldViolation, InvalidArgument
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """A schedulable task: its name, Python signature and first docstring line."""
+
+    name: str
+    signature: str
+    doc: str
+
+
+def load_app(reference: str) -> Celery:
+    """Import a Celery app from ``module:attribute`` (``module`` alone looks for ``app``)."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import the Celery app module {module_name!r}: {exc}") from exc
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, Celery):
+        raise ConfigError(f"{reference!r} does not name a Celery app instance")
+    return app
+
+
+class TaskRegistry:
+    """The tasks of one Celery app that schedkit lets callers schedule."""
+
+    def __init__(self, app: Celery, allow: str = "*") -> None:
+        self.app = app
+        self._patterns = [p.strip() for p in allow.split(",") if p.strip()] or ["*"]
+        self._signatures: dict[str, inspect.Signature | None] = {}
+
+    def allowed(self, name: str) -> bool:
+        """True if ``name`` is a registered, non-internal task matching the allow pattern."""
+        return (
+            name in self.app.tasks
+            and not name.startswith("celery.")
+            and any(fnmatch.fnmatchcase(name, p) for p in self._patterns)
+        )
+
+    def names(self) -> list[str]:
+        """Sorted names of every allowed task."""
+        self.app.loader.import_default_modules()
+        return sorted(n for n in self.app.tasks if self.allowed(n))
+
+    def task_types(self) -> list[TaskType]:
+        """Every allowed task with its signature and docstring's first line."""
+        types = []
+        for name in self.names():
+            task = self.app.tasks[name]
+            signature = self._signature(name)
+            doc = inspect.getdoc(task.run) or ""
+            types.append(
+                TaskType(
+                    name=name,
+                    signature=str(signature) if signature else "(*args, **kwargs)",
+                    doc=doc.strip().splitlines()[0] if doc.strip() else "",
+                )
+            )
+        return types
+
+    def check(
+        self, name: str, args: list[Any], kwargs: dict[str, Any], *, field_prefix: str
+    ) -> None:
+        """Raise InvalidArgument unless ``name`` is allowed and accepts these arguments."""
+        if not name:
+            raise InvalidArgument.for_field(f"{field_prefix}task", "required: a task name")
+        if not self.allowed(name):
+            close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise InvalidArgument.for_field(
+                f"{field_prefix}task",
+                f"unknown task {name!r}: not registered in the Celery app or not allowed{hint}",
+            )
+        signature = self._signature(name)
+        if signature is None:
+            return
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArgument(
+                f"arguments do not fit {name}{signature}: {exc}",
+                violations=(
+                    FieldViolation(f"{field_prefix}args", f"do not fit {name}{signature}: {exc}"),
+                ),
+            ) from exc
+
+    def _signature(self, name: str) -> inspect.Signature | None:
+        if name not in self._signatures:
+            try:
+                self._signatures[name] = inspect.signature(self.app.tasks[name].run)
+            except (TypeError, ValueError):
+                self._signatures[name] = None
+        return self._signatures[name]

@@ -1,0 +1,225 @@
+"""The schedules use case: validate, store, read, cancel and watch tasks.
+
+Independent of gRPC: the servicer converts messages and calls this; tests and embedding code
+can call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+
+from celery import Celery
+
+from schedkit.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, task_id_for, utc_now
+from schedkit.record import dumps
+from schedkit.registry import TaskRegistry, TaskType
+from schedkit.settings import Settings
+from schedkit.store import StateChange, Store, TaskQuery
+
+log = logging.getLogger(__name__)
+
+MAX_LABELS = 64
+MAX_LABEL_KEY = 63
+MAX_LABEL_VALUE = 256
+MAX_KEY = 512
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+class Schedules:
+    """Everything ScheduleService does, on domain types."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: TaskRegistry,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.clock = clock
+
+    @property
+    def app(self) -> Celery:
+        """The Celery app whose tasks are scheduled."""
+        return self.registry.app
+
+    def check(self, spec: TaskSpec, *, now: datetime, field_prefix: str = "spec.") -> None:
+        """Raise InvalidArgument naming the field unless ``spec`` may be scheduled."""
+        self.registry.check(spec.task, spec.args, spec.kwargs, field_prefix=field_prefix)
+        violations: list[FieldViolation] = []
+        tolerance = timedelta(seconds=self.settings.past_tolerance)
+        if spec.run_at < now - tolerance:
+            ago = now - spec.run_at
+            violations.append(
+                FieldViolation(
+                    f"{field_prefix}run_time",
+                    f"{spec.run_at.isoformat()} is {_human(ago)} in the past; times up to "
+                    f"{_human(tolerance)} late run at once, older ones are refused "
+                    "(SCHEDKIT_PAST_TOLERANCE)",
+                )
+            )
+        size = len(dumps(spec.args)) + len(dumps(spec.kwargs))
+        if size > self.settings.max_args_bytes:
+            violations.append(
+                FieldViolation(
+                    f"{field_prefix}args",
+                    f"args and kwargs take {size} bytes as JSON, more than the limit of "
+                    f"{self.settings.max_args_bytes} (SCHEDKIT_MAX_ARGS_BYTES); pass a reference "
+                    "to the data instead",
+                )
+            )
+        if len(spec.key) > MAX_KEY:
+            violations.append(
+                FieldViolation(f"{field_prefix}idempotency_key", f"longer than {MAX_KEY} chars")
+            )
+        if len(spec.labels) > MAX_LABELS:
+            violations.append(
+                FieldViolation(f"{field_prefix}labels", f"more than {MAX_LABELS} labels")
+            )
+        for name, value in spec.labels.items():
+            if not name or len(name) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
+                violations.append(
+                    FieldViolation(
+                        f"{field_prefix}labels[{name!r}]",
+                        f"label names take 1 to {MAX_LABEL_KEY} chars, values up to "
+                        f"{MAX_LABEL_VALUE}",
+                    )
+                )
+        if violations:
+            raise InvalidArgument(
+                "; ".join(f"{v.field}: {v.description}" for v in violations),
+                violations=tuple(violations),
+            )
+
+    def schedule(self, spec: TaskSpec) -> ScheduleResult:
+        """Schedule one task; raise the error if it is refused."""
+        result = self.schedule_batch([spec])[0]
+        if result.error is not None:
+            raise result.error
+        return result
+
+    def schedule_batch(
+        self, specs: Sequence[TaskSpec | Exception], *, field_prefix: str = "spec."
+    ) -> list[ScheduleResult]:
+        """Schedule many in one store round trip; an Exception item stays a rejection in place.
+
+        ``field_prefix`` may hold ``{}`` for the item's index, as in ``specs[{}].``.
+        """
+        now = self.clock()
+        results: list[ScheduleResult | None] = []
+        accepted: list[tuple[int, str, TaskSpec]] = []
+        for index, item in enumerate(specs):
+            if isinstance(item, Exception):
+                results.append(ScheduleResult("", Outcome.REJECTED, item))
+                continue
+            try:
+                self.check(item, now=now, field_prefix=field_prefix.format(index))
+            except InvalidArgument as exc:
+                results.append(ScheduleResult("", Outcome.REJECTED, exc))
+                continue
+            results.append(None)
+            accepted.append((index, task_id_for(item.key), item))
+        stored = self.store.schedule(
+            [(task_id, spec) for _, task_id, spec in accepted],
+            window_seconds=self.settings.handoff_window,
+            now=now,
+        )
+        for (index, _, _), result in zip(accepted, stored, strict=True):
+            results[index] = result
+        return [r for r in results if r is not None]
+
+    def get(self, task_id: str) -> TaskRecord:
+        """One task, or NotFound."""
+        if not task_id:
+            raise InvalidArgument.for_field("id", "required: a task id")
+        return self.store.get(task_id)
+
+    def page(
+        self, query: TaskQuery, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[TaskRecord], str]:
+        """A page of tasks by run time and the next page's token."""
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument.for_field(
+                "page_size", f"must be between 0 (default {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}"
+            )
+        if query.run_after and query.run_before and query.run_before <= query.run_after:
+            raise InvalidArgument.for_field("filter.run_before", "must be after filter.run_after")
+        return self.store.page(
+            query, page_size=page_size or DEFAULT_PAGE_SIZE, page_token=page_token
+        )
+
+    def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a task that has not started; a handed-off one is also revoked in Celery."""
+        if not task_id:
+            raise InvalidArgument.for_field("id", "required: a task id")
+        verdict, previous = self.store.cancel(task_id, now=self.clock())
+        if verdict == "missing":
+            raise NotFound(f"no task with id {task_id!r}")
+        if verdict == "refused":
+            assert previous is not None
+            raise FailedPrecondition(
+                f"task {task_id} is {previous.value}: only SCHEDULED, QUEUED or RETRYING tasks "
+                "can be cancelled"
+            )
+        if verdict == "cancelled" and previous is not None and previous.value != "SCHEDULED":
+            self._revoke(task_id)
+        return self.store.get(task_id)
+
+    def _revoke(self, task_id: str) -> None:
+        # The worker hook refuses a cancelled task anyway; revoke only spares the worker a start.
+        try:
+            self.app.control.revoke(task_id)
+        except Exception:  # the cancel is already durable; a broker hiccup must not undo it
+            log.warning(
+                "revoke of %s failed; the worker hook will refuse it", task_id, exc_info=True
+            )
+
+    def watch(
+        self, query: TaskQuery, *, is_active: Callable[[], bool], block_ms: int = 1000
+    ) -> Iterator[tuple[TaskRecord, StateChange]]:
+        """Yield (task, change) for state changes from now on, while ``is_active()``."""
+        cursor = self.store.latest_event()
+        while is_active():
+            changes = self.store.events(cursor, block_ms=block_ms)
+            if not changes:
+                continue
+            cursor = changes[-1].cursor
+            wanted = [
+                c
+                for c in changes
+                if (not query.states or c.state in query.states)
+                and (not query.ids or c.task_id in query.ids)
+            ]
+            records = self.store.get_many([c.task_id for c in wanted])
+            for change, record in zip(wanted, records, strict=True):
+                if record is not None and _matches_besides_state(query, record):
+                    yield record, change
+
+    def task_types(self) -> list[TaskType]:
+        """The tasks that may be scheduled."""
+        return self.registry.task_types()
+
+
+def _matches_besides_state(query: TaskQuery, record: TaskRecord) -> bool:
+    # The record may already be past the change being reported; the change's state was checked.
+    return TaskQuery(
+        task=query.task,
+        labels=query.labels,
+        run_after=query.run_after,
+        run_before=query.run_before,
+    ).matches(record)
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds}s"

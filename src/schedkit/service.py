@@ -1,0 +1,139 @@
+"""The ScheduleService servicer: messages in, domain calls, messages out. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from schedkit.convert import (
+    datetime_to_timestamp,
+    outcome_to_proto,
+    spec_from_proto,
+    state_from_proto,
+    task_to_proto,
+    task_type_to_proto,
+    timestamp_to_datetime,
+)
+from schedkit.errors import InvalidArgument, SchedkitError
+from schedkit.model import ScheduleResult, TaskSpec
+from schedkit.schedules import Schedules
+from schedkit.store import TaskQuery
+from schedkit.v1 import schedule_service_pb2 as pb
+from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+
+
+class ScheduleService(pb_grpc.ScheduleServiceServicer):
+    """gRPC face of :class:`schedkit.schedules.Schedules`."""
+
+    def __init__(self, schedules: Schedules) -> None:
+        self.schedules = schedules
+
+    def ScheduleTask(
+        self, request: pb.ScheduleTaskRequest, context: grpc.ServicerContext
+    ) -> pb.ScheduleTaskResponse:
+        """Schedule one task."""
+        spec = spec_from_proto(request.spec)
+        result = self.schedules.schedule(spec)
+        task = self.schedules.get(result.id)
+        return pb.ScheduleTaskResponse(
+            task=task_to_proto(task), outcome=outcome_to_proto(result.outcome)
+        )
+
+    def ScheduleTasks(
+        self, request_iterator: Iterator[pb.ScheduleTasksRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ScheduleTasksResponse]:
+        """Schedule batches; answer each with its per-item results in order."""
+        limit = self.schedules.settings.max_batch
+        for number, request in enumerate(request_iterator):
+            if not request.specs:
+                raise InvalidArgument.for_field(f"batch {number}: specs", "empty batch")
+            if len(request.specs) > limit:
+                raise InvalidArgument.for_field(
+                    f"batch {number}: specs",
+                    f"{len(request.specs)} tasks, more than {limit} (SCHEDKIT_MAX_BATCH)",
+                )
+            specs: list[TaskSpec | Exception] = []
+            for index, msg in enumerate(request.specs):
+                try:
+                    specs.append(spec_from_proto(msg, prefix=f"specs[{index}]."))
+                except InvalidArgument as exc:
+                    specs.append(exc)
+            results = self.schedules.schedule_batch(specs, field_prefix="specs[{}].")
+            yield pb.ScheduleTasksResponse(results=[_result_to_proto(r) for r in results])
+
+    def GetTask(
+        self, request: pb.GetTaskRequest, context: grpc.ServicerContext
+    ) -> pb.GetTaskResponse:
+        """One task."""
+        return pb.GetTaskResponse(task=task_to_proto(self.schedules.get(request.id)))
+
+    def ListTasks(
+        self, request: pb.ListTasksRequest, context: grpc.ServicerContext
+    ) -> pb.ListTasksResponse:
+        """A page of tasks by run time."""
+        query = query_from_proto(request.filter)
+        if query.ids:
+            raise InvalidArgument.for_field("filter.ids", "use GetTask for tasks by id")
+        tasks, token = self.schedules.page(
+            query, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListTasksResponse(tasks=[task_to_proto(t) for t in tasks], next_page_token=token)
+
+    def CancelTask(
+        self, request: pb.CancelTaskRequest, context: grpc.ServicerContext
+    ) -> pb.CancelTaskResponse:
+        """Cancel a task that has not started."""
+        return pb.CancelTaskResponse(task=task_to_proto(self.schedules.cancel(request.id)))
+
+    def WatchTasks(
+        self, request: pb.WatchTasksRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchTasksResponse]:
+        """Stream state changes until the client goes away."""
+        query = query_from_proto(request.filter)
+        for task, change in self.schedules.watch(query, is_active=context.is_active):
+            yield pb.WatchTasksResponse(
+                task=task_to_proto(task), change_time=datetime_to_timestamp(change.at)
+            )
+
+    def ListTaskTypes(
+        self, request: pb.ListTaskTypesRequest, context: grpc.ServicerContext
+    ) -> pb.ListTaskTypesResponse:
+        """The tasks that may be scheduled."""
+        types = self.schedules.task_types()
+        return pb.ListTaskTypesResponse(task_types=[task_type_to_proto(t) for t in types])
+
+
+def query_from_proto(msg: pb.TaskFilter) -> TaskQuery:
+    """A TaskQuery from a TaskFilter, naming the bad field if any."""
+    states = frozenset(
+        state_from_proto(value, f"filter.states[{i}]") for i, value in enumerate(msg.states)
+    )
+    return TaskQuery(
+        states=states,
+        task=msg.task,
+        labels=tuple(sorted(msg.labels.items())),
+        run_after=timestamp_to_datetime(msg.run_after, "filter.run_after")
+        if msg.HasField("run_after")
+        else None,
+        run_before=timestamp_to_datetime(msg.run_before, "filter.run_before")
+        if msg.HasField("run_before")
+        else None,
+        ids=frozenset(msg.ids),
+    )
+
+
+def _result_to_proto(result: ScheduleResult) -> pb.ScheduleResult:
+    msg = pb.ScheduleResult(id=result.id, outcome=outcome_to_proto(result.outcome))
+    if result.error is not None:
+        error = result.error
+        if isinstance(error, SchedkitError):
+            field = error.violations[0].field if error.violations else ""
+            msg.error.CopyFrom(
+                pb.ItemError(code=error.code.value[0], field=field, message=error.message)
+            )
+        else:
+            msg.error.CopyFrom(
+                pb.ItemError(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
+            )
+    return msg

@@ -1,0 +1,173 @@
+"""The whole schedkit stack in one process tree: what ``schedkit up`` runs.
+
+Starts only what is missing: the embedded Redis when no store URL is given, a Celery worker
+unless told not to, and always the dispatcher and the gRPC server. Stops in reverse order, the
+server first (health NOT_SERVING, in-flight calls drained) and Redis last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from types import TracebackType
+
+from celery import Celery
+
+from schedkit.dispatcher import Dispatcher
+from schedkit.embedded import RedisServer
+from schedkit.errors import Unavailable
+from schedkit.registry import TaskRegistry, load_app
+from schedkit.schedules import Schedules
+from schedkit.server import Server
+from schedkit.settings import Settings
+from schedkit.store import Store
+from schedkit.worker import configure_app
+
+log = logging.getLogger(__name__)
+
+
+class Stack:
+    """Store, worker, dispatcher and server, started and stopped together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker: bool = True,
+        worker_pool: str = "prefork",
+        worker_log: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.run_worker = worker
+        self.worker_pool = worker_pool
+        self.worker_log = worker_log
+        self.redis: RedisServer | None = None
+        self.store: Store | None = None
+        self.app: Celery | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.server: Server | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port the gRPC server listens on."""
+        assert self.server is not None, "stack not started"
+        return self.server.address
+
+    def start(self, *, wait_for_worker: float | None = None) -> Stack:
+        """Start every part; optionally wait until the worker answers a ping."""
+        try:
+            self._start(wait_for_worker)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, wait_for_worker: float | None) -> None:
+        settings = self.settings
+        if not settings.store_url:
+            self.redis = RedisServer(
+                data_dir=settings.data_dir / "redis", appendfsync=settings.appendfsync
+            ).start()
+            settings = self.settings = settings.with_store(self.redis.url)
+            log.info("embedded Redis on %s (data in %s)", self.redis.url, self.redis.data_dir)
+        self.store = Store.from_url(
+            settings.store_url, prefix=settings.prefix, history=settings.event_history
+        )
+        self.store.ping()
+        self.app = configure_app(load_app(settings.app), settings)
+        if self.run_worker:
+            self.start_worker()
+            if wait_for_worker:
+                self.wait_for_worker(wait_for_worker)
+        self.dispatcher = Dispatcher(self.store, self.app, settings).start()
+        registry = TaskRegistry(self.app, settings.allow_tasks)
+        schedules = Schedules(self.store, registry, settings)
+        self.server = Server(
+            schedules, listen=settings.listen, threads=settings.server_threads
+        ).start()
+
+    def worker_command(self) -> list[str]:
+        """The command line of the worker process."""
+        return [
+            sys.executable, "-m", "schedkit", "worker",
+            "--app", self.settings.app,
+            "--store", self.settings.store_url,
+            "--broker", self.settings.effective_broker_url,
+            "--concurrency", str(self.settings.worker_concurrency),
+            "--pool", self.worker_pool,
+        ]  # fmt: skip
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        """Start (or restart) the Celery worker process."""
+        env = {**os.environ, "SCHEDKIT_PREFIX": self.settings.prefix}
+        output = open(self.worker_log, "ab") if self.worker_log else None  # noqa: SIM115
+        # A session of its own: Ctrl-C reaches schedkit up, which stops the parts in order.
+        self.worker = subprocess.Popen(
+            self.worker_command(),
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            start_new_session=True,
+        )
+        if output:
+            output.close()
+        return self.worker
+
+    def wait_for_worker(self, timeout: float) -> None:
+        """Block until a worker answers Celery's ping, or raise Unavailable."""
+        assert self.app is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.worker is not None and self.worker.poll() is not None:
+                raise Unavailable(f"the Celery worker exited with code {self.worker.returncode}")
+            if self.app.control.ping(timeout=0.5):
+                return
+        raise Unavailable(f"no Celery worker answered within {timeout:g}s")
+
+    def stop_worker(self, timeout: float = 20.0) -> None:
+        """Warm-shutdown the worker (SIGTERM), killing it after ``timeout``."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.terminate()
+            try:
+                self.worker.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        self.worker = None
+
+    def stop(self) -> None:
+        """Stop everything that was started, server first, Redis last."""
+        if self.server is not None:
+            self.server.stop(self.settings.shutdown_grace)
+            self.server = None
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
+        self.stop_worker()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def local_settings(**overrides: object) -> Settings:
+    """Settings for a throwaway stack: free ports everywhere, no environment read."""
+    return replace(Settings(listen="127.0.0.1:0"), **overrides)  # type: ignore[arg-type]
