@@ -1,1 +1,47 @@
-"""schedkit."""
+"""schedkit: run Celery tasks at a given time, durably, from a timetable, a notebook or gRPC.
+
+The public names are listed in ``__all__``; a test pins the list.
+"""
+
+from schedkit.client import Client, Scheduled
+from schedkit.errors import (
+    AlreadyExists,
+    ConfigError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SchedkitError,
+    Unauthenticated,
+    Unavailable,
+)
+from schedkit.hook import install
+from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState
+from schedkit.registry import TaskType
+from schedkit.settings import Settings
+from schedkit.stack import Stack
+
+__all__ = [
+    "AlreadyExists",
+    "Client",
+    "ConfigError",
+    "FailedPrecondition",
+    "FieldViolation",
+    "InvalidArgument",
+    "NotFound",
+    "Outcome",
+    "ResourceExhausted",
+    "SchedkitError",
+    "ScheduleResult",
+    "Scheduled",
+    "Settings",
+    "Stack",
+    "TaskRecord",
+    "TaskSpec",
+    "TaskState",
+    "TaskType",
+    "Unauthenticated",
+    "Unavailable",
+    "install",
+]

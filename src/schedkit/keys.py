@@ -1,12 +1,13 @@
 """Every Redis key schedkit writes, in one place: the whole data model on one screen.
 
-``{prefix}:task:{id}``     hash   one task record (fields: see ``schedkit.record``)
+``{prefix}:t:{id}``        hash   one task record (fields: see ``schedkit.record``)
 ``{prefix}:state:{STATE}`` zset   task ids in that state, scored by run time (ms since epoch);
                                   ``state:SCHEDULED`` is the due-time index the dispatcher claims
 ``{prefix}:claims``        zset   ids claimed by a dispatcher, scored by lease deadline (ms)
 ``{prefix}:events``        stream state changes (id, state) that WatchTasks follows
 ``{prefix}:wake``          list   a nudge: work entered the hand-off window; dispatchers BLPOP it
 
+The task key is ``t`` rather than ``task``: every parked task pays for its key's length.
 A task id derived from an idempotency key is a hash of that key, so the task record itself is
 the idempotency index: no extra key per task.
 """
@@ -24,7 +25,7 @@ class Keys:
 
     def task(self, task_id: str) -> str:
         """The hash holding one task's record."""
-        return f"{self.prefix}:task:{task_id}"
+        return f"{self.prefix}:t:{task_id}"
 
     def state(self, state: str) -> str:
         """The run-time index of tasks in ``state``."""

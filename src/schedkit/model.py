@@ -71,7 +71,8 @@ class TaskSpec:
             None if self.expires_after is None else self.expires_after.total_seconds(),
         ]
         blob = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
+        digest = hashlib.blake2b(blob.encode(), digest_size=6).digest()
+        return base64.b64encode(digest).decode()
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,11 @@ def task_id_for(key: str) -> str:
     Deriving the id from the key makes the task record its own idempotency index.
     """
     if key:
-        digest = hashlib.blake2b(key.encode(), digest_size=10).digest()
-        return "k" + base64.b32encode(digest).decode().lower()
-    return "r" + base64.b32encode(secrets.token_bytes(10)).decode().lower()
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    else:
+        digest = secrets.token_bytes(8)
+    # 60 bits: ids are short because every parked task stores its id three times.
+    return ("k" if key else "r") + base64.b32encode(digest).decode().lower()[:12]
 
 
 def to_millis(moment: datetime) -> int:

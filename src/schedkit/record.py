@@ -2,7 +2,7 @@
 
 Field names are one to three letters because every parked task pays for them (the store's
 budget is 400 bytes a task). ``n`` task, ``a`` args JSON, ``k`` kwargs JSON, ``r`` run time ms,
-``s`` state, ``q`` queue, ``p`` priority, ``l`` labels JSON, ``x`` expires-after ms, ``i``
+``s`` state (absent while SCHEDULED), ``q`` queue, ``p`` priority, ``l`` labels JSON, ``x`` expires-after ms, ``i``
 idempotency key, ``h`` content fingerprint, ``c`` created ms, ``qt``/``st``/``ft`` queued,
 started, finished ms, ``at`` attempts, ``res`` result, ``err`` error, ``tb`` traceback.
 """
@@ -24,7 +24,7 @@ def dumps(value: Any) -> str:
 
 def encode(spec: TaskSpec, created_ms: int) -> list[str]:
     """Flat field/value list of a new task's hash, for HSET."""
-    fields: list[str] = ["n", spec.task, "r", str(to_millis(spec.run_at)), "s", "SCHEDULED"]
+    fields: list[str] = ["n", spec.task, "r", str(to_millis(spec.run_at))]
     if spec.args:
         fields += ["a", dumps(spec.args)]
     if spec.kwargs:
@@ -59,7 +59,7 @@ def decode(task_id: str, raw: Mapping[str, str]) -> TaskRecord:
     return TaskRecord(
         id=task_id,
         spec=spec,
-        state=TaskState(raw["s"]),
+        state=TaskState(raw.get("s", "SCHEDULED")),
         created_at=from_millis(int(raw["c"])),
         queued_at=_moment(raw, "qt"),
         started_at=_moment(raw, "st"),

@@ -3,7 +3,8 @@
 local id = ARGV[4]
 local key = tkey(id)
 local state, run = unpack(redis.call('HMGET', key, 's', 'r'))
-if not state then return {'missing', ''} end
+if not run then return {'missing', ''} end
+state = state_of(state)
 if state == 'CANCELLED' then return {'already', state} end
 if state ~= 'SCHEDULED' and state ~= 'QUEUED' and state ~= 'RETRYING' then
   return {'refused', state}

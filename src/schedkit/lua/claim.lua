@@ -7,7 +7,7 @@ local window, lease, limit = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', claims, '-inf', now, 'LIMIT', 0, limit)) do
   redis.call('ZREM', claims, id)
   local state, run = unpack(redis.call('HMGET', tkey(id), 's', 'r'))
-  if state == 'SCHEDULED' then redis.call('ZADD', skey('SCHEDULED'), run, id) end
+  if run and state_of(state) == 'SCHEDULED' then redis.call('ZADD', skey('SCHEDULED'), run, id) end
 end
 
 local out = {}

@@ -3,7 +3,7 @@
 local id, to = ARGV[4], ARGV[5]
 local key = tkey(id)
 local state, run = unpack(redis.call('HMGET', key, 's', 'r'))
-if state ~= 'STARTED' then return 0 end
+if not run or state_of(state) ~= 'STARTED' then return 0 end
 move(id, state, to, run)
 local fields = {}
 if to ~= 'RETRYING' then fields = {'ft', now} end

@@ -6,7 +6,7 @@ for i = 5, #ARGV do
   local id = ARGV[i]
   if redis.call('ZREM', claims, id) == 1 then
     local state, run = unpack(redis.call('HMGET', tkey(id), 's', 'r'))
-    if state == 'SCHEDULED' then
+    if run and state_of(state) == 'SCHEDULED' then
       if verdict == 'queued' then
         move(id, 'SCHEDULED', 'QUEUED', run)
         redis.call('HSET', tkey(id), 'qt', now)

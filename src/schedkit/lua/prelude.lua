@@ -6,7 +6,10 @@ local history = ARGV[2]
 local now = tonumber(ARGV[3])
 local claims = prefix .. ':claims'
 
-local function tkey(id) return prefix .. ':task:' .. id end
+-- A parked task has no 's' field: SCHEDULED is implied (saves bytes on every parked task).
+local function state_of(s) if s then return s end return 'SCHEDULED' end
+
+local function tkey(id) return prefix .. ':t:' .. id end
 local function skey(state) return prefix .. ':state:' .. state end
 
 local function emit(id, state)

@@ -3,7 +3,8 @@
 local id = ARGV[4]
 local key = tkey(id)
 local state, run, expires_after = unpack(redis.call('HMGET', key, 's', 'r', 'x'))
-if not state then return 'unmanaged' end
+if not run then return 'unmanaged' end
+state = state_of(state)
 if state == 'CANCELLED' then return 'cancelled' end
 if state ~= 'SCHEDULED' and state ~= 'QUEUED' and state ~= 'RETRYING' then
   return 'duplicate:' .. state

@@ -1,0 +1,67 @@
+"""Fixtures: real Redis servers on free ports, a real worker, real gRPC servers on port 0."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schedkit.client import Client
+from schedkit.demo import app as demo_app
+from schedkit.registry import TaskRegistry
+from schedkit.schedules import Schedules
+from schedkit.settings import Settings
+from schedkit.store import Store
+from schedkit.testing import LocalStack, local_stack, redis_server
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+# Small windows keep the suite quick; the logic is the same at the default 30 s.
+FAST = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One embedded stack shared by the tests that only add their own tasks."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with local_stack(
+        data_dir=tmp_path_factory.mktemp("stack"),
+        worker_log=str(ARTIFACTS / "worker.log"),
+        **FAST,
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def client(stack: LocalStack) -> Iterator[Client]:
+    """A client of the shared stack."""
+    with stack.client() as connected:
+        yield connected
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A fresh, empty Redis of this test's own (no persistence)."""
+    with redis_server(appendonly=False) as server:
+        yield server.url
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[Store]:
+    """A store on this test's own Redis."""
+    opened = Store.from_url(redis_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    """Settings pointing at this test's own Redis as store and broker."""
+    return Settings(store_url=redis_url, **FAST)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def schedules(store: Store, settings: Settings) -> Schedules:
+    """The use case over the demo app's tasks and this test's store (no worker)."""
+    return Schedules(store, TaskRegistry(demo_app), settings)

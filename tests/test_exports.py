@@ -1,0 +1,38 @@
+"""The public surface is deliberate: adding or removing a name must change this test."""
+
+import schedkit
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(schedkit.__all__) == [
+        "AlreadyExists",
+        "Client",
+        "ConfigError",
+        "FailedPrecondition",
+        "FieldViolation",
+        "InvalidArgument",
+        "NotFound",
+        "Outcome",
+        "ResourceExhausted",
+        "ScheduleResult",
+        "Scheduled",
+        "SchedkitError",
+        "Settings",
+        "Stack",
+        "TaskRecord",
+        "TaskSpec",
+        "TaskState",
+        "TaskType",
+        "Unauthenticated",
+        "Unavailable",
+        "install",
+    ]
+    for name in schedkit.__all__:
+        assert getattr(schedkit, name) is not None
+
+
+def test_every_error_is_a_schedkit_error() -> None:
+    for name in schedkit.__all__:
+        value = getattr(schedkit, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, schedkit.SchedkitError), name

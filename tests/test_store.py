@@ -1,0 +1,211 @@
+"""The store against a real Redis: idempotency, claims and leases, state rules, paging, memory."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from schedkit.errors import AlreadyExists, InvalidArgument
+from schedkit.model import Outcome, TaskSpec, TaskState, task_id_for
+from schedkit.store import Store, TaskQuery
+
+T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
+
+
+def spec(n: int = 0, *, key: str = "", at: datetime = T0, **extra: object) -> TaskSpec:
+    return TaskSpec("add", at + timedelta(seconds=n), [n, 1], key=key, **extra)  # type: ignore[arg-type]
+
+
+def put(store: Store, specs: list[TaskSpec], now: datetime = T0 - timedelta(hours=1)) -> list[str]:
+    results = store.schedule([(task_id_for(s.key), s) for s in specs], window_seconds=3, now=now)
+    assert all(r.outcome is Outcome.CREATED for r in results)
+    return [r.id for r in results]
+
+
+def test_same_key_same_content_is_existing_and_other_content_is_refused(store: Store) -> None:
+    first = spec(key="water-1")
+    (task_id,) = put(store, [first])
+    again = store.schedule([(task_id_for("water-1"), first)], window_seconds=3)
+    assert again[0].outcome is Outcome.EXISTING and again[0].id == task_id
+    changed = spec(5, key="water-1")
+    refused = store.schedule([(task_id_for("water-1"), changed)], window_seconds=3)
+    assert refused[0].outcome is Outcome.REJECTED
+    assert isinstance(refused[0].error, AlreadyExists)
+    assert store.get(task_id).spec.run_at == first.run_at  # not overwritten
+
+
+def test_claim_takes_only_the_window_and_never_twice(store: Store) -> None:
+    ids = put(store, [spec(n) for n in range(10)])
+    claimed = store.claim(window_seconds=4.5, lease_seconds=30, limit=100, now=T0)
+    assert [c.id for c in claimed] == ids[:5]  # run times T0..T0+4s
+    assert store.claim(window_seconds=4.5, lease_seconds=30, limit=100, now=T0) == []
+    store.mark_queued([c.id for c in claimed], now=T0)
+    assert {store.get(i).state for i in ids[:5]} == {TaskState.QUEUED}
+    assert {store.get(i).state for i in ids[5:]} == {TaskState.SCHEDULED}
+
+
+def test_lapsed_claim_returns_to_the_due_index(store: Store) -> None:
+    """A dispatcher that claims and then dies: after the lease, another one claims again."""
+    (task_id,) = put(store, [spec()])
+    assert [c.id for c in store.claim(window_seconds=1, lease_seconds=10, limit=9, now=T0)] == [
+        task_id
+    ]
+    still_leased = T0 + timedelta(seconds=9)
+    assert store.claim(window_seconds=1, lease_seconds=10, limit=9, now=still_leased) == []
+    lapsed = T0 + timedelta(seconds=11)
+    assert [c.id for c in store.claim(window_seconds=1, lease_seconds=10, limit=9, now=lapsed)] == [
+        task_id
+    ]
+
+
+def test_release_makes_a_task_due_again(store: Store) -> None:
+    (task_id,) = put(store, [spec()])
+    store.claim(window_seconds=1, lease_seconds=60, limit=9, now=T0)
+    store.release([task_id], now=T0)
+    assert [c.id for c in store.claim(window_seconds=1, lease_seconds=60, limit=9, now=T0)] == [
+        task_id
+    ]
+
+
+def test_start_is_refused_when_cancelled_or_already_started(store: Store) -> None:
+    a, b = put(store, [spec(0), spec(1)])
+    store.claim(window_seconds=5, lease_seconds=60, limit=9, now=T0)
+    store.mark_queued([a, b], now=T0)
+    assert store.start(a, now=T0) == "started"
+    assert store.start(a, now=T0) == "duplicate:STARTED"
+    assert store.cancel(b, now=T0) == ("cancelled", TaskState.QUEUED)
+    assert store.start(b, now=T0) == "cancelled"
+    assert store.start("not-a-schedkit-id", now=T0) == "unmanaged"
+
+
+def test_a_claimed_task_may_start_before_it_is_marked_queued(store: Store) -> None:
+    (task_id,) = put(store, [spec()])
+    store.claim(window_seconds=1, lease_seconds=60, limit=9, now=T0)
+    assert store.start(task_id, now=T0) == "started"
+    store.mark_queued([task_id], now=T0)  # the dispatcher settles late: must not go back
+    assert store.get(task_id).state is TaskState.STARTED
+
+
+def test_cancel_is_refused_once_started_and_idempotent_when_cancelled(store: Store) -> None:
+    a, b = put(store, [spec(0), spec(1)])
+    store.claim(window_seconds=5, lease_seconds=60, limit=9, now=T0)
+    store.start(a, now=T0)
+    assert store.cancel(a, now=T0) == ("refused", TaskState.STARTED)
+    assert store.cancel(b, now=T0)[0] == "cancelled"
+    assert store.cancel(b, now=T0)[0] == "already"
+    assert store.cancel("nope", now=T0)[0] == "missing"
+
+
+def test_expired_tasks_are_not_handed_off(store: Store) -> None:
+    (task_id,) = put(store, [spec(expires_after=timedelta(seconds=10))])
+    late = T0 + timedelta(seconds=11)
+    assert store.claim(window_seconds=1, lease_seconds=60, limit=9, now=late) == []
+    record = store.get(task_id)
+    assert record.state is TaskState.EXPIRED and record.finished_at == late
+
+
+def test_finish_records_result_only_for_started_tasks(store: Store) -> None:
+    (task_id,) = put(store, [spec()])
+    assert not store.finish(task_id, TaskState.SUCCEEDED, result="2", now=T0)
+    store.claim(window_seconds=1, lease_seconds=60, limit=9, now=T0)
+    store.start(task_id, now=T0)
+    assert store.finish(task_id, TaskState.FAILED, error="RuntimeError: x", traceback="tb", now=T0)
+    record = store.get(task_id)
+    assert (record.state, record.error, record.traceback, record.attempts) == (
+        TaskState.FAILED,
+        "RuntimeError: x",
+        "tb",
+        1,
+    )
+
+
+def test_pages_cover_every_task_once_in_run_time_order_with_ties(store: Store) -> None:
+    rng = random.Random(7)
+    # Many tasks share run times (timetables do), across several states.
+    specs = [spec(rng.randrange(5), key=f"k{i}") for i in range(120)]
+    ids = put(store, specs)
+    store.claim(window_seconds=2.5, lease_seconds=60, limit=30, now=T0)
+    store.mark_queued(ids, now=T0)
+    for task_id in ids[::7]:
+        store.cancel(task_id, now=T0)
+    seen: list[tuple[datetime, str]] = []
+    token = ""
+    while True:
+        page, token = store.page(TaskQuery(), page_size=11, page_token=token)
+        seen += [(r.spec.run_at, r.id) for r in page]
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) == 120
+    assert seen == sorted(seen)
+
+
+def test_filters_by_state_task_label_and_time(store: Store) -> None:
+    ids = put(
+        store,
+        [spec(n, key=f"f{n}", labels={"team": "green" if n % 2 else "blue"}) for n in range(20)],
+    )
+    store.cancel(ids[3], now=T0)
+    green, _ = store.page(TaskQuery(labels=(("team", "green"),)), page_size=100)
+    assert [r.id for r in green] == ids[1::2]
+    cancelled, _ = store.page(TaskQuery(states=frozenset({TaskState.CANCELLED})), page_size=100)
+    assert [r.id for r in cancelled] == [ids[3]]
+    window, _ = store.page(
+        TaskQuery(run_after=T0 + timedelta(seconds=5), run_before=T0 + timedelta(seconds=8)),
+        page_size=100,
+    )
+    assert [r.id for r in window] == ids[5:8]
+    assert store.page(TaskQuery(task="water_plants"), page_size=100) == ([], "")
+
+
+def test_a_sparse_filter_pages_on_without_losing_tasks(store: Store) -> None:
+    """A filter that matches rarely returns short pages with a token, never skips a match."""
+    ids = put(store, [spec(n, key=f"s{n}", labels={"hit": str(n % 50 == 0)}) for n in range(400)])
+    found: list[str] = []
+    token = ""
+    for _ in range(100):
+        page, token = store.page(
+            TaskQuery(labels=(("hit", "True"),)), page_size=5, page_token=token, scan_budget=30
+        )
+        found += [r.id for r in page]
+        if not token:
+            break
+    assert found == ids[::50]
+
+
+def test_garbage_page_token_names_the_field(store: Store) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        store.page(TaskQuery(), page_size=5, page_token="%%%")
+    assert caught.value.violations[0].field == "page_token"
+
+
+def test_purge_forgets_only_tasks_finished_before_the_cutoff(store: Store) -> None:
+    old, recent, parked = put(store, [spec(0), spec(1), spec(2)])
+    store.cancel(old, now=T0)
+    store.cancel(recent, now=T0 + timedelta(days=3))
+    assert store.purge(finished_before=T0 + timedelta(days=1)) == 1
+    assert [r.id for r in store.get_many([old, recent, parked]) if r] == [recent, parked]
+
+
+def test_parked_task_costs_at_most_400_bytes_of_redis_memory(store: Store) -> None:
+    """The design budget for parked tasks, measured on a timetable-like task with a key."""
+    count = 20_000
+    before = int(store.redis.info("memory")["used_memory"])
+    for start in range(0, count, 1000):
+        batch = [
+            TaskSpec(
+                "water_plants",
+                T0 + timedelta(seconds=n),
+                ["fern"],
+                {"litres": 2},
+                key=f"timetable.csv:{n}",
+            )
+            for n in range(start, start + 1000)
+        ]
+        put(store, batch)
+    store.redis.xtrim(store.keys.events, maxlen=0)  # the bounded event log is not per task
+    after = int(store.redis.info("memory")["used_memory"])
+    per_task = (after - before) / count
+    print(f"store memory per parked task: {per_task:.0f} bytes")
+    assert per_task <= 400
