@@ -28,7 +28,8 @@ def test_same_key_same_content_is_existing_and_other_content_is_refused(store: S
     first = spec(key="water-1")
     (task_id,) = put(store, [first])
     again = store.schedule([(task_id_for("water-1"), first)], window_seconds=3)
-    assert again[0].outcome is Outcome.EXISTING and again[0].id == task_id
+    assert again[0].outcome is Outcome.EXISTING
+    assert again[0].id == task_id
     changed = spec(5, key="water-1")
     refused = store.schedule([(task_id_for("water-1"), changed)], window_seconds=3)
     assert refused[0].outcome is Outcome.REJECTED
@@ -103,7 +104,8 @@ def test_expired_tasks_are_not_handed_off(store: Store) -> None:
     late = T0 + timedelta(seconds=11)
     assert store.claim(window_seconds=1, lease_seconds=60, limit=9, now=late) == []
     record = store.get(task_id)
-    assert record.state is TaskState.EXPIRED and record.finished_at == late
+    assert record.state is TaskState.EXPIRED
+    assert record.finished_at == late
 
 
 def test_finish_records_result_only_for_started_tasks(store: Store) -> None:

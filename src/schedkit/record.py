@@ -2,9 +2,10 @@
 
 Field names are one to three letters because every parked task pays for them (the store's
 budget is 400 bytes a task). ``n`` task, ``a`` args JSON, ``k`` kwargs JSON, ``r`` run time ms,
-``s`` state (absent while SCHEDULED), ``q`` queue, ``p`` priority, ``l`` labels JSON, ``x`` expires-after ms, ``i``
-idempotency key, ``h`` content fingerprint, ``c`` created ms, ``qt``/``st``/``ft`` queued,
-started, finished ms, ``at`` attempts, ``res`` result, ``err`` error, ``tb`` traceback.
+``s`` state (absent while SCHEDULED), ``q`` queue, ``p`` priority, ``l`` labels JSON, ``x``
+expires-after ms, ``i`` idempotency key, ``h`` content fingerprint, ``c`` created ms,
+``qt``/``st``/``ft`` queued, started, finished ms, ``at`` attempts, ``res`` result, ``err``
+error, ``tb`` traceback.
 """
 
 from __future__ import annotations
