@@ -6,7 +6,6 @@ budget is 400 bytes a task). ``n`` task, ``a`` args JSON, ``k`` kwargs JSON, ``r
 expires-after ms, ``i`` idempotency key, ``h`` content fingerprint, ``c`` created ms,
 ``qt``/``st``/``ft`` queued, started, finished ms, ``at`` attempts, ``res`` result, ``err``
 error, ``tb`` traceback.
-error, ``tb`` traceback.
 """
 
 from __future__ import annotations
