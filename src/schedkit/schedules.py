@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from celery import Celery
 
-from schedkit.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from schedkit.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, task_id_for, utc_now
 from schedkit.record import dumps
 from schedkit.registry import TaskRegistry, TaskType
@@ -132,6 +139,12 @@ class Schedules:
             now=now,
         )
         for (index, _, _), result in zip(accepted, stored, strict=True):
+            if isinstance(result.error, AlreadyExists):
+                field = field_prefix.format(index) + "idempotency_key"
+                violation = FieldViolation(field, result.error.message)
+                result = replace(
+                    result, error=AlreadyExists(result.error.message, violations=(violation,))
+                )
             results[index] = result
         return [r for r in results if r is not None]
 
