@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from schedkit.broker import Broker
 from schedkit.dispatcher import Dispatcher
 from schedkit.errors import SchedkitError
 from schedkit.registry import TaskRegistry, load_app
@@ -25,7 +26,7 @@ from schedkit.server import Server
 from schedkit.settings import Settings
 from schedkit.stack import Stack
 from schedkit.store import Store
-from schedkit.worker import configure_app, run_worker
+from schedkit.worker import run_worker
 
 log = logging.getLogger("schedkit")
 
@@ -122,8 +123,9 @@ def _up(options: argparse.Namespace) -> None:
 def _serve(options: argparse.Namespace) -> None:
     settings = _settings(options)
     store = _store(settings)
-    app = configure_app(load_app(settings.app), settings)
-    schedules = Schedules(store, TaskRegistry(app, settings.allow_tasks), settings)
+    app = load_app(settings.app)
+    broker = Broker(app, settings.effective_broker_url)
+    schedules = Schedules(store, TaskRegistry(app, settings.allow_tasks), settings, broker=broker)
     server = Server(schedules, listen=settings.listen, threads=settings.server_threads).start()
     print(f"schedkit server on {server.address}", flush=True)
     _wait_for_signal()
@@ -133,7 +135,7 @@ def _serve(options: argparse.Namespace) -> None:
 def _dispatch(options: argparse.Namespace) -> None:
     settings = _settings(options)
     store = _store(settings)
-    app = configure_app(load_app(settings.app), settings)
+    app = load_app(settings.app)
     dispatcher = Dispatcher(store, app, settings).start()
     print("schedkit dispatcher running", flush=True)
     _wait_for_signal()

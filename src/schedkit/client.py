@@ -282,13 +282,21 @@ class Client:
         ids: Sequence[str] = (),
         timeout: float | None = None,
     ) -> Generator[TaskRecord, None, None]:
-        """Yield tasks as their state changes, from now on; closing the iterator ends the call.
+        """Tasks as their state changes, from the moment this returns; close it to end the call.
 
         ``timeout`` ends the watch quietly after that many seconds.
         """
         request = pb.WatchTasksRequest(filter=task_filter(states, task, labels, None, None))
         request.filter.ids.extend(ids)
         call = self._stub.WatchTasks(request, timeout=timeout)
+        try:
+            call.initial_metadata()  # the server sends it once its starting point is fixed
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return self._changes(call)
+
+    @staticmethod
+    def _changes(call: Any) -> Generator[TaskRecord, None, None]:
         try:
             for response in call:
                 yield task_from_proto(response.task)

@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from schedkit.broker import Broker
 from schedkit.errors import Unavailable
 from schedkit.model import utc_now
 from schedkit.settings import Settings
@@ -37,11 +38,15 @@ class Dispatcher:
         app: Celery,
         settings: Settings,
         *,
+        broker: Broker | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
         self.app = app
         self.settings = settings
+        # An explicit broker connection: the app object may be shared (tests, embedding) and
+        # its own pool may already point elsewhere.
+        self.broker = broker or Broker(app, settings.effective_broker_url)
         self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,7 +64,7 @@ class Dispatcher:
             return 0
         handed: list[str] = []
         try:
-            with self.app.producer_or_acquire() as producer:
+            with self.broker.producer() as producer:
                 for task in claimed:
                     self._hand_off(task, producer)
                     handed.append(task.id)

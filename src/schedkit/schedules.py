@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from celery import Celery
 
+from schedkit.broker import Broker
 from schedkit.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -45,8 +46,10 @@ class Schedules:
         registry: TaskRegistry,
         settings: Settings,
         *,
+        broker: Broker | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        self.broker = broker
         self.store = store
         self.registry = registry
         self.settings = settings
@@ -188,7 +191,7 @@ class Schedules:
     def _revoke(self, task_id: str) -> None:
         # The worker hook refuses a cancelled task anyway; revoke only spares the worker a start.
         try:
-            self.app.control.revoke(task_id)
+            (self.broker or Broker(self.app)).revoke(task_id)
         except Exception:  # the cancel is already durable; a broker hiccup must not undo it
             log.warning(
                 "revoke of %s failed; the worker hook will refuse it", task_id, exc_info=True
@@ -197,8 +200,16 @@ class Schedules:
     def watch(
         self, query: TaskQuery, *, is_active: Callable[[], bool], block_ms: int = 1000
     ) -> Iterator[tuple[TaskRecord, StateChange]]:
-        """Yield (task, change) for state changes from now on, while ``is_active()``."""
-        cursor = self.store.latest_event()
+        """(task, change) for state changes from the moment of this call, while ``is_active()``.
+
+        The starting point is taken now, not on first iteration, so a caller can signal
+        "watching" before anything else happens.
+        """
+        return self._follow(self.store.latest_event(), query, is_active, block_ms)
+
+    def _follow(
+        self, cursor: str, query: TaskQuery, is_active: Callable[[], bool], block_ms: int
+    ) -> Iterator[tuple[TaskRecord, StateChange]]:
         while is_active():
             changes = self.store.events(cursor, block_ms=block_ms)
             if not changes:

@@ -22,6 +22,8 @@ from schedkit.store import TaskQuery
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 
+WATCHING_HEADER = "schedkit-watching"
+
 
 class ScheduleService(pb_grpc.ScheduleServiceServicer):
     """gRPC face of :class:`schedkit.schedules.Schedules`."""
@@ -91,7 +93,10 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
     ) -> Iterator[pb.WatchTasksResponse]:
         """Stream state changes until the client goes away."""
         query = query_from_proto(request.filter)
-        for task, change in self.schedules.watch(query, is_active=context.is_active):
+        changes = self.schedules.watch(query, is_active=context.is_active)
+        # Headers tell the client the starting point is fixed: nothing after this is missed.
+        context.send_initial_metadata(((WATCHING_HEADER, "1"),))
+        for task, change in changes:
             yield pb.WatchTasksResponse(
                 task=task_to_proto(task), change_time=datetime_to_timestamp(change.at)
             )

@@ -17,6 +17,7 @@ from types import TracebackType
 
 from celery import Celery
 
+from schedkit.broker import Broker
 from schedkit.dispatcher import Dispatcher
 from schedkit.embedded import RedisServer
 from schedkit.errors import Unavailable
@@ -25,7 +26,6 @@ from schedkit.schedules import Schedules
 from schedkit.server import Server
 from schedkit.settings import Settings
 from schedkit.store import Store
-from schedkit.worker import configure_app
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Stack:
         self.redis: RedisServer | None = None
         self.store: Store | None = None
         self.app: Celery | None = None
+        self.broker: Broker | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
@@ -79,14 +80,17 @@ class Stack:
             settings.store_url, prefix=settings.prefix, history=settings.event_history
         )
         self.store.ping()
-        self.app = configure_app(load_app(settings.app), settings)
+        # The app is only read here (task names, signatures); publishing and control go
+        # through this stack's own broker connection, so stacks sharing an app stay apart.
+        self.app = load_app(settings.app)
+        self.broker = Broker(self.app, settings.effective_broker_url)
         if self.run_worker:
             self.start_worker()
             if wait_for_worker:
                 self.wait_for_worker(wait_for_worker)
-        self.dispatcher = Dispatcher(self.store, self.app, settings).start()
+        self.dispatcher = Dispatcher(self.store, self.app, settings, broker=self.broker).start()
         registry = TaskRegistry(self.app, settings.allow_tasks)
-        schedules = Schedules(self.store, registry, settings)
+        schedules = Schedules(self.store, registry, settings, broker=self.broker)
         self.server = Server(
             schedules, listen=settings.listen, threads=settings.server_threads
         ).start()
@@ -120,12 +124,12 @@ class Stack:
 
     def wait_for_worker(self, timeout: float) -> None:
         """Block until a worker answers Celery's ping, or raise Unavailable."""
-        assert self.app is not None
+        assert self.broker is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.worker is not None and self.worker.poll() is not None:
                 raise Unavailable(f"the Celery worker exited with code {self.worker.returncode}")
-            if self.app.control.ping(timeout=0.5):
+            if self.broker.ping(timeout=0.5):
                 return
         raise Unavailable(f"no Celery worker answered within {timeout:g}s")
 
@@ -149,6 +153,9 @@ class Stack:
             self.dispatcher.stop()
             self.dispatcher = None
         self.stop_worker()
+        if self.broker is not None:
+            self.broker.close()
+            self.broker = None
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -1,0 +1,55 @@
+"""A handle on one Celery broker that does not go through the app's own pools.
+
+Celery caches its producer pool and control mailbox per app on first use, from the app's
+configuration at that moment. schedkit may share an app object with other code (tests, several
+stacks, a user's process), so publishing and control commands use this handle instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from celery import Celery
+from kombu import Connection
+from kombu.pools import producers
+
+
+class Broker:
+    """Publishing and control (revoke, ping, inspect) for the broker at ``url``."""
+
+    def __init__(self, app: Celery, url: str | None = None) -> None:
+        self.connection: Connection = app.connection_for_write(url or None)
+        # Control commands only need the broker: a bare app keeps them off the user's pools.
+        self._control = Celery(
+            "schedkit-control",
+            broker=self.connection.as_uri(include_password=True),
+            set_as_current=False,
+        )
+        self._control.conf.update(accept_content=["json"], task_serializer="json")
+
+    @contextlib.contextmanager
+    def producer(self) -> Iterator[Any]:
+        """A pooled producer on this broker."""
+        with producers[self.connection].acquire(block=True) as producer:
+            yield producer
+
+    def revoke(self, task_id: str) -> None:
+        """Ask every worker to drop ``task_id``."""
+        self._control.control.revoke(task_id)
+
+    def ping(self, timeout: float = 1.0) -> list[dict[str, Any]]:
+        """Replies of the workers listening on this broker."""
+        replies: Any = self._control.control.ping(timeout=timeout)
+        return list(replies or [])
+
+    def scheduled(self, timeout: float = 1.0) -> dict[str, list[dict[str, Any]]]:
+        """ETA tasks each worker holds in memory, by worker name."""
+        held: Any = self._control.control.inspect(timeout=timeout).scheduled()
+        return dict(held or {})
+
+    def close(self) -> None:
+        """Release the connection and the control app's pools."""
+        self.connection.release()
+        self._control.close()
