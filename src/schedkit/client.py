@@ -204,11 +204,15 @@ class Client:
                 slots.release()
                 errors = pending.popleft()
                 remote = iter(response.results)
-                for error in errors:
+                sent = 0
+                for index, error in enumerate(errors):
                     if error is not None:
                         yield ScheduleResult("", Outcome.REJECTED, error)
                     else:
-                        yield result_from_proto(next(remote))
+                        # The server numbered only what was sent; name the caller's index.
+                        renumber = (f"specs[{sent}]", f"specs[{index}]")
+                        yield result_from_proto(next(remote), renumber=renumber)
+                        sent += 1
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         finally:
@@ -371,15 +375,22 @@ def task_filter(
     return msg
 
 
-def result_from_proto(msg: pb.ScheduleResult) -> ScheduleResult:
-    """A ScheduleResult from its message; a rejection carries the matching error."""
+def result_from_proto(
+    msg: pb.ScheduleResult, *, renumber: tuple[str, str] | None = None
+) -> ScheduleResult:
+    """A ScheduleResult from its message; a rejection carries the matching error.
+
+    ``renumber`` = (old, new) rewrites a field path prefix, such as a batch index.
+    """
     outcome = outcome_from_proto(msg.outcome)
     error: SchedkitError | None = None
     if outcome is Outcome.REJECTED:
         code = next((c for c in grpc.StatusCode if c.value[0] == msg.error.code), None)
         cls = error_class_for(code) if code else SchedkitError
-        violations = (
-            (FieldViolation(msg.error.field, msg.error.message),) if msg.error.field else ()
-        )
-        error = cls(msg.error.message, violations=violations)
+        field, message = msg.error.field, msg.error.message
+        if renumber and field.startswith(renumber[0]):
+            field = renumber[1] + field.removeprefix(renumber[0])
+            message = message.replace(renumber[0], renumber[1])
+        violations = (FieldViolation(field, message),) if field else ()
+        error = cls(message, violations=violations)
     return ScheduleResult(msg.id, outcome, error)

@@ -1,0 +1,217 @@
+"""Bad input over a real gRPC server: the right status, the field named, nothing else lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from schedkit.client import Client
+from schedkit.convert import datetime_to_timestamp
+from schedkit.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SchedkitError,
+    Unavailable,
+)
+from schedkit.model import Outcome, TaskSpec
+from schedkit.registry import TaskRegistry
+from schedkit.schedules import Schedules
+from schedkit.server import Server
+from schedkit.settings import Settings
+from schedkit.store import Store
+from schedkit.testing import LocalStack
+from schedkit.v1 import schedule_service_pb2 as pb
+from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+
+
+@pytest.fixture
+def stub(stack: LocalStack) -> Iterator[pb_grpc.ScheduleServiceStub]:
+    with grpc.insecure_channel(stack.address) as channel:
+        yield pb_grpc.ScheduleServiceStub(channel)
+
+
+def violations(error: grpc.RpcError) -> dict[str, str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    found: dict[str, str] = {}
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        assert detail.Unpack(bad_request)
+        found.update({v.field: v.description for v in bad_request.field_violations})
+    return found
+
+
+def soon(seconds: float = 3600) -> pb.TaskSpec:
+    return pb.TaskSpec(
+        task="add", run_time=datetime_to_timestamp(datetime.now(UTC) + timedelta(seconds=seconds))
+    )
+
+
+def invalid(stub: pb_grpc.ScheduleServiceStub, spec: pb.TaskSpec) -> dict[str, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    return violations(caught.value)
+
+
+def test_unknown_task_lists_close_matches(stub: pb_grpc.ScheduleServiceStub) -> None:
+    spec = soon()
+    spec.task = "water_plant"
+    found = invalid(stub, spec)
+    assert "did you mean water_plants?" in found["spec.task"]
+
+
+def test_missing_time_and_missing_task_are_both_named(stub: pb_grpc.ScheduleServiceStub) -> None:
+    found = invalid(stub, pb.TaskSpec())
+    assert set(found) == {"spec.task", "spec.run_time"}
+
+
+def test_time_far_in_the_past_is_refused_not_run(stub: pb_grpc.ScheduleServiceStub) -> None:
+    spec = soon(-3600)
+    spec.args.extend([1, 2])
+    found = invalid(stub, spec)
+    assert "in the past" in found["spec.run_time"]
+    assert "SCHEDKIT_PAST_TOLERANCE" in found["spec.run_time"]
+
+
+def test_arguments_that_do_not_fit_the_signature(stub: pb_grpc.ScheduleServiceStub) -> None:
+    spec = soon()
+    spec.args.extend([1, 2, 3])
+    assert "too many positional arguments" in invalid(stub, spec)["spec.args"]
+
+
+def test_oversized_args_are_refused(stub: pb_grpc.ScheduleServiceStub) -> None:
+    spec = soon()
+    spec.task = "water_plants"
+    spec.args.extend(["x" * 70_000])
+    assert "SCHEDKIT_MAX_ARGS_BYTES" in invalid(stub, spec)["spec.args"]
+
+
+def test_unparsable_time_is_refused(stub: pb_grpc.ScheduleServiceStub) -> None:
+    spec = soon()
+    spec.args.extend([1, 2])
+    spec.run_time.seconds = 10**12  # after the year 9999
+    assert "valid timestamp" in invalid(stub, spec)["spec.run_time"]
+
+
+def test_empty_batch_fails_the_stream_after_earlier_batches_were_kept(
+    stub: pb_grpc.ScheduleServiceStub, client: Client
+) -> None:
+    good = soon()
+    good.args.extend([5, 5])
+    good.labels["suite"] = "empty-batch"
+    responses = stub.ScheduleTasks(
+        iter([pb.ScheduleTasksRequest(specs=[good]), pb.ScheduleTasksRequest()])
+    )
+    first = next(responses)
+    assert first.results[0].outcome == pb.SCHEDULE_OUTCOME_CREATED
+    with pytest.raises(grpc.RpcError) as caught:
+        next(responses)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert violations(caught.value) == {"batch 1: specs": "empty batch"}
+    assert [t.id for t in client.tasks(labels={"suite": "empty-batch"})] == [first.results[0].id]
+
+
+def test_a_bad_row_leaves_the_rest_of_the_batch_alone(client: Client) -> None:
+    at = datetime.now(UTC) + timedelta(hours=5)
+    specs = [
+        TaskSpec("add", at, [1, 1], labels={"suite": "mixed"}),
+        TaskSpec("ad", at, [1, 1], labels={"suite": "mixed"}),
+        TaskSpec("add", at, [1, {"nested": object()}], labels={"suite": "mixed"}),
+        TaskSpec("add", at - timedelta(days=2), [1, 1], labels={"suite": "mixed"}),
+        TaskSpec("add", at, [2, 2], labels={"suite": "mixed"}),
+    ]
+    results = list(client.schedule_many(specs))
+    assert [r.outcome for r in results] == [
+        Outcome.CREATED,
+        Outcome.REJECTED,
+        Outcome.REJECTED,
+        Outcome.REJECTED,
+        Outcome.CREATED,
+    ]
+    fields = [r.error.violations[0].field for r in results if isinstance(r.error, SchedkitError)]
+    assert fields == ["specs[1].task", "specs[2].args", "specs[3].run_time"]
+    stored = {t.id for t in client.tasks(labels={"suite": "mixed"})}
+    assert stored == {results[0].id, results[4].id}
+
+
+def test_client_side_mistakes_name_the_field(client: Client) -> None:
+    with pytest.raises(InvalidArgument) as naive:
+        client.schedule("add", 1, 2, run_at=datetime(2031, 1, 1, 8, 0))
+    assert naive.value.violations[0].field == "run_at"
+    with pytest.raises(InvalidArgument) as not_a_list:
+        client.schedule_spec(TaskSpec("add", datetime.now(UTC), "1, 2"))  # type: ignore[arg-type]
+    assert not_a_list.value.violations[0].field == "args"
+    with pytest.raises(InvalidArgument) as not_an_object:
+        client.schedule_spec(TaskSpec("add", datetime.now(UTC), [1], [2]))  # type: ignore[arg-type]
+    assert not_an_object.value.violations[0].field == "kwargs"
+
+
+def test_unknown_id_is_not_found_and_finished_task_cannot_be_cancelled(client: Client) -> None:
+    with pytest.raises(NotFound):
+        client.get("nope")
+    with pytest.raises(NotFound):
+        client.cancel("nope")
+    task = client.schedule("add", 1, 1, run_at=timedelta(0))
+    client.wait_for(task.id, ["SUCCEEDED"], timeout=30)
+    with pytest.raises(FailedPrecondition) as caught:
+        client.cancel(task.id)
+    assert "SUCCEEDED" in str(caught.value)
+
+
+def test_bad_page_token_and_page_size_and_state_filter(stub: pb_grpc.ScheduleServiceStub) -> None:
+    for request, field in [
+        (pb.ListTasksRequest(page_token="garbage!"), "page_token"),
+        (pb.ListTasksRequest(page_size=5000), "page_size"),
+        (pb.ListTasksRequest(filter=pb.TaskFilter(states=[0])), "filter.states[0]"),
+    ]:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListTasks(request)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert field in violations(caught.value)
+
+
+class Exploding(Schedules):
+    def get(self, task_id: str) -> object:  # type: ignore[override]
+        raise ZeroDivisionError("secret internals")
+
+
+def test_unexpected_errors_are_internal_with_a_reference_never_unknown(
+    store: Store, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from schedkit.demo import app
+
+    server = Server(Exploding(store, TaskRegistry(app), settings), listen="127.0.0.1:0").start()
+    try:
+        with (
+            grpc.insecure_channel(server.address) as channel,
+            pytest.raises(grpc.RpcError) as caught,
+        ):
+            pb_grpc.ScheduleServiceStub(channel).GetTask(pb.GetTaskRequest(id="x"))
+    finally:
+        server.stop(0)
+    assert caught.value.code() is grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+    details = caught.value.details()  # type: ignore[attr-defined]
+    assert "secret" not in details
+    assert details.startswith("internal error (ref ")
+    assert "ZeroDivisionError" in caplog.text
+
+
+def test_store_down_is_unavailable(settings: Settings) -> None:
+    from schedkit.demo import app
+    from schedkit.embedded import free_port
+
+    down = Store.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    server = Server(Schedules(down, TaskRegistry(app), settings), listen="127.0.0.1:0").start()
+    try:
+        with Client.connect(server.address) as client, pytest.raises(Unavailable) as caught:
+            client.get("x")
+    finally:
+        server.stop(0)
+    assert "schedule store unreachable" in str(caught.value)
