@@ -26,6 +26,7 @@ def test_public_names_are_pinned() -> None:
         "Unauthenticated",
         "Unavailable",
         "install",
+        "read_timetable",
     ]
     for name in schedkit.__all__:
         assert getattr(schedkit, name) is not None

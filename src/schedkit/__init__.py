@@ -21,6 +21,7 @@ from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskSt
 from schedkit.registry import TaskType
 from schedkit.settings import Settings
 from schedkit.stack import Stack
+from schedkit.timetable import read_timetable
 
 __all__ = [
     "AlreadyExists",
@@ -44,4 +45,5 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "install",
+    "read_timetable",
 ]
