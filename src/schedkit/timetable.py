@@ -30,11 +30,13 @@ others: each becomes a :class:`RowError` naming the row and the column.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
@@ -178,6 +180,7 @@ def read_frame(
             "pyarrow",
         )
     elif kind == "excel":
+        _need_excel_reader(timetable)
         frame = _optional_reader(
             lambda: pd.read_excel(timetable, dtype=object), "Excel", "openpyxl"
         )
@@ -189,6 +192,19 @@ def read_frame(
     return frame, []
 
 
+def _need_excel_reader(timetable: Any) -> None:
+    # pandas looks at the file before importing its reader, so check the reader first.
+    suffix = Path(str(timetable)).suffix.lower() if isinstance(timetable, str | Path) else ""
+    module, package = {".xls": ("xlrd", "xlrd"), ".ods": ("odf", "odfpy")}.get(
+        suffix, ("openpyxl", "openpyxl")
+    )
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"reading Excel files ({suffix or 'xlsx'}) needs the optional package {package}: "
+            f"pip install {package}"
+        )
+
+
 def _optional_reader(read: Any, what: str, package: str) -> pd.DataFrame:
     try:
         frame: pd.DataFrame = read()
@@ -197,17 +213,20 @@ def _optional_reader(read: Any, what: str, package: str) -> pd.DataFrame:
             f"reading {what} files needs the optional package {package}: "
             f"pip install {package}  ({exc})"
         ) from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise InvalidArgument.for_field("timetable", f"cannot read as {what}: {exc}") from exc
     return frame
 
 
 def _read_csv(source: Any) -> tuple[pd.DataFrame, list[RowError]]:
+    # header=None: the header is read as a row, so a data row with a cell too many is a bad
+    # line (reported) instead of silently turning the first column into the index.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            frame = pd.read_csv(
+            raw = pd.read_csv(
                 source,
+                header=None,
                 dtype=str,
                 keep_default_na=False,
                 skip_blank_lines=False,
@@ -226,19 +245,21 @@ def _read_csv(source: Any) -> tuple[pd.DataFrame, list[RowError]]:
         for match in re.finditer(
             r"Skipping line (\d+): expected (\d+) fields, saw (\d+)", str(warning.message)
         ):
-            row, expected, saw = (int(g) for g in match.groups())
+            record, expected, saw = (int(g) for g in match.groups())
             errors.append(
                 RowError(
-                    row - 1,
+                    record - 1,
                     "(row)",
                     f"expected {expected} cells, found {saw}: put cells that hold commas "
                     'in double quotes, like "[1, 2]"',
                 )
             )
-    skipped = np.array(sorted(e.row for e in errors), dtype=np.int64)
-    total = len(frame) + len(skipped)
-    numbers = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), skipped)
-    frame.index = pd.Index(numbers)
+    skipped = np.array(sorted(e.row + 1 for e in errors), dtype=np.int64)
+    total = len(raw) + len(skipped)
+    records = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), skipped)
+    frame = raw.iloc[1:].copy()
+    frame.columns = pd.Index([str(c) for c in raw.iloc[0].fillna("")], dtype=object)
+    frame.index = pd.Index(records[1:] - 1)
     return frame, errors
 
 
@@ -531,7 +552,8 @@ def _times(
                 except InvalidArgument as exc:
                     errors.add([row], column, exc.violations[0].description)
                     reported.append(row)
-    bad = given & result.isna() & ~values.index.isin(reported)
+    known = zones.names.isin(list(zones.by_name)).to_numpy()
+    bad = given & result.isna() & ~values.index.isin(reported) & known
     errors.add(
         values.index[bad.to_numpy()],
         column,
