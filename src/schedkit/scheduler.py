@@ -243,7 +243,8 @@ def _column_and_reason(error: Exception | None) -> tuple[str, str]:
         violation = error.violations[0]
         name = re.sub(r"^specs\[\d+\]\.", "", violation.field)
         name = COLUMN_OF_FIELD.get(re.split(r"[\[.]", name)[0], name)
-        return name, violation.description
+        # The server's message repeats its own field path; the row and column replace it.
+        return name, violation.description.removeprefix(f"{violation.field}: ")
     return "", str(error) if error else ""
 
 
@@ -407,7 +408,9 @@ def run_once(options: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     report = Report.empty(len(table.runs))
 
     def connect() -> Client:
-        return Client.connect(options.server, wait_ready=5.0)
+        return Client.connect(
+            options.server, wait_ready=min(5.0, max(0.5, options.retry_for.total_seconds()))
+        )
 
     if options.dry_run:
         marks = ["+"] * len(table.runs)

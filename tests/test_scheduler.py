@@ -1,0 +1,393 @@
+"""``python -m schedkit.scheduler`` against a real stack: idempotency, sync, retries, reports."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from schedkit.client import Client
+from schedkit.embedded import free_port
+from schedkit.model import TaskRecord, TaskState
+from schedkit.registry import TaskRegistry
+from schedkit.scheduler import main
+from schedkit.schedules import Schedules
+from schedkit.server import Server
+from schedkit.testing import LocalStack, local_stack
+from schedkit.timetable import load_timetable
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "timetable.csv"
+FAST = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}
+
+
+def tomorrow(minutes: int = 0) -> str:
+    moment = datetime.now(UTC) + timedelta(days=1, minutes=minutes)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write(path: Path, rows: list[str], header: str = "task,run_at,args,kwargs") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def tasks_of(client: Client, source: str, *states: TaskState) -> list[TaskRecord]:
+    return list(client.tasks(states=states, labels={"source": source}))
+
+
+def run(*argv: str) -> int:
+    return main([*argv, "--quiet"])
+
+
+def poll(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def source() -> str:
+    """A source name of this test's own, so tests sharing the stack stay apart."""
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+def test_example_timetable_is_scheduled(
+    stack: LocalStack, client: Client, source: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(str(EXAMPLE), "--server", stack.address, "--source", source) == 0
+    out = capsys.readouterr().out
+    assert "naive times read in UTC" in out
+    assert "past runs: skip" in out
+    expected = load_timetable(EXAMPLE, source=source).runs
+    assert {t.spec.key for t in tasks_of(client, source)} == set(expected["key"])
+
+
+def test_same_timetable_twice_creates_nothing_the_second_time(
+    stack: LocalStack, client: Client, source: str, tmp_path: Path
+) -> None:
+    rows = [f'add,{tomorrow(i)},"[{i}, 1]",' for i in range(50)]
+    path = write(tmp_path / "t.csv", rows)
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    assert (
+        run(str(path), "--server", stack.address, "--source", source, "--output", str(first)) == 0
+    )
+    assert (
+        run(str(path), "--server", stack.address, "--source", source, "--output", str(second)) == 0
+    )
+    assert set(pd.read_csv(first)["outcome"]) == {"created"}
+    again = pd.read_csv(second)
+    assert set(again["outcome"]) == {"existing"}
+    assert len(tasks_of(client, source)) == 50
+    assert list(again["task_id"]) == list(pd.read_csv(first)["task_id"])
+
+
+def test_sync_after_deleting_a_row_cancels_exactly_that_task(
+    stack: LocalStack,
+    client: Client,
+    source: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [f'add,{tomorrow(i)},"[{i}, 2]",' for i in range(5)]
+    path = write(tmp_path / "t.csv", rows)
+    assert run(str(path), "--server", stack.address, "--source", source, "--sync") == 0
+    before = {t.spec.args[0]: t.id for t in tasks_of(client, source)}
+    write(path, rows[:2] + rows[3:])
+    capsys.readouterr()
+    assert run(str(path), "--server", stack.address, "--source", source, "--sync") == 0
+    out = capsys.readouterr().out
+    assert out.count("\n  = row") == 4
+    assert out.count("\n  - ") == 1
+    cancelled = tasks_of(client, source, TaskState.CANCELLED)
+    assert [t.id for t in cancelled] == [before[2]]
+    assert len(tasks_of(client, source, TaskState.SCHEDULED)) == 4
+
+
+def test_sync_cancels_nothing_while_rows_are_bad(
+    stack: LocalStack, client: Client, source: str, tmp_path: Path
+) -> None:
+    rows = [f'add,{tomorrow(i)},"[{i}, 2]",' for i in range(3)]
+    path = write(tmp_path / "t.csv", rows)
+    assert run(str(path), "--server", stack.address, "--source", source, "--sync") == 0
+    write(path, [rows[0], f"add,{tomorrow(1)},[oops,"])
+    assert run(str(path), "--server", stack.address, "--source", source, "--sync") == 1
+    assert tasks_of(client, source, TaskState.CANCELLED) == []
+
+
+def test_dry_run_sends_nothing_and_a_sync_plan_shows_each_change(
+    stack: LocalStack,
+    client: Client,
+    source: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [f'add,{tomorrow(i)},"[{i}, 3]",' for i in range(3)]
+    path = write(tmp_path / "t.csv", rows)
+    assert run(str(path), "--server", stack.address, "--source", source, "--dry-run") == 0
+    assert tasks_of(client, source) == []
+    assert run(str(path), "--server", stack.address, "--source", source) == 0
+    write(path, [*rows[1:], f'add,{tomorrow(9)},"[9, 3]",'])
+    capsys.readouterr()
+    args = ("--server", stack.address, "--source", source, "--sync", "--dry-run")
+    assert run(str(path), *args) == 0
+    out = capsys.readouterr().out
+    assert (out.count("\n  + row"), out.count("\n  = row"), out.count("\n  - ")) == (1, 2, 1)
+    assert len(tasks_of(client, source, TaskState.SCHEDULED)) == 3  # still nothing changed
+
+
+def test_recurring_row_over_a_moving_horizon_has_no_duplicate_runs(
+    stack: LocalStack, client: Client, source: str, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path / "t.csv",
+        ['add,2026-01-01 00:00,"[1, 1]",,30min'],
+        "task,run_at,args,kwargs,every",
+    )
+    out1, out2 = tmp_path / "1.csv", tmp_path / "2.csv"
+    base = ("--server", stack.address, "--source", source)
+    assert run(str(path), *base, "--horizon", "3h", "--output", str(out1)) == 0
+    assert run(str(path), *base, "--horizon", "6h", "--output", str(out2)) == 0
+    first, second = pd.read_csv(out1), pd.read_csv(out2)
+    assert len(first) == 6
+    assert len(second) == 12
+    assert set(second[second["outcome"] == "existing"]["key"]) == set(first["key"])
+    runs = [t.spec.run_at for t in tasks_of(client, source)]
+    assert len(runs) == len(set(runs)) == 12
+
+
+def test_dst_gap_row_is_refused_with_its_row_number(
+    stack: LocalStack,
+    client: Client,
+    source: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write(
+        tmp_path / "t.csv",
+        [
+            'add,2099-03-28 02:30,"[1, 1]",,Europe/Paris',
+            'add,2099-03-29 02:30,"[2, 1]",,Europe/Paris',
+        ],
+        "task,run_at,args,kwargs,tz",
+    )
+    assert run(str(path), "--server", stack.address, "--source", source) == 1
+    out = capsys.readouterr().out
+    assert "row 2, run_at: 2099-03-29T02:30:00 does not exist in Europe/Paris" in out
+    assert [t.spec.args for t in tasks_of(client, source)] == [[1, 1]]
+    assert run(str(path), "--server", stack.address, "--source", source, "--dst", "shift") == 0
+    assert len(tasks_of(client, source)) == 2
+
+
+def test_bad_rows_are_reported_and_every_good_row_is_scheduled(
+    stack: LocalStack,
+    client: Client,
+    source: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    n = 3000
+    rows = [f'add,{tomorrow(i % 600)},"[{i}, 1]",' for i in range(n)]
+    rows[10] = (
+        f"add,{tomorrow()},[1, oops],"  # unquoted and broken JSON: a row with a cell too many
+    )
+    rows[1500] = 'add,31/12/2099,"[1500, 1]",'
+    rows[2999] = f'no_such_task,{tomorrow()},"[2999, 1]",'
+    rows[2000] = f'add,{tomorrow()},"[1, 2, 3]",'  # does not fit add(x, y): the server says
+    path = write(tmp_path / "t.csv", rows)
+    output = tmp_path / "out.csv"
+    assert (
+        run(str(path), "--server", stack.address, "--source", source, "--output", str(output)) == 1
+    )
+    out = capsys.readouterr().out
+    assert "row 11, (row): expected 4 cells, found 5" in out
+    assert "row 1501, run_at: '31/12/2099' is not an ISO 8601 time" in out
+    assert "row 3000, task: unknown task 'no_such_task'" in out
+    assert "row 2001, args: arguments do not fit add" in out
+    assert len(tasks_of(client, source)) == n - 4
+    results = pd.read_csv(output)
+    assert (results["outcome"] == "created").sum() == n - 4
+    bad = results[results["outcome"].isin(["invalid", "rejected"])]
+    assert sorted(bad["row"]) == [11, 1501, 2001, 3000]
+
+
+def test_past_rows_are_skipped_by_default_and_said_so(
+    stack: LocalStack,
+    client: Client,
+    source: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write(
+        tmp_path / "t.csv", ['add,2020-01-01 00:00,"[1, 1]",', f'add,{tomorrow()},"[2, 1]",']
+    )
+    assert run(str(path), "--server", stack.address, "--source", source) == 0
+    out = capsys.readouterr().out
+    assert "skipped (past)               1   (--past skip" in out
+    assert len(tasks_of(client, source)) == 1
+    assert run(str(path), "--server", stack.address, "--source", source, "--past", "error") == 1
+    assert run(str(path), "--server", stack.address, "--source", source, "--past", "run") == 0
+    late = [t for t in tasks_of(client, source) if t.spec.args == [1, 1]]
+    assert len(late) == 1
+    # Run again: the moved-to-now run is found by its key, not created a second time.
+    assert run(str(path), "--server", stack.address, "--source", source, "--past", "run") == 0
+    assert len([t for t in tasks_of(client, source) if t.spec.args == [1, 1]]) == 1
+    client.wait_for(late[0].id, ["SUCCEEDED"])
+
+
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "missing.csv"), "--dry-run"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    path = write(tmp_path / "t.csv", ["add,[]"], "task,args")
+    assert main([str(path), "--dry-run"]) == 2
+    assert "missing required column(s) run_at" in capsys.readouterr().err
+    assert main([str(path), "--horizon", "soon"]) == 2
+    (tmp_path / "empty.csv").write_text("")
+    assert main([str(tmp_path / "empty.csv"), "--dry-run"]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_header_only_is_nothing_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "t.csv", [])
+    assert main([str(path), "--dry-run", "--quiet"]) == 0
+    assert "0 rows read, 0 runs to send" in capsys.readouterr().out
+
+
+def test_unreachable_server_exits_2_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "t.csv", [f'add,{tomorrow()},"[1, 1]",'])
+    address = f"127.0.0.1:{free_port()}"
+    assert run(str(path), "--server", address, "--retry-for", "1s") == 2
+    err = capsys.readouterr().err
+    assert f"the server at {address} is unreachable" in err
+    assert "Re-run when it is back" in err
+
+
+def test_help_documents_format_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("run_at", "label.<name>", "exit codes", "row N is line", "--sync", "cron"):
+        assert needle in text
+
+
+def _restart_server(stack: LocalStack, port: int) -> None:
+    assert stack.store is not None
+    assert stack.app is not None
+    registry = TaskRegistry(stack.app, stack.settings.allow_tasks)
+    schedules = Schedules(stack.store, registry, stack.settings, broker=stack.broker)
+    stack.server = Server(schedules, listen=f"127.0.0.1:{port}").start()
+
+
+def _in_thread(argv: list[str]) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(code=main(argv)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize("restart_while_retrying", [False, True])
+def test_server_killed_mid_stream_then_every_row_is_scheduled_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restart_while_retrying: bool
+) -> None:
+    n = 20_000
+    rows = [f'add,{tomorrow(i % 1000)},"[{i}, 1]",' for i in range(n)]
+    path = write(tmp_path / "t.csv", rows)
+    with local_stack(worker=False, **FAST) as stack, stack.client() as client:
+        assert stack.server is not None
+        assert stack.store is not None
+        port, store = stack.server.port, stack.store
+        retry = "60s" if restart_while_retrying else "1s"
+        argv = [
+            str(path),
+            "--server",
+            stack.address,
+            "--source",
+            "kill",
+            "-q",
+            "--retry-for",
+            retry,
+        ]
+        thread, result = _in_thread(argv)
+        poll(lambda: store.count(TaskState.SCHEDULED) >= 2000, what="the stream to start")
+        stack.server.stop(0)
+        stack.server = None
+        if restart_while_retrying:
+            poll(lambda: "retrying" in capsys.readouterr().err, what="a retry")
+            _restart_server(stack, port)
+            thread.join(120)
+            assert result["code"] == 0
+        else:
+            thread.join(60)
+            assert result["code"] == 2
+            assert 0 < store.count(TaskState.SCHEDULED) < n
+            _restart_server(stack, port)
+            assert run(*argv) == 0
+        keys = [t.spec.key for t in tasks_of(client, "kill")]
+        assert len(keys) == n
+        assert set(keys) == set(load_timetable(path, source="kill").runs["key"])
+
+
+def test_every_re_reads_the_file_until_stopped(
+    stack: LocalStack, client: Client, source: str, tmp_path: Path
+) -> None:
+    first, second = f'add,{tomorrow()},"[1, 4]",', f'add,{tomorrow(1)},"[2, 4]",'
+    path = write(tmp_path / "t.csv", [first])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDKIT_")}
+    command = [sys.executable, "-m", "schedkit.scheduler", str(path), "--server", stack.address]
+    process = subprocess.Popen(
+        [*command, "--source", source, "--every", "0.5s"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        poll(lambda: len(tasks_of(client, source)) == 1, what="the first pass")
+        write(path, [first, second])
+        poll(lambda: len(tasks_of(client, source)) == 2, what="the re-read file")
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert out.count("next pass in 0.5s") >= 2
+    assert "row/s" not in err  # no progress bar in a pipe
+
+
+def test_progress_bar_on_a_terminal(stack: LocalStack, source: str, tmp_path: Path) -> None:
+    path = write(tmp_path / "t.csv", [f'add,{tomorrow(i)},"[{i}, 5]",' for i in range(2000)])
+    leader, follower = pty.openpty()
+    # A terminal of a real size: at 0 columns tqdm draws an empty bar.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    command = [sys.executable, "-m", "schedkit.scheduler", str(path), "--server", stack.address]
+    process = subprocess.Popen(
+        [*command, "--source", source], stdout=subprocess.DEVNULL, stderr=follower
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert process.wait(timeout=60) == 0
+    assert b"row/s" in seen or b"s/row" in seen
