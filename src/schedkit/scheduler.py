@@ -434,8 +434,15 @@ def run_once(options: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         disable=options.quiet or not err.isatty() or not len(table.runs),
         dynamic_ncols=True,
     )
+    started = time.monotonic()
     with progress:
         Sender(options, connect, progress, err).send(table, report)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    print(
+        f"sent {len(table.runs):,} runs in {elapsed:.1f}s "
+        f"({len(table.runs) / elapsed:,.0f} rows/s)",
+        file=out,
+    )
     if options.sync:
         _sync(options, connect, table, report, source, out)
     _summary(table, report, out)
