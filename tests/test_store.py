@@ -176,6 +176,17 @@ def test_a_sparse_filter_pages_on_without_losing_tasks(store: Store) -> None:
     assert found == ids[::50]
 
 
+def test_a_filter_behind_many_other_tasks_still_fills_the_page(store: Store) -> None:
+    """Matches that sit after more non-matches than one scan budget come back in one call."""
+    put(store, [spec(n, key=f"early{n}") for n in range(90)])
+    late = put(store, [spec(100 + n, key=f"late{n}", labels={"team": "late"}) for n in range(4)])
+    query = TaskQuery(labels=(("team", "late"),))
+    one_round, token = store.page(query, page_size=4, scan_budget=30, max_rounds=1)
+    assert (one_round, bool(token)) == ([], True)  # the budget stops a single round short
+    page, token = store.page(query, page_size=4, scan_budget=30)
+    assert [r.id for r in page] == late
+
+
 def test_garbage_page_token_names_the_field(store: Store) -> None:
     with pytest.raises(InvalidArgument) as caught:
         store.page(TaskQuery(), page_size=5, page_token="%%%")

@@ -200,9 +200,37 @@ class Store:
         ]
 
     def page(
-        self, query: TaskQuery, *, page_size: int, page_token: str = "", scan_budget: int = 0
+        self,
+        query: TaskQuery,
+        *,
+        page_size: int,
+        page_token: str = "",
+        scan_budget: int = 0,
+        max_rounds: int = 8,
     ) -> tuple[list[TaskRecord], str]:
-        """One page of tasks ordered by (run time, id), and the token of the next page."""
+        """One page of tasks ordered by (run time, id), and the token of the next page.
+
+        A filter on task name or labels is checked while scanning the run-time index, so one
+        scan may find few matches; keep scanning (up to ``max_rounds`` budgets) so callers see
+        full pages whenever the matches exist, without one call scanning without bound.
+        """
+        records: list[TaskRecord] = []
+        token = page_token
+        for _ in range(max_rounds):
+            found, token = self._page_once(
+                query,
+                page_size=page_size - len(records),
+                page_token=token,
+                scan_budget=scan_budget,
+            )
+            records.extend(found)
+            if len(records) >= page_size or not token:
+                break
+        return records, token
+
+    def _page_once(
+        self, query: TaskQuery, *, page_size: int, page_token: str, scan_budget: int
+    ) -> tuple[list[TaskRecord], str]:
         cursor_score, cursor_id = _parse_token(page_token)
         budget = scan_budget or max(page_size * 20, 2000)
         states = sorted(query.states or ALL_STATES)
