@@ -6,13 +6,15 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from conftest import FAST
 from schedkit.settings import Settings
-from schedkit.testing import LocalStack
+from schedkit.testing import LocalStack, local_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -52,6 +54,13 @@ def run_shell(block: str, stack: LocalStack, cwd: Path) -> str:
     return done.stdout
 
 
+@pytest.fixture(scope="module")
+def tour_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A stack of the tour's own: the README assumes a fresh one (its example keys are fixed)."""
+    with local_stack(data_dir=tmp_path_factory.mktemp("tour"), **FAST) as running:
+        yield running
+
+
 def test_the_readme_has_a_tour_to_run() -> None:
     assert len(tour_commands()) >= 4
     assert len(blocks("python")) >= 3
@@ -61,23 +70,23 @@ def test_the_readme_has_a_tour_to_run() -> None:
 
 
 @pytest.mark.skipif(not BUF.exists(), reason="buf is installed by `npm ci` (scripts/bootstrap)")
-def test_buf_curl_tour_runs_as_written(stack: LocalStack, tmp_path: Path) -> None:
+def test_buf_curl_tour_runs_as_written(tour_stack: LocalStack, tmp_path: Path) -> None:
     listed, scheduled, cancelled, timetable = tour_commands()
-    types = json.loads(run_shell(listed, stack, tmp_path))
+    types = json.loads(run_shell(listed, tour_stack, tmp_path))
     assert "water_plants" in {t["name"] for t in types["taskTypes"]}
-    first = json.loads(run_shell(scheduled, stack, tmp_path))
-    second = json.loads(run_shell(scheduled, stack, tmp_path))
+    first = json.loads(run_shell(scheduled, tour_stack, tmp_path))
+    second = json.loads(run_shell(scheduled, tour_stack, tmp_path))
     assert first["task"]["id"] == second["task"]["id"]
     assert second["outcome"] == "SCHEDULE_OUTCOME_EXISTING"
-    gone = json.loads(run_shell(cancelled, stack, tmp_path))
+    gone = json.loads(run_shell(cancelled, tour_stack, tmp_path))
     assert gone["task"]["state"] == "TASK_STATE_CANCELLED"
     assert gone["task"]["spec"]["labels"] == {"team": "garden"}
-    summary = run_shell(timetable, stack, tmp_path)
+    summary = run_shell(timetable, tour_stack, tmp_path)
     assert "rejected" in summary
 
 
-def test_python_tour_runs_as_written(stack: LocalStack) -> None:
-    source = "\n".join(blocks("python")).replace(DEFAULT_ADDRESS, stack.address)
+def test_python_tour_runs_as_written(tour_stack: LocalStack) -> None:
+    source = "\n".join(blocks("python")).replace(DEFAULT_ADDRESS, tour_stack.address)
     namespace: dict[str, object] = {"__name__": "readme"}
     try:
         exec(compile(source, "README.md", "exec"), namespace)

@@ -90,8 +90,8 @@ def install(app: Celery, settings: Settings | None = None) -> StoreHandle:
     base._schedkit_store = handle
     _wrap(base, "before_start", _before_start(handle))
     _wrap(base, "on_success", _on_success(handle))
-    _wrap(base, "on_failure", _on_failure(handle))
-    _wrap(base, "on_retry", _on_retry(handle))
+    _wrap(base, "on_failure", _on_error(handle, TaskState.FAILED))
+    _wrap(base, "on_retry", _on_error(handle, TaskState.RETRYING))
     return handle
 
 
@@ -152,21 +152,13 @@ def _error_fields(exc: BaseException, einfo: Any) -> dict[str, str]:
     }
 
 
-def _on_failure(handle: StoreHandle) -> Callable[..., bool]:
+def _on_error(handle: StoreHandle, state: TaskState) -> Callable[..., bool]:
+    """Celery's on_failure and on_retry take the same arguments; record the error either way."""
+
     def hook(
         task: Any, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> bool:
-        _record(handle, task_id, TaskState.FAILED, **_error_fields(exc, einfo))
-        return True
-
-    return hook
-
-
-def _on_retry(handle: StoreHandle) -> Callable[..., bool]:
-    def hook(
-        task: Any, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> bool:
-        _record(handle, task_id, TaskState.RETRYING, **_error_fields(exc, einfo))
+        _record(handle, task_id, state, **_error_fields(exc, einfo))
         return True
 
     return hook
