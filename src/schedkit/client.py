@@ -17,9 +17,11 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+import pandas as pd
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from schedkit import frames
 from schedkit.convert import (
     datetime_to_timestamp,
     outcome_from_proto,
@@ -36,6 +38,7 @@ from schedkit.errors import (
 )
 from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState
 from schedkit.registry import TaskType
+from schedkit.timetable import PastPolicy
 from schedkit.timeutil import DstPolicy, to_instant
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
@@ -271,6 +274,47 @@ class Client:
             yield from tasks
             if not token:
                 return
+
+    def tasks_frame(
+        self,
+        *,
+        states: Sequence[TaskState | str] = (),
+        task: str = "",
+        labels: Mapping[str, str] | None = None,
+        run_after: datetime | None = None,
+        run_before: datetime | None = None,
+        tz: str | tzinfo = "UTC",
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """Matching tasks as a DataFrame by run time, datetime columns tz-aware in ``tz``.
+
+        Columns: see :data:`schedkit.frames.TASK_COLUMNS`. ``limit`` stops after that many.
+        """
+        records = self.tasks(
+            states=states,
+            task=task,
+            labels=labels,
+            run_after=run_after,
+            run_before=run_before,
+            page_size=min(limit, 1000) if limit else 500,
+        )
+        return frames.tasks_frame(itertools.islice(records, limit), tz=tz)
+
+    def schedule_frame(
+        self,
+        frame: pd.DataFrame,
+        *,
+        tz: str | tzinfo = "UTC",
+        dst: DstPolicy = "raise",
+        past: PastPolicy = "skip",
+        horizon: timedelta = timedelta(days=7),
+        source: str = "",
+    ) -> pd.DataFrame:
+        """Schedule a timetable DataFrame; return its runs with ``id``, ``outcome``,
+        ``column`` and ``error``, one row per run (bad rows included, never raised)."""
+        return frames.schedule_frame(
+            self, frame, tz=tz, dst=dst, past=past, horizon=horizon, source=source
+        )
 
     def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a task that has not started; returns it, CANCELLED."""

@@ -238,7 +238,8 @@ def specs_of(runs: pd.DataFrame, start: int = 0) -> Iterator[TaskSpec]:
         )
 
 
-def _column_and_reason(error: Exception | None) -> tuple[str, str]:
+def column_and_reason(error: Exception | None) -> tuple[str, str]:
+    """The timetable column a refusal names (or '') and the reason without the field path."""
     if isinstance(error, SchedkitError) and error.violations:
         violation = error.violations[0]
         name = re.sub(r"^specs\[\d+\]\.", "", violation.field)
@@ -320,7 +321,7 @@ class Sender:
                 report.outcomes[index] = "existing"
                 report.task_ids[index] = task_id_for(str(runs["key"].iat[index]))
                 return
-            column, reason = _column_and_reason(result.error)
+            column, reason = column_and_reason(result.error)
             report.outcomes[index] = "rejected"
             report.columns[index] = column
             report.reasons[index] = reason

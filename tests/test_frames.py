@@ -1,0 +1,104 @@
+"""DataFrames both ways against the real stack: schedule_frame and tasks_frame."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from schedkit.client import Client
+from schedkit.frames import TASK_COLUMNS
+
+
+def _label() -> dict[str, str]:
+    return {"test": uuid.uuid4().hex[:10]}
+
+
+def test_schedule_frame_returns_ids_and_outcomes_per_row(client: Client) -> None:
+    label = _label()
+    start = pd.Timestamp.now(tz="Europe/Paris").floor("s") + pd.Timedelta(minutes=30)
+    frame = pd.DataFrame(
+        {
+            "task": ["add", "add", "add", "add", "no_such_task"],
+            "run_at": pd.date_range(start, periods=5, freq="1min"),
+            "args": ["[1, 2]", "[3, 4]", "[5, 6", "[7, 8]", "[]"],
+            "labels": [str(label).replace("'", '"')] * 5,
+        }
+    )
+    result = client.schedule_frame(frame, tz="Europe/Paris")
+
+    assert list(result["row"]) == [1, 2, 3, 4, 5]
+    assert list(result["outcome"]) == ["created", "created", "invalid", "created", "rejected"]
+    assert result.loc[2, "column"] == "args"
+    assert "not valid JSON" in result.loc[2, "error"]
+    assert result.loc[4, "column"] == "task"
+    assert "unknown task 'no_such_task'" in result.loc[4, "error"]
+    assert str(result["run_at"].dt.tz) == "Europe/Paris"
+    created = result[result["outcome"] == "created"]
+    assert list(created["run_at"]) == [
+        start,
+        start + pd.Timedelta(minutes=1),
+        start + pd.Timedelta(minutes=3),
+    ]
+    for task_id, args in zip(created["id"], ([1, 2], [3, 4], [7, 8]), strict=True):
+        stored = client.get(task_id)
+        assert stored.state == "SCHEDULED"
+        assert stored.spec.args == args
+        assert stored.spec.labels == label
+
+    again = client.schedule_frame(frame, tz="Europe/Paris")
+    assert list(again["outcome"]) == ["existing", "existing", "invalid", "existing", "rejected"]
+    assert list(again["id"][again["outcome"] == "existing"]) == list(created["id"])
+
+
+def test_schedule_frame_reports_past_rows_instead_of_dropping_them(client: Client) -> None:
+    frame = pd.DataFrame(
+        {"task": ["add"], "run_at": [datetime.now(UTC) - timedelta(days=1)], "args": ["[1, 1]"]}
+    )
+    result = client.schedule_frame(frame)
+    assert list(result["outcome"]) == ["skipped_past"]
+    assert result.loc[0, "column"] == "run_at"
+
+
+def test_tasks_frame_has_tz_aware_times_and_lateness(client: Client) -> None:
+    label = _label()
+    done = client.schedule("add", 2, 3, run_at=timedelta(seconds=0.5), labels=label)
+    waiting = client.schedule("add", 1, 1, run_at=timedelta(hours=1), labels=label)
+    client.wait_for(done.id, ["SUCCEEDED"])
+
+    frame = client.tasks_frame(labels=label, tz="America/New_York")
+
+    assert list(frame.columns) == list(TASK_COLUMNS)
+    assert list(frame["id"]) == [done.id, waiting.id]  # by run time
+    for column in ("run_at", "created_at", "queued_at", "started_at", "finished_at"):
+        assert str(frame[column].dt.tz) == "America/New_York", column
+    assert list(frame["state"]) == ["SUCCEEDED", "SCHEDULED"]
+    assert frame.loc[0, "result"] == "5"
+    assert frame.loc[0, "lateness"] == frame.loc[0, "started_at"] - frame.loc[0, "run_at"]
+    assert pd.isna(frame.loc[1, "started_at"])
+    assert pd.isna(frame.loc[1, "lateness"])
+    assert frame.loc[1, "args"] == [1, 1]
+
+
+def test_tasks_frame_of_nothing_keeps_the_column_types(client: Client) -> None:
+    frame = client.tasks_frame(labels=_label())
+    assert len(frame) == 0
+    assert list(frame.columns) == list(TASK_COLUMNS)
+    assert str(frame["run_at"].dt.tz) == "UTC"
+
+
+def test_tasks_frame_limit(client: Client) -> None:
+    label = _label()
+    for n in range(3):
+        client.schedule("add", n, n, run_at=timedelta(hours=2, minutes=n), labels=label)
+    assert len(client.tasks_frame(labels=label, limit=2)) == 2
+
+
+@pytest.mark.parametrize("bad_zone", ["Mars/Olympus"])
+def test_tasks_frame_names_a_bad_zone(client: Client, bad_zone: str) -> None:
+    from schedkit.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="unknown time zone 'Mars/Olympus'"):
+        client.tasks_frame(tz=bad_zone)
