@@ -1,0 +1,275 @@
+"""The schedule builder: a form that fills a draft timetable and schedules it.
+
+The draft is a timetable DataFrame (the columns of :mod:`schedkit.timetable`), so a row
+added with the form, a row of a DataFrame passed in, and a row of a CSV file are checked and
+scheduled by the same code: each new row goes through the timetable checks before it is
+added, and "Schedule" hands the whole draft to :meth:`schedkit.Client.schedule_frame`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import ipywidgets as widgets
+import pandas as pd
+
+from schedkit.client import Client
+from schedkit.errors import InvalidArgument
+from schedkit.notebook._common import (
+    Feedback,
+    error_html,
+    fmt_time,
+    html_table,
+    json_value,
+    ok_html,
+    parse_labels,
+    signature_from_text,
+    zone_names,
+)
+from schedkit.registry import TaskType
+from schedkit.timetable import check_timetable
+
+#: Columns of a row added with the form.
+DRAFT_COLUMNS = (
+    "task",
+    "run_at",
+    "tz",
+    "args",
+    "kwargs",
+    "every",
+    "cron",
+    "until",
+    "count",
+    "labels",
+)
+RESULT_COLUMNS = ("row", "task", "run_at", "id", "outcome", "column", "error")
+REPEATS = (("once", ""), ("every (pandas offset: 15min, 1h, 1D)", "every"), ("cron", "cron"))
+_WIDE = widgets.Layout(width="420px")
+
+
+class ScheduleBuilder(widgets.VBox):
+    """A form for building a schedule row by row; ``frame`` is the draft, ``results`` the
+    outcome of the last "Schedule" (one row per run, with ``id``, ``outcome`` and ``error``).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        frame: pd.DataFrame | None = None,
+        tz: str = "UTC",
+        source: str = "notebook",
+    ) -> None:
+        self.client = client
+        self.source = source
+        self.feedback = Feedback()
+        self.types: dict[str, TaskType] = {t.name: t for t in client.task_types()}
+        self._draft = pd.DataFrame(columns=list(DRAFT_COLUMNS))
+        if frame is not None:
+            self._draft = frame.reset_index(drop=True).copy()
+        self.results = pd.DataFrame(columns=list(RESULT_COLUMNS))
+
+        self.task = widgets.Dropdown(options=sorted(self.types), description="task")
+        self.task_help = widgets.HTML()
+        self.args = widgets.Text(
+            value="[]", description="args", placeholder='JSON list: ["rose"]', layout=_WIDE
+        )
+        self.kwargs = widgets.Text(
+            value="{}", description="kwargs", placeholder='JSON object: {"litres": 2}', layout=_WIDE
+        )
+        self.arguments_check = widgets.HTML()
+        start = (datetime.now(ZoneInfo(tz)) + timedelta(minutes=5)).replace(
+            second=0, microsecond=0, tzinfo=None
+        )
+        self.run_at = widgets.NaiveDatetimePicker(value=start, description="run at")
+        self.tz = widgets.Combobox(
+            value=tz, options=zone_names(), ensure_option=True, description="time zone"
+        )
+        self.when = widgets.HTML()
+        self.repeat = widgets.Dropdown(options=REPEATS, value="", description="repeat")
+        self.rule = widgets.Text(description="rule", placeholder="15min  or  0 8 * * mon-fri")
+        self.until = widgets.NaiveDatetimePicker(value=None, description="until")
+        self.count = widgets.BoundedIntText(
+            value=0, min=0, max=1_000_000, description="count", tooltip="0: no limit"
+        )
+        self.labels = widgets.Text(description="labels", placeholder="team=ops, env=dev")
+        self.add_button = widgets.Button(description="Add", button_style="primary", icon="plus")
+        self.draft_table = widgets.HTML()
+        self.remove_select = widgets.SelectMultiple(description="rows", rows=4)
+        self.remove_button = widgets.Button(description="Remove", icon="trash")
+        self.schedule_button = widgets.Button(
+            description="Schedule", button_style="success", icon="paper-plane"
+        )
+        self.results_table = widgets.HTML()
+
+        guard = self.feedback.guard
+        self.task.observe(guard(lambda _: self._check_arguments()), names="value")
+        self.args.observe(guard(lambda _: self._check_arguments()), names="value")
+        self.kwargs.observe(guard(lambda _: self._check_arguments()), names="value")
+        for control in (self.run_at, self.tz):
+            control.observe(guard(lambda _: self._show_when()), names="value")
+        self.add_button.on_click(guard(lambda _: self.add()))
+        self.remove_button.on_click(guard(lambda _: self.remove(self.remove_select.value)))
+        self.schedule_button.on_click(guard(lambda _: self.schedule()))
+
+        self._check_arguments()
+        self._show_when()
+        self._show_draft()
+        super().__init__(
+            [
+                widgets.HTML("<b>New task</b>"),
+                self.task,
+                self.task_help,
+                self.args,
+                self.kwargs,
+                self.arguments_check,
+                widgets.HBox([self.run_at, self.tz]),
+                self.when,
+                widgets.HBox([self.repeat, self.rule]),
+                widgets.HBox([self.until, self.count]),
+                self.labels,
+                self.add_button,
+                widgets.HTML("<b>Draft</b>"),
+                self.draft_table,
+                widgets.HBox([self.remove_select, self.remove_button]),
+                self.schedule_button,
+                self.feedback.message,
+                self.results_table,
+                self.feedback.out,
+            ]
+        )
+
+    # -- the draft ------------------------------------------------------------------------
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The draft timetable (a copy): one row per task or recurring rule."""
+        return self._draft.copy()
+
+    def row(self) -> dict[str, Any]:
+        """The form as one timetable row; InvalidArgument naming the field if it is wrong."""
+        self._arguments()
+        labels = parse_labels(self.labels.value)
+        if self.run_at.value is None and self.repeat.value != "cron":
+            raise InvalidArgument.for_field("run at", "required: pick when the task runs")
+        if self.repeat.value and not self.rule.value.strip():
+            raise InvalidArgument.for_field(
+                "rule", f"required when repeating by {self.repeat.value}"
+            )
+        return {
+            "task": self.task.value or "",
+            "run_at": self.run_at.value.isoformat() if self.run_at.value else "",
+            "tz": self.tz.value,
+            "args": self.args.value.strip() or "[]",
+            "kwargs": self.kwargs.value.strip() or "{}",
+            "every": self.rule.value.strip() if self.repeat.value == "every" else "",
+            "cron": self.rule.value.strip() if self.repeat.value == "cron" else "",
+            "until": self.until.value.isoformat() if self.until.value and self.repeat.value else "",
+            "count": str(self.count.value) if self.count.value and self.repeat.value else "",
+            "labels": json.dumps(labels, ensure_ascii=False) if labels else "",
+        }
+
+    def add(self) -> None:
+        """Check the form's row as a timetable row and append it to the draft."""
+        row = self.row()
+        checked = check_timetable(pd.DataFrame([row]), tz=self.tz.value, past="error")
+        if checked.errors:
+            raise InvalidArgument(
+                "; ".join(f"{e.column}: {e.message}" for e in checked.errors),
+                violations=tuple(e.violation() for e in checked.errors),
+            )
+        self._draft = pd.concat([self._draft, pd.DataFrame([row])], ignore_index=True)
+        self._show_draft()
+        runs = len(checked.runs)
+        self.feedback.ok(f"added row {len(self._draft)}" + (f" ({runs} runs)" if runs > 1 else ""))
+
+    def remove(self, rows: tuple[int, ...] | list[int]) -> None:
+        """Drop draft rows by number (counted from 1, as shown)."""
+        if not rows:
+            raise InvalidArgument.for_field("rows", "select the draft rows to remove")
+        self._draft = self._draft.drop(index=[r - 1 for r in rows]).reset_index(drop=True)
+        self._show_draft()
+        self.feedback.ok(f"removed {len(rows)} row(s)")
+
+    def schedule(self) -> pd.DataFrame:
+        """Send the draft through the client; show and return the outcome of every run."""
+        if not len(self._draft):
+            raise InvalidArgument.for_field("draft", "empty: add a row first")
+        result = self.client.schedule_frame(self._draft, tz=self.tz.value, source=self.source)
+        self.results = result
+        shown = result.reindex(columns=list(RESULT_COLUMNS))
+        shown["run_at"] = shown["run_at"].map(fmt_time)
+        self.results_table.value = html_table(shown, "nothing was scheduled")
+        counts = result["outcome"].value_counts()
+        summary = ", ".join(f"{int(n)} {name}" for name, n in counts.items())
+        bad = int(counts.get("rejected", 0) + counts.get("invalid", 0))
+        if bad:
+            self.feedback.message.value = error_html(
+                f"{summary}: see the error column of the rows below"
+            )
+        else:
+            self.feedback.ok(summary)
+        return result
+
+    # -- showing ----------------------------------------------------------------------------
+
+    def _arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        args = json_value(self.args.value, list, "args", 'a JSON list such as ["rose", 2]')
+        kwargs = json_value(
+            self.kwargs.value, dict, "kwargs", 'a JSON object such as {"litres": 2}'
+        )
+        task = self.types.get(self.task.value or "")
+        signature = signature_from_text(task.signature) if task else None
+        if task and signature is not None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise InvalidArgument.for_field(
+                    "args", f"do not fit {task.name}{task.signature}: {exc}"
+                ) from exc
+        return args, kwargs
+
+    def _check_arguments(self) -> None:
+        task = self.types.get(self.task.value or "")
+        self.task_help.value = (
+            f"<code>{task.name}{html.escape(task.signature)}</code> {html.escape(task.doc)}"
+            if task
+            else "<i>the server allows no tasks</i>"
+        )
+        try:
+            self._arguments()
+        except InvalidArgument as exc:
+            self.arguments_check.value = error_html(exc.message)
+            self.add_button.disabled = True
+        else:
+            self.arguments_check.value = ok_html("arguments fit the task")
+            self.add_button.disabled = False
+
+    def _show_when(self) -> None:
+        if self.run_at.value is None:
+            self.when.value = "<i>no run time picked</i>"
+            return
+        try:
+            moment = pd.Timestamp(self.run_at.value).tz_localize(
+                self.tz.value, nonexistent="NaT", ambiguous="NaT"
+            )
+        except Exception as exc:  # an unknown zone while typing: say so, keep the form usable
+            self.when.value = error_html(f"time zone: {exc}")
+            return
+        if pd.isna(moment):
+            self.when.value = error_html(
+                "this local time does not exist or happens twice (daylight saving change)"
+            )
+            return
+        self.when.value = f"runs at {fmt_time(moment)} = {fmt_time(moment.tz_convert('UTC'))}"
+
+    def _show_draft(self) -> None:
+        shown = self._draft.copy()
+        shown.index = pd.RangeIndex(1, len(shown) + 1)
+        self.draft_table.value = html_table(shown.reset_index(names="row"), "the draft is empty")
+        tasks = shown["task"].astype(str) if "task" in shown else pd.Series("", shown.index)
+        self.remove_select.options = [(f"{n}: {task}", n) for n, task in tasks.items()]

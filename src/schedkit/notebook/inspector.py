@@ -1,0 +1,313 @@
+"""The schedule inspector: a live, filtered table of tasks; select to see details or cancel.
+
+It stays live without blocking the kernel: a background thread holds a WatchTasks call open
+and re-reads the table when a task changes (at most every ``min_interval`` seconds), and at
+least every ``period`` seconds when nothing changes. "Live" off, :meth:`stop` or
+:meth:`close` end the thread; it notices within ``period`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+
+from schedkit.client import Client
+from schedkit.errors import SchedkitError
+from schedkit.model import TaskState
+from schedkit.notebook._common import (
+    TABLE_STYLE,
+    Feedback,
+    describe,
+    error_html,
+    fmt_duration,
+    fmt_time,
+    html_table,
+    instant,
+    parse_labels,
+    short_json,
+    zone_names,
+)
+
+TABLE_COLUMNS = ("state", "task", "run_at", "labels", "id", "lateness", "result or error")
+
+
+class ScheduleInspector(widgets.VBox):
+    """Tasks of a schedkit server, filtered and refreshed live; ``frame`` is what is shown."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        tz: str = "UTC",
+        states: tuple[str, ...] = (),
+        limit: int = 200,
+        live: bool = True,
+        period: float = 2.0,
+        min_interval: float = 0.5,
+    ) -> None:
+        self.client = client
+        self.period = period
+        self.min_interval = min_interval
+        self.feedback = Feedback()
+        self.frame = pd.DataFrame()
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.refreshed = threading.Condition()
+        self.refresh_count = 0
+
+        names = [t.name for t in client.task_types()]
+        self.states = widgets.SelectMultiple(
+            options=[s.value for s in TaskState], value=states, description="state", rows=8
+        )
+        self.task = widgets.Dropdown(
+            options=[("any", ""), *((n, n) for n in names)], description="task"
+        )
+        self.label = widgets.Text(description="labels", placeholder="team=ops")
+        self.after = widgets.NaiveDatetimePicker(description="from")
+        self.before = widgets.NaiveDatetimePicker(description="to")
+        self.tz = widgets.Combobox(
+            value=tz, options=zone_names(), ensure_option=True, description="time zone"
+        )
+        self.limit = widgets.BoundedIntText(value=limit, min=1, max=100_000, description="at most")
+        self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
+        self.live = widgets.ToggleButton(value=False, description="Live", icon="play")
+        self.summary = widgets.HTML()
+        self.table = widgets.HTML()
+        self.selection = widgets.SelectMultiple(
+            description="select", rows=6, layout=widgets.Layout(width="620px")
+        )
+        self.cancel_button = widgets.Button(
+            description="Cancel selected", button_style="danger", icon="ban"
+        )
+        self.detail = widgets.HTML()
+
+        guard = self.feedback.guard
+        for control in (self.states, self.task, self.label, self.after, self.before, self.tz):
+            control.observe(guard(lambda _: self.refresh()), names="value")
+        self.limit.observe(guard(lambda _: self.refresh()), names="value")
+        self.refresh_button.on_click(guard(lambda _: self.refresh()))
+        self.cancel_button.on_click(guard(lambda _: self.cancel_selected()))
+        self.selection.observe(guard(lambda _: self.show_detail()), names="value")
+        self.live.observe(guard(self._toggle_live), names="value")
+
+        super().__init__(
+            [
+                widgets.HBox(
+                    [
+                        self.states,
+                        widgets.VBox([self.task, self.label, self.after, self.before]),
+                        widgets.VBox([self.tz, self.limit, self.refresh_button, self.live]),
+                    ]
+                ),
+                self.summary,
+                self.table,
+                widgets.HBox([self.selection, self.cancel_button]),
+                self.feedback.message,
+                self.detail,
+                self.feedback.out,
+            ]
+        )
+        self.refresh()
+        self.live.value = live
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def filters(self) -> dict[str, Any]:
+        """The filter controls as keyword arguments of :meth:`schedkit.Client.tasks_frame`."""
+        return {
+            "states": list(self.states.value),
+            "task": self.task.value or "",
+            "labels": parse_labels(self.label.value, field="labels filter"),
+            "run_after": instant(self.after.value, self.tz.value, "from"),
+            "run_before": instant(self.before.value, self.tz.value, "to"),
+            "tz": self.tz.value,
+            "limit": self.limit.value,
+        }
+
+    def refresh(self) -> pd.DataFrame:
+        """Read the tasks again and redraw the table; return them."""
+        with self._lock:
+            frame = self.client.tasks_frame(**self.filters())
+            self.frame = frame
+            self._draw(frame)
+        with self.refreshed:
+            self.refresh_count += 1
+            self.refreshed.notify_all()
+        return frame
+
+    def wait_refreshed(self, after: int, timeout: float = 10.0) -> bool:
+        """Block until the table was redrawn more than ``after`` times (for tests and scripts)."""
+        with self.refreshed:
+            return self.refreshed.wait_for(lambda: self.refresh_count > after, timeout=timeout)
+
+    def _draw(self, frame: pd.DataFrame) -> None:
+        shown = pd.DataFrame(
+            {
+                "state": frame["state"],
+                "task": frame["task"],
+                "run_at": frame["run_at"].map(fmt_time),
+                "labels": [
+                    ", ".join(f"{k}={v}" for k, v in labels.items()) for labels in frame["labels"]
+                ],
+                "id": frame["id"],
+                "lateness": frame["lateness"].map(fmt_duration),
+                "result or error": [
+                    error or result
+                    for result, error in zip(frame["result"], frame["error"], strict=True)
+                ],
+            },
+            columns=list(TABLE_COLUMNS),
+        )
+        self.table.value = html_table(shown, "no task matches the filters")
+        counts = frame["state"].value_counts()
+        self.summary.value = (
+            f"{len(frame)} task(s): " + ", ".join(f"{n} {s}" for s, n in counts.items())
+            if len(frame)
+            else ""
+        )
+        options = [
+            (f"{i}  {t}  {fmt_time(r, with_zone=False)}", i)
+            for i, t, r in zip(frame["id"], frame["task"], frame["run_at"], strict=True)
+        ]
+        if options != list(self.selection.options):
+            # Only when the tasks differ, so a refresh does not undo what the user selected.
+            chosen = [v for v in self.selection.value if v in set(frame["id"])]
+            self.selection.options = options
+            self.selection.value = tuple(chosen)
+
+    def show_detail(self) -> None:
+        """Show the first selected task in full: arguments, times, result, error, traceback."""
+        if not self.selection.value:
+            self.detail.value = ""
+            return
+        task = self.client.get(self.selection.value[0])
+        zone = self.tz.value
+        rows = {
+            "id": task.id,
+            "task": task.spec.task,
+            "state": task.state.value,
+            "args": short_json([task.spec.args])[0],
+            "kwargs": short_json([task.spec.kwargs])[0],
+            "labels": short_json([dict(task.spec.labels)])[0],
+            "key": task.spec.key,
+            "run at": fmt_time(pd.Timestamp(task.spec.run_at).tz_convert(zone)),
+            "created": fmt_time(pd.Timestamp(task.created_at).tz_convert(zone)),
+            "queued": _local(task.queued_at, zone),
+            "started": _local(task.started_at, zone),
+            "finished": _local(task.finished_at, zone),
+            "attempts": str(task.attempts),
+            "result": task.result,
+            "error": task.error,
+        }
+        body = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows.items()
+        )
+        trace = (
+            f"<pre style='font-size:11px'>{html.escape(task.traceback)}</pre>"
+            if task.traceback
+            else ""
+        )
+        self.detail.value = f"{TABLE_STYLE}<table class='schedkit-table'>{body}</table>{trace}"
+
+    # -- acting -----------------------------------------------------------------------------
+
+    def cancel_selected(self) -> list[str]:
+        """Cancel every selected task; return the ids cancelled, show those refused and why."""
+        ids = list(self.selection.value)
+        if not ids:
+            self.feedback.message.value = error_html("select the tasks to cancel first")
+            return []
+        done: list[str] = []
+        refused: list[str] = []
+        for task_id in ids:
+            try:
+                self.client.cancel(task_id)
+                done.append(task_id)
+            except SchedkitError as exc:
+                refused.append(f"{task_id}: {describe(exc)}")
+        self.refresh()
+        if refused:
+            self.feedback.message.value = error_html(
+                f"cancelled {len(done)}, refused {len(refused)}:\n" + "\n".join(refused)
+            )
+        else:
+            self.feedback.ok(f"cancelled {len(done)}: {', '.join(done)}")
+        return done
+
+    # -- staying live -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Refresh in a background thread until :meth:`stop`."""
+        self.live.value = True
+
+    def stop(self, timeout: float | None = None) -> None:
+        """End the live refresh and wait for its thread (up to ``timeout``, default period+5 s)."""
+        self.live.value = False
+        self._join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """True while the live-refresh thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def close(self) -> None:
+        """Stop the live refresh, then close the widgets."""
+        self.stop()
+        super().close()
+
+    def _toggle_live(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self.live.icon = "pause"
+            if not self.running:
+                self._stopping.clear()
+                self._thread = threading.Thread(
+                    target=self._follow, name="schedkit-inspector", daemon=True
+                )
+                self._thread.start()
+        else:
+            self.live.icon = "play"
+            self._stopping.set()
+
+    def _join(self, timeout: float | None) -> None:
+        thread = self._thread
+        if thread is not None:
+            thread.join(self.period + 5.0 if timeout is None else timeout)
+
+    def _follow(self) -> None:
+        # Daemon thread: a kernel shut down with the inspector live does not hang on it.
+        while not self._stopping.is_set():
+            try:
+                self._follow_once()
+            except Exception as exc:  # shown in the widget; retried after a pause
+                self.feedback.error(exc)
+                self._stopping.wait(self.period)
+
+    def _follow_once(self) -> None:
+        filters = self.filters()
+        changes = self.client.watch(
+            task=filters["task"], labels=filters["labels"], timeout=self.period
+        )
+        with contextlib.closing(changes):
+            self.refresh()  # after the watch started, so no change falls in between
+            last, dirty = time.monotonic(), False
+            for _ in changes:
+                if self._stopping.is_set():
+                    return
+                dirty = True
+                if time.monotonic() - last >= self.min_interval:
+                    self.refresh()
+                    last, dirty = time.monotonic(), False
+        if dirty and not self._stopping.is_set():
+            self.refresh()
+
+
+def _local(moment: datetime | None, zone: str) -> str:
+    return "" if moment is None else fmt_time(pd.Timestamp(moment).tz_convert(zone))
