@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -102,3 +103,26 @@ def test_tasks_frame_names_a_bad_zone(client: Client, bad_zone: str) -> None:
 
     with pytest.raises(InvalidArgument, match="unknown time zone 'Mars/Olympus'"):
         client.tasks_frame(tz=bad_zone)
+
+
+def test_schedule_frame_result_is_indexed_like_the_frame(client: Client) -> None:
+    label = json.dumps(_label())
+    start = pd.Timestamp.now(tz="UTC").floor("s") + pd.Timedelta(hours=5)
+    frame = pd.DataFrame(
+        {
+            "task": ["add", "add", "add"],
+            "run_at": [start, start, "not a time"],
+            "args": ["[1, 1]", "[2, 2]", "[3, 3]"],
+            "every": ["1h", "", ""],
+            "count": ["3", "", ""],
+            "labels": label,
+        },
+        index=pd.Index(["hourly", "once", "broken"], name="name"),
+    )
+    result = client.schedule_frame(frame)
+    assert list(result.index) == ["hourly"] * 3 + ["once", "broken"]
+    assert result.index.name == "name"
+    assert list(result.loc["hourly", "outcome"]) == ["created"] * 3
+    assert result.loc["broken", "outcome"] == "invalid"
+    assert result.loc["broken", "task"] == "add"  # the invalid row still says which task
+    assert result.loc["broken", "column"] == "run_at"

@@ -99,8 +99,8 @@ def schedule_frame(
 ) -> pd.DataFrame:
     """Check ``frame`` as a timetable, schedule its runs, and return one row per run.
 
-    The result has the runs' columns (``row`` is the frame's row, counted from 1; ``run_at``
-    in ``tz``) plus ``id``, ``outcome`` (created, existing, rejected, invalid or
+    The result is indexed like ``frame`` (a recurring row's runs share its label) and has the
+    runs' columns (``row`` counts the frame's rows from 1; ``run_at`` is in ``tz``) plus ``id``, ``outcome`` (created, existing, rejected, invalid or
     skipped_past), and for a refused row the ``column`` and ``error``. A bad row never stops
     the good ones: it is a row of outcome ``invalid`` or ``rejected``.
     """
@@ -136,6 +136,16 @@ def schedule_frame(
     result = result.sort_values("row", kind="stable", ignore_index=True)
     result["run_at"] = pd.to_datetime(result["run_at"], utc=True).dt.tz_convert(zone(tz))
     result["moved_to_now"] = result["moved_to_now"].astype("boolean")
+    # An invalid row has only its number: show the task its cell named, to find it at a glance.
+    names = {str(c).strip().lower(): c for c in frame.columns}
+    given = names.get("task", names.get("task_name"))
+    if given is not None:
+        cells = frame[given].reset_index(drop=True)
+        missing = result["task"].isna()
+        result.loc[missing, "task"] = [str(cells.iat[r - 1]) for r in result.loc[missing, "row"]]
     for name in ("id", "column", "error", "key", "queue", "task"):
         result[name] = result[name].fillna("")
+    # Indexed like the caller's frame (a recurring row repeats its label), so
+    # result.loc[label] is what became of frame.loc[label].
+    result.index = frame.index[result["row"].to_numpy() - 1]
     return result
