@@ -10,9 +10,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ARTIFACTS
 from nbclient import NotebookClient
 
+from conftest import ARTIFACTS
 from schedkit.testing import LocalStack
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"

@@ -100,9 +100,10 @@ def schedule_frame(
     """Check ``frame`` as a timetable, schedule its runs, and return one row per run.
 
     The result is indexed like ``frame`` (a recurring row's runs share its label) and has the
-    runs' columns (``row`` counts the frame's rows from 1; ``run_at`` is in ``tz``) plus ``id``, ``outcome`` (created, existing, rejected, invalid or
-    skipped_past), and for a refused row the ``column`` and ``error``. A bad row never stops
-    the good ones: it is a row of outcome ``invalid`` or ``rejected``.
+    runs' columns (``row`` counts the frame's rows from 1; ``run_at`` is in ``tz``) plus
+    ``id``, ``outcome`` (created, existing, rejected, invalid or skipped_past), and for a
+    refused row the ``column`` and ``error``. A bad row never stops the good ones: it is a
+    row of outcome ``invalid`` or ``rejected``.
     """
     # The scheduler CLI owns the run -> TaskSpec conversion and the error -> column mapping.
     from schedkit.scheduler import column_and_reason, specs_of
