@@ -4,9 +4,11 @@ real stack (tasks created and cancelled) and what the widget shows (results and 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from html import unescape
 from zoneinfo import ZoneInfo
 
@@ -217,6 +219,7 @@ def test_inspector_filters_cancels_and_shows_details(
     assert client.get(first.id).state == "CANCELLED"
     assert client.get(second.id).state == "SCHEDULED"
     assert f"cancelled 1: {first.id}" in inspector.feedback.message.value
+    assert "CANCELLED" in inspector.detail.value  # the detail view follows the change
     inspector.states.value = ("CANCELLED",)
     assert list(inspector.frame["id"]) == [first.id]
 
@@ -310,6 +313,8 @@ def test_timeline_draws_planned_and_actual_runs(client: Client) -> None:
     assert len(ax.collections) == 2  # one bar per run that started
     ARTIFACTS.mkdir(exist_ok=True)
     figure.savefig(ARTIFACTS / "timeline.png")
+    if os.environ.get("SCHEDKIT_UPDATE_DOCS_IMAGES") == "1":
+        figure.savefig(Path(__file__).resolve().parent.parent / "docs" / "img" / "timeline.png")
 
 
 def test_timeline_names_a_missing_column() -> None:

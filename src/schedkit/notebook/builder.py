@@ -142,6 +142,17 @@ class ScheduleBuilder(widgets.VBox):
                 self.feedback.out,
             ]
         )
+        # Stable CSS hooks for styling and for browser tests.
+        self.add_class("schedkit-builder")
+        for control, name in (
+            (self.task, "task"),
+            (self.args, "args"),
+            (self.kwargs, "kwargs"),
+            (self.labels, "labels"),
+            (self.add_button, "add"),
+            (self.schedule_button, "schedule"),
+        ):
+            control.add_class(f"schedkit-{name}")
 
     # -- the draft ------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import contextlib
 import html
 import threading
 import time
-from datetime import datetime
 from typing import Any
 
 import ipywidgets as widgets
@@ -20,6 +19,7 @@ import pandas as pd
 
 from schedkit.client import Client
 from schedkit.errors import SchedkitError
+from schedkit.frames import tasks_frame
 from schedkit.model import TaskState
 from schedkit.notebook._common import (
     TABLE_STYLE,
@@ -109,12 +109,20 @@ class ScheduleInspector(widgets.VBox):
                 ),
                 self.summary,
                 self.table,
-                widgets.HBox([self.selection, self.cancel_button]),
-                self.feedback.message,
-                self.detail,
+                widgets.HBox(
+                    [
+                        widgets.VBox([self.selection, self.cancel_button, self.feedback.message]),
+                        self.detail,
+                    ]
+                ),
                 self.feedback.out,
             ]
         )
+        # Stable CSS hooks for styling and for browser tests.
+        self.add_class("schedkit-inspector")
+        self.selection.add_class("schedkit-selection")
+        self.cancel_button.add_class("schedkit-cancel")
+        self.table.add_class("schedkit-tasks")
         self.refresh()
         self.live.value = live
 
@@ -182,37 +190,43 @@ class ScheduleInspector(widgets.VBox):
             chosen = [v for v in self.selection.value if v in set(frame["id"])]
             self.selection.options = options
             self.selection.value = tuple(chosen)
+        self.show_detail()  # the selected task may have changed state
 
     def show_detail(self) -> None:
         """Show the first selected task in full: arguments, times, result, error, traceback."""
         if not self.selection.value:
             self.detail.value = ""
             return
-        task = self.client.get(self.selection.value[0])
-        zone = self.tz.value
-        rows = {
-            "id": task.id,
-            "task": task.spec.task,
-            "state": task.state.value,
-            "args": short_json([task.spec.args])[0],
-            "kwargs": short_json([task.spec.kwargs])[0],
-            "labels": short_json([dict(task.spec.labels)])[0],
-            "key": task.spec.key,
-            "run at": fmt_time(pd.Timestamp(task.spec.run_at).tz_convert(zone)),
-            "created": fmt_time(pd.Timestamp(task.created_at).tz_convert(zone)),
-            "queued": _local(task.queued_at, zone),
-            "started": _local(task.started_at, zone),
-            "finished": _local(task.finished_at, zone),
-            "attempts": str(task.attempts),
-            "result": task.result,
-            "error": task.error,
+        task_id = self.selection.value[0]
+        found = self.frame[self.frame["id"] == task_id] if len(self.frame) else self.frame
+        if not len(found):  # filtered out since it was selected: ask the server
+            found = tasks_frame([self.client.get(task_id)], tz=self.tz.value)
+        task = found.iloc[0]
+        fields = {
+            "id": task["id"],
+            "task": task["task"],
+            "state": task["state"],
+            "args": short_json([task["args"]])[0],
+            "kwargs": short_json([task["kwargs"]])[0],
+            "labels": short_json([task["labels"]])[0],
+            "key": task["key"],
+            "run at": fmt_time(task["run_at"]),
+            "created": fmt_time(task["created_at"]),
+            "queued": fmt_time(task["queued_at"]),
+            "started": fmt_time(task["started_at"]),
+            "finished": fmt_time(task["finished_at"]),
+            "lateness": fmt_duration(task["lateness"]),
+            "attempts": str(task["attempts"]),
+            "result": task["result"],
+            "error": task["error"],
         }
         body = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows.items()
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in fields.items()
         )
         trace = (
-            f"<pre style='font-size:11px'>{html.escape(task.traceback)}</pre>"
-            if task.traceback
+            f"<pre style='font-size:11px'>{html.escape(task['traceback'])}</pre>"
+            if task["traceback"]
             else ""
         )
         self.detail.value = f"{TABLE_STYLE}<table class='schedkit-table'>{body}</table>{trace}"
@@ -307,7 +321,3 @@ class ScheduleInspector(widgets.VBox):
                     last, dirty = time.monotonic(), False
         if dirty and not self._stopping.is_set():
             self.refresh()
-
-
-def _local(moment: datetime | None, zone: str) -> str:
-    return "" if moment is None else fmt_time(pd.Timestamp(moment).tz_convert(zone))

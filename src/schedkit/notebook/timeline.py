@@ -37,9 +37,10 @@ def timeline(
     title: str = "",
     now: datetime | None = None,
 ) -> Figure:
-    """Draw each task's planned run time (a hollow circle) and its actual run (a bar from
-    start to finish, a line from plan to start showing lateness), one lane per task name,
-    in zone ``tz`` (default: the zone of ``frame['run_at']``); return the Figure.
+    """Draw each task's planned run time (a hollow circle) and its actual run (a square at
+    the start, a bar to the finish, a dotted line from plan to start: the lateness), one lane
+    per task name, in zone ``tz`` (default: the zone of ``frame['run_at']``); return the
+    Figure. ``ax`` draws into existing axes instead of a new figure.
 
     ``frame`` is :meth:`schedkit.Client.tasks_frame` output, or any frame with ``task`` and
     ``run_at`` (``state``, ``started_at`` and ``finished_at`` are used when present).
@@ -85,8 +86,9 @@ def timeline(
         ax.plot([plan, start], [lane, lane], color=colour, lw=0.8, ls=":", zorder=2)
         # A run of a few milliseconds still gets a visible sliver.
         ax.broken_barh([(start, max(end - start, 1e-6))], (lane - 0.2, 0.4), facecolors=colour)
+        ax.plot([start], [lane], "s", color=colour, ms=5, zorder=3)  # visible at any zoom
     ax.set_yticks(list(lanes.values()), list(lanes))
-    ax.set_ylim(-0.7, max(len(lanes), 1) - 0.3)
+    ax.set_ylim(max(len(lanes), 1) - 0.3, -0.7)  # first lane on top
     ax.xaxis.set_major_locator(locator := mdates.AutoDateLocator(tz=place))
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=place))
     ax.set_xlabel(f"time ({place})")

@@ -1,0 +1,170 @@
+"""The dashboard notebook in a real browser: Voila on localhost, Debian's chromium via Playwright.
+
+A person's path through it: the inspector lists the scheduled tasks, one is selected and
+cancelled with the button (and is CANCELLED in the store), and the builder's form schedules
+a new task. Screenshots go to test-artifacts/; with SCHEDKIT_UPDATE_DOCS_IMAGES=1 they also
+replace the pictures under docs/img/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import ARTIFACTS, FAST
+from playwright.sync_api import Page, expect, sync_playwright
+
+from schedkit.embedded import free_port
+from schedkit.testing import LocalStack, local_stack
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS_IMAGES = ROOT / "docs" / "img"
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A stack of this test's own, so the dashboard shows only the tasks made here."""
+    with local_stack(data_dir=tmp_path_factory.mktemp("browser"), **FAST) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def voila(own_stack: LocalStack) -> Iterator[str]:
+    """notebooks/dashboard.ipynb served by Voila on a free localhost port; its URL."""
+    port = free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "SCHEDKIT_SERVER": own_stack.address,
+        "SCHEDKIT_NOTEBOOK_TZ": "Europe/Paris",
+        "JUPYTER_PLATFORM_DIRS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "voila",
+        str(ROOT / "notebooks" / "dashboard.ipynb"),
+        "--no-browser",
+        f"--port={port}",
+        "--Voila.ip=127.0.0.1",
+        "--show_tracebacks=True",
+    ]
+    with (ARTIFACTS / "voila.log").open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            _wait_http(url, process, timeout=60.0)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"voila exited with {process.returncode}; see test-artifacts/voila.log")
+        try:
+            with urllib.request.urlopen(url + "static/", timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer: the server is up (GET / would already run the notebook)
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)  # polling a server that is starting, bounded by the deadline
+    pytest.fail(f"voila did not answer at {url} within {timeout:g}s")
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator[Page]:
+    if not CHROMIUM.exists():
+        pytest.fail("no /usr/bin/chromium: run scripts/bootstrap (it installs Debian's chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 2000})
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def _save(page: Page, selector: str | None, name: str) -> None:
+    target = ARTIFACTS / name
+    if selector is None:
+        page.screenshot(path=str(target), full_page=True)
+    else:
+        page.locator(selector).screenshot(path=str(target))
+    if selector and os.environ.get("SCHEDKIT_UPDATE_DOCS_IMAGES") == "1":
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(target, DOCS_IMAGES / name)
+
+
+@pytest.mark.timeout(300)
+def test_dashboard_lists_cancels_and_schedules_in_a_browser(
+    own_stack: LocalStack, voila: str, page: Page
+) -> None:
+    with own_stack.client() as client:
+        garden = {"team": "garden"}
+        keep = client.schedule("water_plants", "rose", run_at=timedelta(hours=1), labels=garden)
+        doomed = client.schedule("add", 1, 2, run_at=timedelta(hours=2))
+        ran = client.schedule("add", 2, 3, run_at=timedelta(seconds=0.2), labels=garden)
+        failed = client.schedule("fail", "pump jammed", run_at=timedelta(seconds=0.2))
+        client.wait_for(ran.id, ["SUCCEEDED"])
+        client.wait_for(failed.id, ["FAILED"])
+
+        page.goto(voila, timeout=90_000)
+        inspector = page.locator(".schedkit-inspector")
+        tasks = page.locator(".schedkit-tasks")
+        # Voila runs the notebook, then the widget manager renders the widgets' state.
+        expect(tasks).to_contain_text(doomed.id, timeout=90_000)
+        expect(tasks).to_contain_text(keep.id)
+        expect(tasks).to_contain_text("SCHEDULED")
+        expect(tasks).to_contain_text("team=garden")
+        expect(tasks).to_contain_text("pump jammed")  # a failure's error, in place
+        expect(tasks).to_contain_text("CET")  # run times shown in the chosen zone
+
+        select = page.locator(".schedkit-selection select")
+        position = select.evaluate(
+            "(el, id) => [...el.options].findIndex(o => o.textContent.includes(id))", doomed.id
+        )
+        assert position >= 0
+        select.select_option(index=position)
+        expect(inspector.locator("table").last).to_contain_text("[1, 2]")  # the detail view
+        page.locator(".schedkit-cancel").click()
+
+        assert client.wait_for(doomed.id, ["CANCELLED"], timeout=20).state == "CANCELLED"
+        assert client.get(keep.id).state == "SCHEDULED"
+        expect(inspector).to_contain_text(f"cancelled 1: {doomed.id}", timeout=20_000)
+        expect(tasks).to_contain_text("CANCELLED", timeout=20_000)
+        expect(inspector.locator("table").last).to_contain_text("CANCELLED")
+        _save(page, ".schedkit-inspector", "inspector.png")
+
+        builder = page.locator(".schedkit-builder")
+        builder.locator(".schedkit-task select").select_option(label="water_plants")
+        builder.locator(".schedkit-args input").fill('["fern"]')
+        builder.locator(".schedkit-labels input").fill("demo=browser")
+        builder.locator(".schedkit-labels input").press("Enter")
+        expect(builder).to_contain_text("arguments fit the task")
+        builder.locator(".schedkit-add").click()
+        expect(builder).to_contain_text("added row 1", timeout=20_000)
+        builder.locator(".schedkit-schedule").click()
+        expect(builder).to_contain_text("1 created", timeout=20_000)
+        _save(page, ".schedkit-builder", "builder.png")
+        _save(page, None, "dashboard.png")
+
+        made = client.tasks_frame(labels={"demo": "browser"})
+        assert list(made["task"]) == ["water_plants"]
+        assert made["args"].iloc[0] == ["fern"]
