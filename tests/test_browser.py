@@ -20,9 +20,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, FAST
 from playwright.sync_api import Page, expect, sync_playwright
 
+from conftest import ARTIFACTS, FAST
 from schedkit.embedded import free_port
 from schedkit.testing import LocalStack, local_stack
 

@@ -8,8 +8,8 @@ import os
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from html import unescape
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import matplotlib
