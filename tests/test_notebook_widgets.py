@@ -169,6 +169,33 @@ def test_builder_from_a_frame_shows_errors_per_row(client: Client) -> None:
         builder.close()
 
 
+def test_builder_runs_a_row_whose_time_passed_instead_of_dropping_it(client: Client) -> None:
+    tag = _tag()
+    an_hour_ago = pd.Timestamp.now(tz="UTC").floor("s") - pd.Timedelta(hours=1)
+    frame = pd.DataFrame(
+        {
+            "task": ["add"],
+            "run_at": [an_hour_ago],
+            "args": ["[4, 4]"],
+            "labels": f'{{"test": "{tag}"}}',
+        }
+    )
+    builder = ScheduleBuilder(client, frame=frame)
+    try:
+        builder.schedule_button.click()
+        assert list(builder.results["outcome"]) == ["created"]
+        assert bool(builder.results["moved_to_now"].iloc[0])
+        task_id = builder.results["id"].iloc[0]
+        assert client.wait_for(task_id, ["SUCCEEDED"]).result == "8"
+
+        builder.schedule_button.click()  # sent again: the same task, not a second one
+        assert list(builder.results["outcome"]) == ["existing"]
+        assert list(builder.results["id"]) == [task_id]
+        assert len(client.tasks_frame(labels={"test": tag})) == 1
+    finally:
+        builder.close()
+
+
 def test_builder_shows_an_unexpected_error_with_its_traceback(stack: LocalStack) -> None:
     client = stack.client()
     builder = ScheduleBuilder(client)

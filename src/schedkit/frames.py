@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from schedkit.errors import AlreadyExists
 from schedkit.model import TaskRecord, task_id_for
 from schedkit.timetable import PastPolicy, load_timetable
 from schedkit.timeutil import DstPolicy, zone
@@ -111,7 +112,15 @@ def schedule_frame(
     table = load_timetable(frame, tz=tz, dst=dst, past=past, horizon=horizon, source=source)
     runs = table.runs.copy()
     ids, outcomes, columns, errors = [], [], [], []
-    for answer in client.schedule_many(specs_of(runs), batch_size=batch_size):
+    answers = client.schedule_many(specs_of(runs), batch_size=batch_size)
+    for answer, key, moved in zip(answers, runs["key"], runs["moved_to_now"], strict=True):
+        if isinstance(answer.error, AlreadyExists) and moved:
+            # Moved to now on an earlier send too: same key, only the time differs.
+            ids.append(task_id_for(str(key)))
+            outcomes.append("existing")
+            columns.append("")
+            errors.append("")
+            continue
         column, reason = column_and_reason(answer.error)
         ids.append(answer.id)
         outcomes.append(answer.outcome.value.lower())
@@ -122,7 +131,7 @@ def schedule_frame(
         id=[task_id_for(k) for k in table.past["key"]],
         outcome="skipped_past",
         column="run_at",
-        error="in the past (past='skip')",
+        error=f"in the past (past={past!r})",
     )
     invalid = pd.DataFrame(
         {
