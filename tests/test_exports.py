@@ -37,3 +37,21 @@ def test_every_error_is_a_schedkit_error() -> None:
         value = getattr(schedkit, name)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, schedkit.SchedkitError), name
+
+
+def test_notebook_names_are_pinned_and_stay_out_of_the_core_import() -> None:
+    import subprocess
+    import sys
+
+    import schedkit.notebook
+
+    assert sorted(schedkit.notebook.__all__) == ["ScheduleBuilder", "ScheduleInspector", "timeline"]
+    # A fresh interpreter: `import schedkit` alone must not pull in the notebook stack.
+    probe = (
+        "import sys, schedkit\n"
+        "print(sorted(m for m in ('ipywidgets', 'matplotlib') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
