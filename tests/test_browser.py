@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
@@ -134,7 +135,8 @@ def test_dashboard_lists_cancels_and_schedules_in_a_browser(
         expect(tasks).to_contain_text("SCHEDULED")
         expect(tasks).to_contain_text("team=garden")
         expect(tasks).to_contain_text("pump jammed")  # a failure's error, in place
-        expect(tasks).to_contain_text("CET")  # run times shown in the chosen zone
+        paris = keep.spec.run_at.astimezone(ZoneInfo("Europe/Paris"))
+        expect(tasks).to_contain_text(f"{paris:%Y-%m-%d %H:%M:%S %Z}")  # in the chosen zone
 
         select = page.locator(".schedkit-selection select")
         position = select.evaluate(
