@@ -138,6 +138,10 @@ def test_dashboard_lists_cancels_and_schedules_in_a_browser(
         paris = keep.spec.run_at.astimezone(ZoneInfo("Europe/Paris"))
         expect(tasks).to_contain_text(f"{paris:%Y-%m-%d %H:%M:%S %Z}")  # in the chosen zone
 
+        # Live: a task made after the page loaded shows up with no click (the kernel's thread).
+        late = client.schedule("nap", 0.1, run_at=timedelta(hours=3))
+        expect(tasks).to_contain_text(late.id, timeout=20_000)
+
         select = page.locator(".schedkit-selection select")
         position = select.evaluate(
             "(el, id) => [...el.options].findIndex(o => o.textContent.includes(id))", doomed.id
