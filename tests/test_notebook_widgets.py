@@ -271,6 +271,24 @@ def test_inspector_says_why_a_cancel_is_refused(
     assert "select the tasks to cancel first" in inspector.feedback.message.value
 
 
+def test_inspector_detail_shows_a_failure_with_its_traceback(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    tag = _tag()
+    failed = client.schedule(
+        "fail", "pump jammed", run_at=timedelta(seconds=0.2), labels={"test": tag}
+    )
+    client.wait_for(failed.id, ["FAILED"])
+    inspector = ScheduleInspector(client, live=False)
+    inspector_of.append(inspector)
+    inspector.label.value = f"test={tag}"
+    assert "RuntimeError: pump jammed" in inspector.table.value
+    inspector.selection.value = (failed.id,)
+    assert "FAILED" in inspector.detail.value
+    assert "Traceback" in inspector.detail.value
+    assert "raise RuntimeError(message)" in inspector.detail.value
+
+
 def test_inspector_shows_a_bad_filter_in_the_widget(
     client: Client, inspector_of: list[ScheduleInspector]
 ) -> None:
