@@ -153,6 +153,17 @@ def test_client_side_mistakes_name_the_field(client: Client) -> None:
     assert not_an_object.value.violations[0].field == "kwargs"
 
 
+def test_a_closed_client_says_so_as_a_schedkit_error(stack: LocalStack) -> None:
+    closed = stack.client()
+    closed.close()
+    with pytest.raises(Unavailable, match="closed"):
+        closed.get("anything")
+    with pytest.raises(Unavailable, match="closed"):
+        list(closed.schedule_many([TaskSpec("add", datetime.now(UTC), [1, 2])]))
+    with pytest.raises(Unavailable, match="closed"):
+        closed.watch()
+
+
 def test_unknown_id_is_not_found_and_finished_task_cannot_be_cancelled(client: Client) -> None:
     with pytest.raises(NotFound):
         client.get("nope")

@@ -80,7 +80,8 @@ class Client:
 
     def __init__(self, channel: grpc.Channel, *, timeout: float | None = 30.0) -> None:
         self._channel = channel
-        self._stub = pb_grpc.ScheduleServiceStub(channel)
+        self._service = pb_grpc.ScheduleServiceStub(channel)
+        self._closed = False
         self.timeout = timeout
 
     @classmethod
@@ -112,7 +113,15 @@ class Client:
 
     def close(self) -> None:
         """Close the channel."""
+        self._closed = True
         self._channel.close()
+
+    @property
+    def _stub(self) -> pb_grpc.ScheduleServiceStub:
+        # grpc raises a bare ValueError on a closed channel; callers catch SchedkitError.
+        if self._closed:
+            raise Unavailable("this Client is closed; use Client.connect(...) again")
+        return self._service
 
     def __enter__(self) -> Client:
         return self
