@@ -189,26 +189,39 @@ class Client:
     ) -> Iterator[ScheduleResult]:
         """Stream specs in batches over one ScheduleTasks call; yield one result per spec,
         in order. At most ``max_in_flight`` batches wait for their answer at any time."""
+        return self.schedule_messages(
+            (_checked_or_error(spec, index % batch_size) for index, spec in enumerate(specs)),
+            batch_size=batch_size,
+            max_in_flight=max_in_flight,
+        )
+
+    def schedule_messages(
+        self,
+        messages: Iterable[pb.TaskSpec | SchedkitError],
+        *,
+        batch_size: int = 1000,
+        max_in_flight: int = 4,
+    ) -> Iterator[ScheduleResult]:
+        """schedule_many for ready-made TaskSpec messages (an error item is a local rejection).
+
+        For callers that build messages in bulk, such as the timetable scheduler.
+        """
         pending: collections.deque[list[SchedkitError | None]] = collections.deque()
         slots = threading.Semaphore(max_in_flight)
         finished = threading.Event()
 
         def requests() -> Iterator[pb.ScheduleTasksRequest]:
-            iterator = iter(specs)
+            iterator = iter(messages)
             while batch := list(itertools.islice(iterator, batch_size)):
-                local_errors: list[SchedkitError | None] = []
-                messages = []
-                for index, spec in enumerate(batch):
-                    try:
-                        messages.append(checked_spec_to_proto(spec, prefix=f"specs[{index}]."))
-                        local_errors.append(None)
-                    except SchedkitError as exc:
-                        local_errors.append(exc)
+                local_errors: list[SchedkitError | None] = [
+                    item if isinstance(item, SchedkitError) else None for item in batch
+                ]
+                to_send = [item for item in batch if not isinstance(item, SchedkitError)]
                 while not slots.acquire(timeout=0.5):
                     if finished.is_set():
                         return
                 pending.append(local_errors)
-                yield pb.ScheduleTasksRequest(specs=messages)
+                yield pb.ScheduleTasksRequest(specs=to_send)
 
         responses = self._stub.ScheduleTasks(requests())
         try:
@@ -220,11 +233,16 @@ class Client:
                 for index, error in enumerate(errors):
                     if error is not None:
                         yield ScheduleResult("", Outcome.REJECTED, error)
+                        continue
+                    result = next(remote)
+                    outcome = _OUTCOMES.get(result.outcome)
+                    if outcome is not None:  # created or existing: nothing else to read
+                        yield ScheduleResult(result.id, outcome)
                     else:
                         # The server numbered only what was sent; name the caller's index.
                         renumber = (f"specs[{sent}]", f"specs[{index}]")
-                        yield result_from_proto(next(remote), renumber=renumber)
-                        sent += 1
+                        yield result_from_proto(result, renumber=renumber)
+                    sent += 1
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         finally:
@@ -384,6 +402,19 @@ class Client:
         """The tasks the server allows, with signature and docstring line."""
         response = self._call(self._stub.ListTaskTypes, pb.ListTaskTypesRequest())
         return [TaskType(t.name, t.signature, t.doc) for t in response.task_types]
+
+
+_OUTCOMES = {
+    pb.SCHEDULE_OUTCOME_CREATED: Outcome.CREATED,
+    pb.SCHEDULE_OUTCOME_EXISTING: Outcome.EXISTING,
+}
+
+
+def _checked_or_error(spec: TaskSpec, index: int) -> pb.TaskSpec | SchedkitError:
+    try:
+        return checked_spec_to_proto(spec, prefix=f"specs[{index}].")
+    except SchedkitError as exc:
+        return exc
 
 
 def checked_spec_to_proto(spec: TaskSpec, prefix: str = "") -> pb.TaskSpec:

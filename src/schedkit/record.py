@@ -13,35 +13,78 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from schedkit.model import TaskRecord, TaskSpec, TaskState, from_millis, to_millis
+from schedkit.model import (
+    TaskRecord,
+    TaskSpec,
+    TaskState,
+    dumps,
+    fingerprint,
+    from_millis,
+    to_millis,
+)
+
+__all__ = ["Row", "decode", "dumps", "encode", "encode_row"]
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON, as stored and as sent to Celery."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+class Row(NamedTuple):
+    """A new task as the store writes it: id, fingerprint ('' when unkeyed), run ms, fields."""
+
+    id: str
+    key: str
+    fingerprint: str
+    run_ms: int
+    fields: list[str]
 
 
 def encode(spec: TaskSpec, created_ms: int) -> list[str]:
     """Flat field/value list of a new task's hash, for HSET."""
-    fields: list[str] = ["n", spec.task, "r", str(to_millis(spec.run_at))]
-    if spec.args:
-        fields += ["a", dumps(spec.args)]
-    if spec.kwargs:
-        fields += ["k", dumps(spec.kwargs)]
+    return encode_row("", spec, created_ms).fields
+
+
+def encode_row(
+    task_id: str,
+    spec: TaskSpec,
+    created_ms: int,
+    args_json: str | None = None,
+    kwargs_json: str | None = None,
+) -> Row:
+    """The store row of a new task; pass the args/kwargs JSON when already made (made once)."""
+    if args_json is None:
+        args_json = dumps(spec.args) if spec.args else ""
+    if kwargs_json is None:
+        kwargs_json = dumps(spec.kwargs) if spec.kwargs else ""
+    run_ms = to_millis(spec.run_at)
+    fields: list[str] = ["n", spec.task, "r", str(run_ms)]
+    if args_json:
+        fields += ["a", args_json]
+    if kwargs_json:
+        fields += ["k", kwargs_json]
     if spec.queue:
         fields += ["q", spec.queue]
     if spec.priority is not None:
         fields += ["p", str(spec.priority)]
-    if spec.labels:
-        fields += ["l", dumps(dict(sorted(spec.labels.items())))]
+    labels_json = dumps(dict(spec.labels)) if spec.labels else ""
+    if labels_json:
+        fields += ["l", labels_json]
     if spec.expires_after is not None:
         fields += ["x", str(int(spec.expires_after.total_seconds() * 1000))]
+    digest = ""
     if spec.key:
-        fields += ["i", spec.key, "h", spec.fingerprint()]
+        digest = fingerprint(
+            spec.task,
+            args_json,
+            kwargs_json,
+            run_ms,
+            spec.queue,
+            spec.priority,
+            labels_json,
+            spec.expires_after,
+        )
+        fields += ["i", spec.key, "h", digest]
     fields += ["c", str(created_ms)]
-    return fields
+    return Row(task_id, spec.key, digest, run_ms, fields)
 
 
 def decode(task_id: str, raw: Mapping[str, str]) -> TaskRecord:

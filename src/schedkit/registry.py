@@ -36,6 +36,10 @@ def load_app(reference: str) -> Celery:
     return app
 
 
+_UNKNOWN: Any = object()
+_MAX_VERDICTS = 4096
+
+
 class TaskRegistry:
     """The tasks of one Celery app that schedkit lets callers schedule."""
 
@@ -43,6 +47,7 @@ class TaskRegistry:
         self.app = app
         self._patterns = [p.strip() for p in allow.split(",") if p.strip()] or ["*"]
         self._signatures: dict[str, inspect.Signature | None] = {}
+        self._verdicts: dict[tuple[str, int, tuple[str, ...]], tuple[str, str] | None] = {}
 
     def allowed(self, name: str) -> bool:
         """True if ``name`` is a registered, non-internal task matching the allow pattern."""
@@ -77,27 +82,45 @@ class TaskRegistry:
         self, name: str, args: list[Any], kwargs: dict[str, Any], *, field_prefix: str
     ) -> None:
         """Raise InvalidArgument unless ``name`` is allowed and accepts these arguments."""
+        # Binding a signature costs microseconds and only the call's shape matters: answer
+        # each (task, positional count, keyword names) once. Unknown names are not cached, so
+        # tasks registered later are found.
+        shape = (name, len(args), tuple(kwargs))
+        problem = self._verdicts.get(shape, _UNKNOWN)
+        if problem is _UNKNOWN:
+            problem = self._problem(name, args, kwargs)
+            if problem is None or problem[0] == "args":
+                if len(self._verdicts) >= _MAX_VERDICTS:
+                    self._verdicts.clear()
+                self._verdicts[shape] = problem
+        if problem is not None:
+            field, message = problem
+            raise InvalidArgument(
+                f"arguments {message}" if field == "args" else f"{field_prefix}{field}: {message}",
+                violations=(FieldViolation(f"{field_prefix}{field}", message),),
+            )
+
+    def _problem(
+        self, name: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[str, str] | None:
+        """(field, message) of what is wrong with calling ``name`` like this, or None."""
         if not name:
-            raise InvalidArgument.for_field(f"{field_prefix}task", "required: a task name")
+            return "task", "required: a task name"
         if not self.allowed(name):
             close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise InvalidArgument.for_field(
-                f"{field_prefix}task",
+            return (
+                "task",
                 f"unknown task {name!r}: not registered in the Celery app or not allowed{hint}",
             )
         signature = self._signature(name)
         if signature is None:
-            return
+            return None
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise InvalidArgument(
-                f"arguments do not fit {name}{signature}: {exc}",
-                violations=(
-                    FieldViolation(f"{field_prefix}args", f"do not fit {name}{signature}: {exc}"),
-                ),
-            ) from exc
+            return "args", f"do not fit {name}{signature}: {exc}"
+        return None
 
     def _signature(self, name: str) -> inspect.Signature | None:
         if name not in self._signatures:

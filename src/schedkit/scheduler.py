@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from schedkit.client import DEFAULT_TARGET, Client
+from schedkit.client import DEFAULT_TARGET, Client, checked_spec_to_proto
 from schedkit.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -45,6 +45,7 @@ from schedkit.timetable import (
     load_timetable,
 )
 from schedkit.timeutil import DST_POLICIES
+from schedkit.v1 import schedule_service_pb2 as pb
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 # Server-side field names of a TaskSpec, as timetable columns.
@@ -205,8 +206,13 @@ class Report:
         return cls([""] * size, [""] * size, [""] * size, [""] * size)
 
 
-def specs_of(runs: pd.DataFrame, start: int = 0) -> Iterator[TaskSpec]:
-    """TaskSpecs of runs[start:], made lazily so only the batches in flight are held."""
+def messages_of(runs: pd.DataFrame, start: int = 0) -> Iterator[pb.TaskSpec | SchedkitError]:
+    """TaskSpec messages of runs[start:], made lazily so only the batches in flight are held.
+
+    Rows that share their task, queue, args, kwargs and labels (the checked timetable holds
+    one object per distinct cell) share a template message: a row then costs one C-level copy
+    and three field sets instead of building Struct and ListValue values in Python.
+    """
     part = runs.iloc[start:]
     micros = part["run_at"].dt.as_unit("us").astype("int64").to_numpy().tolist()
     expires = [
@@ -224,18 +230,43 @@ def specs_of(runs: pd.DataFrame, start: int = 0) -> Iterator[TaskSpec]:
         expires,
         strict=True,
     )
+    templates: dict[tuple[int, int, int, str, str], pb.TaskSpec | SchedkitError] = {}
     for task, us, args, kwargs, key, queue, priority, labels, expires_after in columns:
-        yield TaskSpec(
-            task=task,
-            run_at=_EPOCH + timedelta(microseconds=us),
-            args=args,
-            kwargs=kwargs,
-            key=key,
-            queue=queue,
-            priority=None if priority is None or priority != priority else int(priority),
-            labels=labels,
-            expires_after=expires_after,
+        shape = (id(args), id(kwargs), id(labels), task, queue)
+        template = templates.get(shape)
+        if template is None:
+            if len(templates) >= _MAX_TEMPLATES:
+                templates.clear()
+            template = templates[shape] = _template(task, args, kwargs, queue, labels)
+        if isinstance(template, SchedkitError):
+            yield template
+            continue
+        msg = pb.TaskSpec()
+        msg.CopyFrom(template)
+        msg.idempotency_key = key
+        seconds, micro = divmod(us, 1_000_000)
+        msg.run_time.seconds = seconds
+        msg.run_time.nanos = micro * 1000
+        if priority is not None and priority == priority:  # NaN is a missing number
+            msg.priority = int(priority)
+        if expires_after is not None:
+            msg.expires_after.FromTimedelta(expires_after)
+        yield msg
+
+
+_MAX_TEMPLATES = 10_000
+
+
+def _template(
+    task: str, args: Any, kwargs: Any, queue: str, labels: Any
+) -> pb.TaskSpec | SchedkitError:
+    """The shared part of rows' messages, or the error naming the cell that cannot be sent."""
+    try:
+        return checked_spec_to_proto(
+            TaskSpec(task, _EPOCH, args=args, kwargs=kwargs, queue=queue, labels=labels)
         )
+    except SchedkitError as exc:
+        return exc
 
 
 def column_and_reason(error: Exception | None) -> tuple[str, str]:
@@ -274,8 +305,8 @@ class Sender:
         while done < len(runs):
             try:
                 with self.connect() as client:
-                    results = client.schedule_many(
-                        specs_of(runs, done),
+                    results = client.schedule_messages(
+                        messages_of(runs, done),
                         batch_size=self.options.batch_size,
                         max_in_flight=self.options.max_in_flight,
                     )

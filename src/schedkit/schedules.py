@@ -7,7 +7,7 @@ can call it directly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -21,8 +21,16 @@ from schedkit.errors import (
     InvalidArgument,
     NotFound,
 )
-from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, task_id_for, utc_now
-from schedkit.record import dumps
+from schedkit.model import (
+    Outcome,
+    ScheduleResult,
+    TaskRecord,
+    TaskSpec,
+    task_id_for,
+    to_millis,
+    utc_now,
+)
+from schedkit.record import Row, dumps, encode_row
 from schedkit.registry import TaskRegistry, TaskType
 from schedkit.settings import Settings
 from schedkit.store import StateChange, Store, TaskQuery
@@ -62,20 +70,45 @@ class Schedules:
 
     def check(self, spec: TaskSpec, *, now: datetime, field_prefix: str = "spec.") -> None:
         """Raise InvalidArgument naming the field unless ``spec`` may be scheduled."""
+        self._check(
+            spec,
+            now_ms=to_millis(now),
+            args_json=dumps(spec.args) if spec.args else "",
+            kwargs_json=dumps(spec.kwargs) if spec.kwargs else "",
+            field_prefix=field_prefix,
+        )
+
+    def _check(
+        self,
+        spec: TaskSpec,
+        *,
+        now_ms: int,
+        args_json: str,
+        kwargs_json: str,
+        field_prefix: str,
+    ) -> None:
         self.registry.check(spec.task, spec.args, spec.kwargs, field_prefix=field_prefix)
+        run_ms = to_millis(spec.run_at)
+        tolerance_ms = int(self.settings.past_tolerance * 1000)
+        size = len(args_json or "[]") + len(kwargs_json or "{}")
+        if (
+            run_ms >= now_ms - tolerance_ms
+            and size <= self.settings.max_args_bytes
+            and len(spec.key) <= MAX_KEY
+            and _labels_fit(spec.labels)
+        ):
+            return  # the common case, decided without building anything
         violations: list[FieldViolation] = []
-        tolerance = timedelta(seconds=self.settings.past_tolerance)
-        if spec.run_at < now - tolerance:
-            ago = now - spec.run_at
+        if run_ms < now_ms - tolerance_ms:
+            ago = timedelta(milliseconds=now_ms - run_ms)
             violations.append(
                 FieldViolation(
                     f"{field_prefix}run_time",
                     f"{spec.run_at.isoformat()} is {_human(ago)} in the past; times up to "
-                    f"{_human(tolerance)} late run at once, older ones are refused "
-                    "(SCHEDKIT_PAST_TOLERANCE)",
+                    f"{_human(timedelta(milliseconds=tolerance_ms))} late run at once, older "
+                    "ones are refused (SCHEDKIT_PAST_TOLERANCE)",
                 )
             )
-        size = len(dumps(spec.args)) + len(dumps(spec.kwargs))
         if size > self.settings.max_args_bytes:
             violations.append(
                 FieldViolation(
@@ -120,28 +153,38 @@ class Schedules:
     ) -> list[ScheduleResult]:
         """Schedule many in one store round trip; an Exception item stays a rejection in place.
 
-        ``field_prefix`` may hold ``{}`` for the item's index, as in ``specs[{}].``.
+        ``field_prefix`` may hold ``{}`` for the item's index, as in ``specs[{}].``. Each
+        task's JSON is made once here and used for the checks, the fingerprint and the store.
         """
         now = self.clock()
+        now_ms = to_millis(now)
         results: list[ScheduleResult | None] = []
-        accepted: list[tuple[int, str, TaskSpec]] = []
+        accepted: list[tuple[int, Row]] = []
+        numbered = "{}" in field_prefix
         for index, item in enumerate(specs):
             if isinstance(item, Exception):
                 results.append(ScheduleResult("", Outcome.REJECTED, item))
                 continue
+            args_json = dumps(item.args) if item.args else ""
+            kwargs_json = dumps(item.kwargs) if item.kwargs else ""
             try:
-                self.check(item, now=now, field_prefix=field_prefix.format(index))
+                self._check(
+                    item,
+                    now_ms=now_ms,
+                    args_json=args_json,
+                    kwargs_json=kwargs_json,
+                    field_prefix=field_prefix.format(index) if numbered else field_prefix,
+                )
             except InvalidArgument as exc:
                 results.append(ScheduleResult("", Outcome.REJECTED, exc))
                 continue
             results.append(None)
-            accepted.append((index, task_id_for(item.key), item))
-        stored = self.store.schedule(
-            [(task_id, spec) for _, task_id, spec in accepted],
-            window_seconds=self.settings.handoff_window,
-            now=now,
+            row = encode_row(task_id_for(item.key), item, now_ms, args_json, kwargs_json)
+            accepted.append((index, row))
+        stored = self.store.schedule_rows(
+            [row for _, row in accepted], window_seconds=self.settings.handoff_window, now=now
         )
-        for (index, _, _), result in zip(accepted, stored, strict=True):
+        for (index, _), result in zip(accepted, stored, strict=True):
             if isinstance(result.error, AlreadyExists):
                 field = field_prefix.format(index) + "idempotency_key"
                 violation = FieldViolation(field, result.error.message)
@@ -239,6 +282,13 @@ def _matches_besides_state(query: TaskQuery, record: TaskRecord) -> bool:
         run_after=query.run_after,
         run_before=query.run_before,
     ).matches(record)
+
+
+def _labels_fit(labels: Mapping[str, str]) -> bool:
+    return len(labels) <= MAX_LABELS and all(
+        name and len(name) <= MAX_LABEL_KEY and len(value) <= MAX_LABEL_VALUE
+        for name, value in labels.items()
+    )
 
 
 def _human(delta: timedelta) -> str:

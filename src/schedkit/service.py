@@ -16,7 +16,7 @@ from schedkit.convert import (
     timestamp_to_datetime,
 )
 from schedkit.errors import InvalidArgument, SchedkitError
-from schedkit.model import ScheduleResult, TaskSpec
+from schedkit.model import Outcome, ScheduleResult, TaskSpec
 from schedkit.schedules import Schedules
 from schedkit.store import TaskQuery
 from schedkit.v1 import schedule_service_pb2 as pb
@@ -128,8 +128,11 @@ def query_from_proto(msg: pb.TaskFilter) -> TaskQuery:
     )
 
 
+_OUTCOMES = {outcome: outcome_to_proto(outcome) for outcome in Outcome}
+
+
 def _result_to_proto(result: ScheduleResult) -> pb.ScheduleResult:
-    msg = pb.ScheduleResult(id=result.id, outcome=outcome_to_proto(result.outcome))
+    msg = pb.ScheduleResult(id=result.id, outcome=_OUTCOMES[result.outcome])
     if result.error is not None:
         error = result.error
         if isinstance(error, SchedkitError):

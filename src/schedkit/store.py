@@ -30,7 +30,7 @@ from schedkit.model import (
     to_millis,
     utc_now,
 )
-from schedkit.record import decode, encode
+from schedkit.record import Row, decode, encode_row
 
 SCRIPTS = ("schedule", "claim", "handed", "start", "finish", "cancel", "page", "purge")
 ALL_STATES: tuple[TaskState, ...] = tuple(TaskState)
@@ -154,28 +154,35 @@ class Store:
         now: datetime | None = None,
     ) -> list[ScheduleResult]:
         """Store (id, spec) pairs in one round trip; report created / existing / conflict."""
-        if not items:
-            return []
         now = now or utc_now()
         created_ms = to_millis(now)
-        argv: list[Any] = [int(window_seconds * 1000)]
-        for task_id, spec in items:
-            fields = encode(spec, created_ms)
-            fingerprint = spec.fingerprint() if spec.key else ""
-            argv += [task_id, fingerprint, to_millis(spec.run_at), len(fields) // 2, *fields]
-        verdicts = self._run("schedule", *argv, now=now)
+        rows = [encode_row(task_id, spec, created_ms) for task_id, spec in items]
+        return self.schedule_rows(rows, window_seconds=window_seconds, now=now)
+
+    def schedule_rows(
+        self, rows: Sequence[Row], *, window_seconds: float, now: datetime | None = None
+    ) -> list[ScheduleResult]:
+        """Store encoded rows (see :func:`schedkit.record.encode_row`) in one round trip."""
+        if not rows:
+            return []
+        batch = json.dumps(
+            [[row.id, row.fingerprint, str(row.run_ms), *row.fields] for row in rows],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        verdicts = self._run("schedule", int(window_seconds * 1000), batch, now=now)
         results = []
-        for (task_id, spec), verdict in zip(items, verdicts, strict=True):
+        for row, verdict in zip(rows, verdicts, strict=True):
             if verdict == 1:
-                results.append(ScheduleResult(task_id, Outcome.CREATED))
+                results.append(ScheduleResult(row.id, Outcome.CREATED))
             elif verdict == 2:
-                results.append(ScheduleResult(task_id, Outcome.EXISTING))
+                results.append(ScheduleResult(row.id, Outcome.EXISTING))
             else:
                 error = AlreadyExists(
-                    f"idempotency key {spec.key!r} already names task {task_id} with different "
+                    f"idempotency key {row.key!r} already names task {row.id} with different "
                     "content; use a new key to schedule something else"
                 )
-                results.append(ScheduleResult(task_id, Outcome.REJECTED, error))
+                results.append(ScheduleResult(row.id, Outcome.REJECTED, error))
         return results
 
     # -- reading ----------------------------------------------------------------------------

@@ -1,27 +1,29 @@
--- Store new tasks. ARGV[4] hand-off window ms, then per task:
--- id, fingerprint ('' when unkeyed), run ms, field count, field/value pairs.
+-- Store new tasks. ARGV[4] hand-off window ms, ARGV[5] a JSON array with one array per task:
+-- id, fingerprint ('' when unkeyed), run ms, then the hash's field/value pairs, all strings.
+-- One JSON argument instead of many: packing thousands of arguments costs the caller more
+-- than cjson costs here.
 -- Returns per task 1 created, 2 existing (same fingerprint), 3 conflict (key reused).
 local window = tonumber(ARGV[4])
+local rows = cjson.decode(ARGV[5])
 local out = {}
 local due_soon = false
-local i = 5
-while i <= #ARGV do
-  local id, fp, run, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  local first = i + 4
-  i = first + 2 * nf
+local scheduled = skey('SCHEDULED')
+for n = 1, #rows do
+  local row = rows[n]
+  local id, fp, run = row[1], row[2], row[3]
   local key = tkey(id)
   if redis.call('EXISTS', key) == 1 then
     if fp ~= '' and redis.call('HGET', key, 'h') == fp then
-      out[#out + 1] = 2
+      out[n] = 2
     else
-      out[#out + 1] = 3
+      out[n] = 3
     end
   else
-    redis.call('HSET', key, unpack(ARGV, first, i - 1))
-    redis.call('ZADD', skey('SCHEDULED'), run, id)
+    redis.call('HSET', key, unpack(row, 4))
+    redis.call('ZADD', scheduled, run, id)
     emit(id, 'SCHEDULED')
-    if run <= now + window then due_soon = true end
-    out[#out + 1] = 1
+    if tonumber(run) <= now + window then due_soon = true end
+    out[n] = 1
   end
 end
 if due_soon then
