@@ -1,5 +1,8 @@
 """The public surface is deliberate: adding or removing a name must change this test."""
 
+import subprocess
+import sys
+
 import schedkit
 
 
@@ -40,9 +43,6 @@ def test_every_error_is_a_schedkit_error() -> None:
 
 
 def test_notebook_names_are_pinned_and_stay_out_of_the_core_import() -> None:
-    import subprocess
-    import sys
-
     import schedkit.notebook
 
     assert sorted(schedkit.notebook.__all__) == ["ScheduleBuilder", "ScheduleInspector", "timeline"]
@@ -55,3 +55,14 @@ def test_notebook_names_are_pinned_and_stay_out_of_the_core_import() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_workers_and_servers_do_not_load_pandas() -> None:
+    """pandas costs a worker tens of MB; only timetable code may import it."""
+    code = (
+        "import sys, schedkit, schedkit.worker, schedkit.server, schedkit.stack;"
+        "print('pandas' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
+    assert callable(schedkit.read_timetable)  # still there, imported on first use

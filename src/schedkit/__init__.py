@@ -1,7 +1,10 @@
 """schedkit: run Celery tasks at a given time, durably, from a timetable, a notebook or gRPC.
 
-The public names are listed in ``__all__``; a test pins the list.
+The public names are listed in ``__all__``; a test pins the list. ``read_timetable`` is
+imported on first use: it needs pandas, which workers and servers should not load.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from schedkit.client import Client, Scheduled
 from schedkit.errors import (
@@ -21,7 +24,9 @@ from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskSt
 from schedkit.registry import TaskType
 from schedkit.settings import Settings
 from schedkit.stack import Stack
-from schedkit.timetable import read_timetable
+
+if TYPE_CHECKING:
+    from schedkit.timetable import read_timetable
 
 __all__ = [
     "AlreadyExists",
@@ -47,3 +52,11 @@ __all__ = [
     "install",
     "read_timetable",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "read_timetable":
+        from schedkit.timetable import read_timetable
+
+        return read_timetable
+    raise AttributeError(f"module 'schedkit' has no attribute {name!r}")
