@@ -1,0 +1,124 @@
+"""The running pieces a benchmark needs: the bench's Redis, a schedkit stack on it, the seed
+API, plain Celery and RQ workers. Each is a context manager that stops what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import redis
+from common import HERE, PYTHON, wait_until
+
+from schedkit.embedded import RedisServer, free_port
+from schedkit.settings import Settings
+from schedkit.stack import Stack, local_settings
+
+
+@contextlib.contextmanager
+def bench_redis(data_dir: Path) -> Iterator[RedisServer]:
+    """The one Redis every contender writes to: append-only, fsync every second, as
+    schedkit's embedded default (so "durable" means the same for everyone)."""
+    with RedisServer(data_dir=data_dir, appendonly=True, appendfsync="everysec") as server:
+        yield server
+
+
+def env_for(url: str) -> dict[str, str]:
+    """Environment of the fixture processes: the bench's Redis and importable fixtures."""
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH", "")]))
+    return {**os.environ, "BENCH_REDIS_URL": url, "PYTHONPATH": path}
+
+
+def fresh_prefix() -> str:
+    """A key prefix of its own for each run, so runs on one Redis never meet."""
+    return f"sk{uuid.uuid4().hex[:6]}"
+
+
+@contextlib.contextmanager
+def schedkit_stack(url: str, *, worker: bool = False, **overrides: object) -> Iterator[Stack]:
+    """schedkit's server and dispatcher (and optionally its worker) on the bench's Redis."""
+    settings: Settings = local_settings(store_url=url, prefix=fresh_prefix(), **overrides)
+    settings = replace(settings, broker_url=url)
+    stack = Stack(settings, worker=worker, worker_log=os.devnull)
+    with stack:
+        if worker:
+            stack.wait_for_worker(120)
+        yield stack
+
+
+@contextlib.contextmanager
+def seed_api(url: str) -> Iterator[str]:
+    """The seed design's Flask API in a process of its own; yields its endpoint URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [PYTHON, str(HERE / "seed_api.py"), str(port)],
+        env=env_for(url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}/api/schedule_task"
+    try:
+        import requests
+
+        def up() -> bool:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/", timeout=0.5)
+            except requests.ConnectionError:
+                return False
+            return True
+
+        wait_until(up, 30, "the seed API to listen")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def celery_worker(url: str, *, concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+    """A plain Celery worker of the fixtures app (the seed design's worker)."""
+    process = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "fixtures:celery",
+            "worker",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            "--loglevel=WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            f"--hostname=bench{uuid.uuid4().hex[:6]}@%h",
+        ],
+        env=env_for(url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        from fixtures import celery  # after run.py set BENCH_REDIS_URL
+
+        def answers() -> bool:
+            return bool(celery.control.ping(timeout=0.5))
+
+        wait_until(answers, 120, "the plain Celery worker")
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # a warm shutdown with ETA tasks takes ages
+        process.wait(30)
+
+
+def flush_celery_queue(url: str) -> None:
+    """Drop the plain Celery queue and its unacked messages between runs."""
+    client = redis.Redis.from_url(url)
+    client.delete("celery", "unacked", "unacked_index")
+    client.close()

@@ -1,0 +1,56 @@
+"""The benchmarks under scripts/bench run end to end and produce numbers (tiny sizes).
+
+Times are never asserted here: only that every measure ran, for schedkit and for what it is
+compared with, and printed a finite number. The full bench is ``scripts/bench/run.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("flask", reason="the bench needs the dev extra (flask, requests, rq)")
+pytest.importorskip("rq", reason="the bench needs the dev extra (flask, requests, rq)")
+
+
+@pytest.mark.timeout(240)
+def test_every_benchmark_runs_and_yields_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench" / "run.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=230,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "| measure | who | median |" in run.stdout
+    results = json.loads(out.read_text())["results"]
+    seen = {(r["measure"], r["who"]) for r in results}
+    expected = {
+        ("ingest", "schedkit scheduler CLI"),
+        ("ingest", "seed: Flask + requests.post"),
+        ("ingest", "bare apply_async(eta) loop"),
+        ("ingest", "RQ enqueue_at"),
+        ("unary p50, 1 client", "schedkit ScheduleTask"),
+        ("unary p99, 8 clients", "schedkit ScheduleTask"),
+        ("unary p50, 1 client", "seed: Flask + requests.post"),
+        ("hand-off before run time", "schedkit dispatcher"),
+        ("start lateness p99", "schedkit"),
+        ("start lateness p99", "plain Celery worker, ETA"),
+        ("store memory", "schedkit (Redis)"),
+        ("worker RSS growth", "schedkit worker"),
+        ("worker RSS growth", "plain Celery worker, ETA"),
+        ("query: first page (100)", "schedkit ListTasks"),
+    }
+    assert expected <= seen, expected - seen
+    for result in results:
+        assert result["values"], result
+        assert all(math.isfinite(v) for v in result["values"]), result
