@@ -26,14 +26,20 @@ def timestamp_to_datetime(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
     """A tz-aware UTC datetime, or InvalidArgument naming ``field``."""
     if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS) or not (0 <= ts.nanos < 1_000_000_000):
         raise InvalidArgument.for_field(field, "not a valid timestamp (years 1 to 9999)")
-    return ts.ToDatetime(tzinfo=UTC)
+    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 def datetime_to_timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     """A Timestamp from a tz-aware datetime."""
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(moment)
-    return ts
+    if moment.tzinfo is None:
+        ts = timestamp_pb2.Timestamp()
+        ts.FromDatetime(moment)  # naive: read as UTC, as protobuf does
+        return ts
+    # Plain arithmetic: Timestamp.FromDatetime is pure Python and shows in ListTasks pages.
+    delta = moment - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.") -> TaskSpec:
@@ -195,7 +201,7 @@ def task_from_proto(msg: pb.Task) -> TaskRecord:
 
 
 def _moment(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 def state_to_proto(state: TaskState) -> pb.TaskState.ValueType:

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, NamedTuple
 
+import orjson
+
 from schedkit.model import (
     TaskRecord,
     TaskSpec,
@@ -92,12 +94,12 @@ def decode(task_id: str, raw: Mapping[str, str]) -> TaskRecord:
     spec = TaskSpec(
         task=raw["n"],
         run_at=from_millis(int(raw["r"])),
-        args=json.loads(raw["a"]) if "a" in raw else [],
-        kwargs=json.loads(raw["k"]) if "k" in raw else {},
+        args=_loads(raw["a"]) if "a" in raw else [],
+        kwargs=_loads(raw["k"]) if "k" in raw else {},
         key=raw.get("i", ""),
         queue=raw.get("q", ""),
         priority=int(raw["p"]) if "p" in raw else None,
-        labels=json.loads(raw["l"]) if "l" in raw else {},
+        labels=_loads(raw["l"]) if "l" in raw else {},
         expires_after=timedelta(milliseconds=int(raw["x"])) if "x" in raw else None,
     )
     return TaskRecord(
@@ -113,6 +115,13 @@ def decode(task_id: str, raw: Mapping[str, str]) -> TaskRecord:
         error=raw.get("err", ""),
         traceback=raw.get("tb", ""),
     )
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # NaN or Infinity, which older records may hold
 
 
 def _moment(raw: Mapping[str, str], name: str) -> Any:

@@ -235,6 +235,14 @@ class Store:
                 break
         return records, token
 
+    def _evalsha_all(self, sha: str, calls: list[list[Any]]) -> list[Any]:
+        # EVALSHA by hand: a pipeline given Script objects first asks SCRIPT EXISTS, one
+        # more round trip on every ListTasks page.
+        pipe = self.redis.pipeline(transaction=False)
+        for argv in calls:
+            pipe.evalsha(sha, 0, *argv)
+        return pipe.execute()
+
     def _page_once(
         self, query: TaskQuery, *, page_size: int, page_token: str, scan_budget: int
     ) -> tuple[list[TaskRecord], str]:
@@ -244,30 +252,27 @@ class Store:
         labels = json.dumps(dict(query.labels)) if query.labels else ""
         lo = str(to_millis(query.run_after)) if query.run_after else ""
         hi = str(to_millis(query.run_before)) if query.run_before else ""
+        calls = [
+            [
+                self.keys.prefix, self._history, to_millis(utc_now()), state.value, lo, hi,
+                cursor_score, cursor_id, page_size, budget, query.task, labels,
+            ]
+            for state in states
+        ]  # fmt: skip
+        script = self._scripts["page"]
         with store_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for state in states:
-                self._run(
-                    "page",
-                    state.value,
-                    lo,
-                    hi,
-                    cursor_score,
-                    cursor_id,
-                    page_size,
-                    budget,
-                    query.task,
-                    labels,
-                    client=pipe,
-                )
-            replies = pipe.execute()
-        candidates: list[tuple[float, str, list[str]]] = []
+            try:
+                replies = self._evalsha_all(script.sha, calls)
+            except redis.exceptions.NoScriptError:
+                self.redis.script_load(script.script)  # Redis restarted or flushed its scripts
+                replies = self._evalsha_all(script.sha, calls)
+        candidates: list[tuple[float, str, dict[str, str]]] = []
         horizon: tuple[float, str] | None = None
         for reply in replies:
             exhausted, last_score, last_id = reply[0], reply[1], reply[2]
             for i in range(3, len(reply), 2):
-                fields = reply[i + 1]
-                candidates.append((float(dict(_pairs(fields))["r"]), reply[i], fields))
+                fields = dict(_pairs(reply[i + 1]))
+                candidates.append((float(fields["r"]), reply[i], fields))
             if not exhausted and last_id:
                 frontier = (float(last_score), last_id)
                 horizon = frontier if horizon is None else min(horizon, frontier)
@@ -275,7 +280,7 @@ class Store:
         if horizon is not None:
             candidates = [c for c in candidates if (c[0], c[1]) <= horizon]
         page = candidates[:page_size]
-        records = [decode(task_id, dict(_pairs(fields))) for _, task_id, fields in page]
+        records = [decode(task_id, fields) for _, task_id, fields in page]
         if len(page) == page_size and (len(candidates) > page_size or horizon is not None):
             next_token = _make_token(page[-1][0], page[-1][1])
         elif horizon is not None:
