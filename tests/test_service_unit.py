@@ -61,6 +61,25 @@ def test_schedule_task_returns_the_stored_task(server: grpc_testing.Server) -> N
     assert again.task.id == response.task.id
 
 
+def test_schedule_task_answers_exactly_what_get_task_reads_back(
+    server: grpc_testing.Server,
+) -> None:
+    """A created task is answered without reading it back; the answer must still be the
+    stored task, to the millisecond the store keeps."""
+    request = pb.ScheduleTaskRequest(spec=spec("water_plants", idempotency_key="exact"))
+    request.spec.run_time.nanos = 123_456_789  # finer than the store's milliseconds
+    request.spec.kwargs.update({"litres": 2.0})
+    request.spec.expires_after.FromTimedelta(timedelta(seconds=90, microseconds=1500))
+    request.spec.priority = 3
+    request.spec.labels["team"] = "green"
+    created = unary(server, "ScheduleTask", request)
+    assert isinstance(created, pb.ScheduleTaskResponse)
+    assert created.outcome == pb.SCHEDULE_OUTCOME_CREATED
+    got = unary(server, "GetTask", pb.GetTaskRequest(id=created.task.id))
+    assert isinstance(got, pb.GetTaskResponse)
+    assert created.task == got.task
+
+
 def test_whole_numbers_arrive_as_ints(server: grpc_testing.Server) -> None:
     request = pb.ScheduleTaskRequest(spec=spec("add"))
     del request.spec.args[:]

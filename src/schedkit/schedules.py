@@ -26,6 +26,8 @@ from schedkit.model import (
     ScheduleResult,
     TaskRecord,
     TaskSpec,
+    TaskState,
+    from_millis,
     task_id_for,
     to_millis,
     utc_now,
@@ -148,15 +150,43 @@ class Schedules:
             raise result.error
         return result
 
+    def schedule_and_get(self, spec: TaskSpec) -> tuple[TaskRecord, Outcome]:
+        """Schedule one task and return the stored task; raise the error if it is refused.
+
+        A created task is known without reading it back (one store round trip, not two):
+        its record is the spec at the store's millisecond precision, SCHEDULED, created now.
+        """
+        now = self.clock()
+        result = self.schedule_batch([spec], now=now)[0]
+        if result.error is not None:
+            raise result.error
+        if result.outcome is not Outcome.CREATED:
+            return self.store.get(result.id), result.outcome
+        stored = replace(
+            spec,
+            run_at=from_millis(to_millis(spec.run_at)),
+            expires_after=None
+            if spec.expires_after is None
+            else timedelta(milliseconds=int(spec.expires_after.total_seconds() * 1000)),
+        )
+        record = TaskRecord(
+            result.id, stored, TaskState.SCHEDULED, created_at=from_millis(to_millis(now))
+        )
+        return record, result.outcome
+
     def schedule_batch(
-        self, specs: Sequence[TaskSpec | Exception], *, field_prefix: str = "spec."
+        self,
+        specs: Sequence[TaskSpec | Exception],
+        *,
+        field_prefix: str = "spec.",
+        now: datetime | None = None,
     ) -> list[ScheduleResult]:
         """Schedule many in one store round trip; an Exception item stays a rejection in place.
 
         ``field_prefix`` may hold ``{}`` for the item's index, as in ``specs[{}].``. Each
         task's JSON is made once here and used for the checks, the fingerprint and the store.
         """
-        now = self.clock()
+        now = now or self.clock()
         now_ms = to_millis(now)
         results: list[ScheduleResult | None] = []
         accepted: list[tuple[int, Row]] = []

@@ -35,12 +35,8 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
         self, request: pb.ScheduleTaskRequest, context: grpc.ServicerContext
     ) -> pb.ScheduleTaskResponse:
         """Schedule one task."""
-        spec = spec_from_proto(request.spec)
-        result = self.schedules.schedule(spec)
-        task = self.schedules.get(result.id)
-        return pb.ScheduleTaskResponse(
-            task=task_to_proto(task), outcome=outcome_to_proto(result.outcome)
-        )
+        task, outcome = self.schedules.schedule_and_get(spec_from_proto(request.spec))
+        return pb.ScheduleTaskResponse(task=task_to_proto(task), outcome=outcome_to_proto(outcome))
 
     def ScheduleTasks(
         self, request_iterator: Iterator[pb.ScheduleTasksRequest], context: grpc.ServicerContext
