@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from common import PYTHON, Report, Result, Sizes, future, percentile, write_timetable
+from memory import settled_rss
 from parts import flush_celery_queue, schedkit_stack, seed_api
 
 from schedkit.model import TaskState
@@ -29,7 +30,10 @@ def schedkit_ingest(report: Report, sizes: Sizes, url: str, workdir: Path) -> No
     rates: list[float] = []
     for run in range(sizes.repeat):
         client.flushdb()
-        with schedkit_stack(url) as stack:
+        last = run == sizes.repeat - 1
+        # The last run also has a worker, to show what parked tasks cost it (nothing).
+        with schedkit_stack(url, worker=last) as stack:
+            idle_rss = settled_rss(stack.worker.pid) if stack.worker else 0
             before = int(client.info("memory")["used_memory"])
             started = time.monotonic()
             done = subprocess.run(
@@ -46,8 +50,18 @@ def schedkit_ingest(report: Report, sizes: Sizes, url: str, workdir: Path) -> No
                     f"{done.stdout}\n{done.stderr}"
                 )
             rates.append(sizes.rows / elapsed)
-            if run == sizes.repeat - 1:
+            if last:
                 parked_measures(report, sizes, stack, client, before)
+                assert stack.worker is not None
+                loaded_rss = settled_rss(stack.worker.pid)
+                report.add(
+                    Result(
+                        "worker RSS growth", f"schedkit worker, {sizes.rows:,} parked", "MB",
+                        [(loaded_rss - idle_rss) / 2**20],
+                        note=f"RSS {idle_rss / 2**20:.0f} MB before the ingest, "
+                        f"{loaded_rss / 2**20:.0f} MB after",
+                    )
+                )  # fmt: skip
     report.add(
         Result(
             "ingest", "schedkit scheduler CLI", "tasks/s", rates,

@@ -12,7 +12,7 @@ from parts import celery_worker, flush_celery_queue, schedkit_stack
 from schedkit.model import TaskSpec, TaskState
 
 
-def _settled_rss(pid: int) -> int:
+def settled_rss(pid: int) -> int:
     """RSS once the worker has finished starting (two equal readings a second apart)."""
     last = -1
     for _ in range(30):
@@ -32,7 +32,7 @@ def schedkit_worker_memory(report: Report, sizes: Sizes, url: str) -> None:
     with schedkit_stack(url, worker=True) as stack:
         assert stack.worker is not None
         assert stack.store is not None
-        idle = _settled_rss(stack.worker.pid)
+        idle = settled_rss(stack.worker.pid)
         start = time.time() + 30 * 86400
         specs = [
             TaskSpec("water_plants", _at(start + i), [f"plant-{i % 1000}"])
@@ -43,7 +43,7 @@ def schedkit_worker_memory(report: Report, sizes: Sizes, url: str) -> None:
                 pass
         store = stack.store
         wait_until(lambda: store.count(TaskState.SCHEDULED) == len(specs), 60, "parking")
-        loaded = _settled_rss(stack.worker.pid)
+        loaded = settled_rss(stack.worker.pid)
     report.add(
         Result(
             "worker RSS growth", "schedkit worker", "MB", [(loaded - idle) / 2**20],
@@ -66,7 +66,7 @@ def celery_worker_memory(report: Report, sizes: Sizes, url: str) -> None:
     client = redis.Redis.from_url(url)
     flush_celery_queue(url)
     with celery_worker(url) as worker:
-        idle = _settled_rss(worker.pid)
+        idle = settled_rss(worker.pid)
         start = time.time() + 30 * 86400
         for i in range(sizes.eta_tasks):
             schedule_celery_task.apply_async(args=[f"plant-{i % 1000}"], eta=_at(start + i))
@@ -75,7 +75,7 @@ def celery_worker_memory(report: Report, sizes: Sizes, url: str) -> None:
             60 + sizes.eta_tasks / 200,
             "the worker to take every ETA message",
         )
-        loaded = _settled_rss(worker.pid)
+        loaded = settled_rss(worker.pid)
         started = time.perf_counter()
         held = celery.control.inspect(timeout=10, limit=1).scheduled() or {}
         inspect_ms = (time.perf_counter() - started) * 1000

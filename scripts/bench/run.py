@@ -90,11 +90,12 @@ def table(report: Report) -> str:
                     if result.higher_is_better
                     else result.median / ours.median
                 )
-                ratio = (
-                    f"schedkit {better:,.1f}x better"
-                    if better >= 1
-                    else f"schedkit {1 / better:,.1f}x worse"
-                )
+                if better > 1000:  # schedkit's figure is about zero: a ratio means nothing
+                    ratio = "schedkit >1,000x better"
+                elif better >= 1:
+                    ratio = f"schedkit {better:,.1f}x better"
+                else:
+                    ratio = f"schedkit {1 / better:,.1f}x worse"
             target = ""
             goal = next((g for name, g in TARGETS.items() if measure.startswith(name)), None)
             if result is ours and goal is not None:

@@ -26,7 +26,8 @@ def _spread(count: int, lead: float, span: float) -> list[datetime]:
 def schedkit_handoff(report: Report, sizes: Sizes, url: str) -> None:
     """``handoff_tasks`` due within ``handoff_span``: how many reach the broker in time."""
     with schedkit_stack(url) as stack, stack_client(stack) as client:
-        times = _spread(sizes.handoff_tasks, 2.0, sizes.handoff_span)
+        # The first run time leaves room to store them all (seconds at this size) first.
+        times = _spread(sizes.handoff_tasks, 2.0 + sizes.handoff_tasks / 2000, sizes.handoff_span)
         specs = [TaskSpec("add", at, [i, 1]) for i, at in enumerate(times)]
         results = list(client.schedule_many(specs, batch_size=1000))
         errors = [r.error for r in results if r.error is not None]
