@@ -14,14 +14,12 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-import pandas as pd
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from schedkit import frames
 from schedkit.convert import (
     datetime_to_timestamp,
     outcome_from_proto,
@@ -38,10 +36,14 @@ from schedkit.errors import (
 )
 from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState
 from schedkit.registry import TaskType
-from schedkit.timetable import PastPolicy
 from schedkit.timeutil import DstPolicy, to_instant
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # pandas only when a DataFrame method is called: workers never load it
+    import pandas as pd
+
+    from schedkit.timetable import PastPolicy
 
 T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -325,6 +327,8 @@ class Client:
             run_before=run_before,
             page_size=min(limit, 1000) if limit else 500,
         )
+        from schedkit import frames
+
         return frames.tasks_frame(itertools.islice(records, limit), tz=tz)
 
     def schedule_frame(
@@ -339,6 +343,8 @@ class Client:
     ) -> pd.DataFrame:
         """Schedule a timetable DataFrame; return its runs with ``id``, ``outcome``,
         ``column`` and ``error``, one row per run (bad rows included, never raised)."""
+        from schedkit import frames
+
         return frames.schedule_frame(
             self, frame, tz=tz, dst=dst, past=past, horizon=horizon, source=source
         )
