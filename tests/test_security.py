@@ -52,14 +52,19 @@ def test_calls_without_the_token_are_unauthenticated_and_write_nothing(
                 list(anonymous.schedule_many([TaskSpec("add", later(), [1, 2])]))
             with pytest.raises(Unauthenticated):
                 anonymous.watch(timeout=5)
-        with Client.connect(server.address, token="wrong") as wrong:
-            with pytest.raises(Unauthenticated, match="invalid token"):
-                wrong.schedule("add", 1, 2, run_at=later())
+        with (
+            Client.connect(server.address, token="wrong") as wrong,
+            pytest.raises(Unauthenticated, match="invalid token"),
+        ):
+            wrong.schedule("add", 1, 2, run_at=later())
     assert schedules.store.count(TaskState.SCHEDULED) == 0
 
 
 def test_the_right_token_is_accepted_on_every_kind_of_call(schedules: Schedules) -> None:
-    with serving(schedules, token=TOKEN) as server, Client.connect(server.address, token=TOKEN) as c:
+    with (
+        serving(schedules, token=TOKEN) as server,
+        Client.connect(server.address, token=TOKEN) as c,
+    ):
         assert "add" in {t.name for t in c.task_types()}
         task = c.schedule("add", 1, 2, run_at=later())
         (streamed,) = list(c.schedule_many([TaskSpec("add", later(), [3, 4])]))
@@ -90,9 +95,8 @@ def test_a_token_file_holds_several_tokens_for_rotation(
         for token in ("old-token", "new-token"):
             with Client.connect(server.address, token=token) as client:
                 assert client.task_types()
-        with Client.connect(server.address, token="new") as client:
-            with pytest.raises(Unauthenticated):
-                client.task_types()
+        with Client.connect(server.address, token="new") as client, pytest.raises(Unauthenticated):
+            client.task_types()
 
 
 def test_client_reads_the_token_from_the_environment(
@@ -107,7 +111,7 @@ def test_scheduler_sends_its_token_and_says_when_refused(
     schedules: Schedules, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     table = tmp_path / "t.csv"
-    table.write_text(f"task,run_at,args\nadd,{later():%Y-%m-%dT%H:%M:%SZ},\"[1, 2]\"\n")
+    table.write_text(f'task,run_at,args\nadd,{later():%Y-%m-%dT%H:%M:%SZ},"[1, 2]"\n')
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     with serving(schedules, token=TOKEN) as server:
@@ -169,7 +173,11 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(
         for cert, key in ((None, None), (stranger["cert"], stranger["key"])):
             with pytest.raises(Unavailable):
                 Client.connect(
-                    server.address, tls_ca=server_pem["ca"], tls_cert=cert, tls_key=key, wait_ready=2
+                    server.address,
+                    tls_ca=server_pem["ca"],
+                    tls_cert=cert,
+                    tls_key=key,
+                    wait_ready=2,
                 ).task_types()
 
 
@@ -178,9 +186,11 @@ def test_tls_and_token_together(schedules: Schedules, tmp_path: Path, ca: trustm
     with serving(schedules, token=TOKEN, tls_cert=pem["cert"], tls_key=pem["key"]) as server:
         with Client.connect(server.address, tls_ca=pem["ca"], token=TOKEN) as client:
             assert client.task_types()
-        with Client.connect(server.address, tls_ca=pem["ca"], token="") as client:
-            with pytest.raises(Unauthenticated):
-                client.task_types()
+        with (
+            Client.connect(server.address, tls_ca=pem["ca"], token="") as client,
+            pytest.raises(Unauthenticated),
+        ):
+            client.task_types()
 
 
 @pytest.mark.parametrize(

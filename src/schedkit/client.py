@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import pandas as pd
@@ -381,7 +381,7 @@ class Client:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         if WATCHING_HEADER not in headers and call.code() is not grpc.StatusCode.OK:
-            raise error_from_rpc(call)
+            raise error_from_rpc(cast(grpc.RpcError, call))  # the call is its own error
         return self._changes(call)
 
     @staticmethod

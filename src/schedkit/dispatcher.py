@@ -68,13 +68,23 @@ class Dispatcher:
                 for task in claimed:
                     self._hand_off(task, producer)
                     handed.append(task.id)
+                    log.debug(
+                        "handed off",
+                        extra={"task_id": task.id, "task": task.task, "eta": task.run_at},
+                    )
         except (OperationalError, OSError) as exc:
             log.warning(
-                "broker refused hand-off after %d of %d tasks: %s", len(handed), len(claimed), exc
+                "broker refused hand-off after %d of %d tasks: %s",
+                len(handed),
+                len(claimed),
+                exc,
+                extra={"task_id": claimed[len(handed)].id, "released": len(claimed) - len(handed)},
             )
         finally:
             self.store.mark_queued(handed, now=self.clock())
             self.store.release([t.id for t in claimed[len(handed) :]], now=self.clock())
+        if handed:
+            log.info("handed off %d tasks", len(handed), extra={"handed": len(handed)})
         return len(handed)
 
     def _hand_off(self, task: Claimed, producer: Any) -> None:

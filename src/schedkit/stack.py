@@ -21,6 +21,7 @@ from schedkit.broker import Broker
 from schedkit.dispatcher import Dispatcher
 from schedkit.embedded import RedisServer
 from schedkit.errors import Unavailable
+from schedkit.metrics import MetricsServer, serve_metrics
 from schedkit.registry import TaskRegistry, load_app
 from schedkit.schedules import Schedules
 from schedkit.server import Server
@@ -52,6 +53,7 @@ class Stack:
         self.worker: subprocess.Popen[bytes] | None = None
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
+        self.metrics: MetricsServer | None = None
 
     @property
     def address(self) -> str:
@@ -91,9 +93,11 @@ class Stack:
         self.dispatcher = Dispatcher(self.store, self.app, settings, broker=self.broker).start()
         registry = TaskRegistry(self.app, settings.allow_tasks)
         schedules = Schedules(self.store, registry, settings, broker=self.broker)
-        self.server = Server(
-            schedules, listen=settings.listen, threads=settings.server_threads
-        ).start()
+        self.server = Server(schedules).start()
+        if settings.metrics_port:
+            self.metrics = serve_metrics(
+                self.store, port=settings.metrics_port, addr=settings.metrics_addr
+            )
 
     def worker_command(self) -> list[str]:
         """The command line of the worker process."""
@@ -108,7 +112,12 @@ class Stack:
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         """Start (or restart) the Celery worker process."""
-        env = {**os.environ, "SCHEDKIT_PREFIX": self.settings.prefix}
+        env = {
+            **os.environ,
+            "SCHEDKIT_PREFIX": self.settings.prefix,
+            "SCHEDKIT_VISIBILITY_TIMEOUT": str(self.settings.visibility_timeout),
+            "SCHEDKIT_LOG_FORMAT": self.settings.log_format,
+        }
         output = open(self.worker_log, "ab") if self.worker_log else None  # noqa: SIM115
         # A session of its own: Ctrl-C reaches schedkit up, which stops the parts in order.
         self.worker = subprocess.Popen(
@@ -146,6 +155,9 @@ class Stack:
 
     def stop(self) -> None:
         """Stop everything that was started, server first, Redis last."""
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         if self.server is not None:
             self.server.stop(self.settings.shutdown_grace)
             self.server = None

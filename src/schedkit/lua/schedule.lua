@@ -4,6 +4,7 @@
 local window = tonumber(ARGV[4])
 local out = {}
 local due_soon = false
+local created = 0
 local i = 5
 while i <= #ARGV do
   local id, fp, run, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
@@ -22,8 +23,10 @@ while i <= #ARGV do
     emit(id, 'SCHEDULED')
     if run <= now + window then due_soon = true end
     out[#out + 1] = 1
+    created = created + 1
   end
 end
+count('scheduled', created)
 if due_soon then
   redis.call('LPUSH', prefix .. ':wake', '1')
   redis.call('LTRIM', prefix .. ':wake', 0, 0)
