@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from types import TracebackType
@@ -54,6 +55,10 @@ class Stack:
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
         self.metrics: MetricsServer | None = None
+        #: How often the worker exited by itself and was started again.
+        self.worker_restarts = 0
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def address(self) -> str:
@@ -90,6 +95,10 @@ class Stack:
             self.start_worker()
             if wait_for_worker:
                 self.wait_for_worker(wait_for_worker)
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="schedkit-worker-supervisor", daemon=True
+            )
+            self._supervisor.start()
         self.dispatcher = Dispatcher(self.store, self.app, settings, broker=self.broker).start()
         registry = TaskRegistry(self.app, settings.allow_tasks)
         schedules = Schedules(self.store, registry, settings, broker=self.broker)
@@ -131,6 +140,22 @@ class Stack:
             output.close()
         return self.worker
 
+    def _supervise(self, every: float = 1.0) -> None:
+        # A Celery worker can die by itself (killed, out of memory, or kombu's "Unrecoverable
+        # error" when the Redis broker goes away at the wrong moment); start it again. What it
+        # held comes back from the broker after the visibility timeout.
+        while not self._stopping.wait(every):
+            worker = self.worker
+            if worker is None or worker.poll() is None or self._stopping.is_set():
+                continue
+            log.warning(
+                "the Celery worker exited with code %s; starting it again",
+                worker.returncode,
+                extra={"exit_code": worker.returncode},
+            )
+            self.worker_restarts += 1
+            self.start_worker()
+
     def wait_for_worker(self, timeout: float) -> None:
         """Block until a worker answers Celery's ping, or raise Unavailable."""
         assert self.broker is not None
@@ -155,6 +180,10 @@ class Stack:
 
     def stop(self) -> None:
         """Stop everything that was started, server first, Redis last."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
+            self._supervisor = None
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None

@@ -25,6 +25,12 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
     # Early acknowledgement (Celery's default) stays: a task killed mid-run is not re-run.
     options = dict(app.conf.broker_transport_options or {})
     options.setdefault("visibility_timeout", settings.visibility_timeout)
+    # kombu sweeps for such messages every interval x throttle seconds (100 s by default);
+    # sweep a few times per visibility timeout instead, with one cheap ZRANGE each time.
+    options.setdefault(
+        "unacked_restore_interval", max(1, min(30, settings.visibility_timeout // 5))
+    )
+    options.setdefault("unacked_restore_throttle", 1)
     app.conf.update(broker_transport_options=options)
     install(app, settings if settings.store_url else None)
     return app
