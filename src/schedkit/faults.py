@@ -270,12 +270,19 @@ def redis_restarted_with_parked_tasks(rows: int, base: Path | None = None) -> Co
     )
 
 
-def worker_killed_holding_tasks(rows: int, base: Path | None = None) -> Counts:
-    """SIGKILL the worker (all its processes) while it holds handed-off ETA tasks."""
+def worker_killed_holding_tasks(
+    rows: int, base: Path | None = None, *, broker_url: str = ""
+) -> Counts:
+    """SIGKILL the worker (all its processes) while it holds handed-off ETA tasks.
+
+    With Redis as the broker the tasks come back after the visibility timeout; RabbitMQ
+    requeues them as soon as the dead worker's connection closes.
+    """
     visibility = 8.0
     with workdir(base) as work:
         settings = local_settings(
             data_dir=work / "data",
+            broker_url=broker_url,
             handoff_window=6.0,
             poll_interval=0.2,
             claim_lease=5.0,
@@ -289,10 +296,10 @@ def worker_killed_holding_tasks(rows: int, base: Path | None = None) -> Counts:
             with Client.connect(stack.address, token="") as client:
                 run_at = datetime.now(UTC) + timedelta(seconds=5)
                 ids = _schedule(client, [TaskSpec("add", run_at, [i, 1]) for i in range(rows)])
-            # Handed off and reserved by the worker: the broker's unacked hash holds them all.
+            # Handed off, and held by the worker as ETA tasks it has not acknowledged.
             poll(lambda: store.count(TaskState.QUEUED) == len(ids), 60, "hand-off")
-            poll(lambda: store.redis.hlen("unacked") >= len(ids), 60, "the worker to take all")
-            held = int(store.redis.hlen("unacked"))
+            poll(lambda: _held(stack) >= len(ids), 60, "the worker to take all", every=0.5)
+            held = _held(stack)
             os.killpg(stack.worker.pid, signal.SIGKILL)
             killed_at = time.monotonic()
             # The stack's supervisor starts a new worker; nothing here helps it.
@@ -314,6 +321,11 @@ def worker_killed_holding_tasks(rows: int, base: Path | None = None) -> Counts:
             "worker_restarts": stack.worker_restarts,
         },
     )
+
+
+def _held(stack: Stack) -> int:
+    assert stack.broker is not None
+    return sum(len(tasks) for tasks in stack.broker.scheduled(timeout=1.0).values())
 
 
 def store_down_and_back(rows: int, base: Path | None = None) -> Counts:
