@@ -62,11 +62,18 @@ def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.") -> TaskSpec:
         violations.append(FieldViolation(f"{prefix}priority", "must be between 0 and 255"))
     expires_after = None
     if msg.HasField("expires_after"):
-        expires_after = msg.expires_after.ToTimedelta()
-        if expires_after <= timedelta(0):
-            violations.append(FieldViolation(f"{prefix}expires_after", "must be positive"))
-    args = plain_numbers(json_format.MessageToDict(msg.args)) if msg.HasField("args") else []
-    kwargs = plain_numbers(json_format.MessageToDict(msg.kwargs)) if msg.HasField("kwargs") else {}
+        try:
+            expires_after = msg.expires_after.ToTimedelta()
+        except (OverflowError, ValueError):
+            # Past what a timedelta holds (about 2.7 million years): no real expiry is.
+            violations.append(
+                FieldViolation(f"{prefix}expires_after", "out of range: not a usable duration")
+            )
+        else:
+            if expires_after <= timedelta(0):
+                violations.append(FieldViolation(f"{prefix}expires_after", "must be positive"))
+    args = _plain(msg, "args", [], prefix, violations)
+    kwargs = _plain(msg, "kwargs", {}, prefix, violations)
     _check_finite(args, f"{prefix}args", violations)
     _check_finite(kwargs, f"{prefix}kwargs", violations)
     if violations:
@@ -85,6 +92,19 @@ def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.") -> TaskSpec:
         labels=dict(msg.labels),
         expires_after=expires_after,
     )
+
+
+def _plain(
+    msg: pb.TaskSpec, name: str, empty: Any, prefix: str, violations: list[FieldViolation]
+) -> Any:
+    if not msg.HasField(name):
+        return empty
+    try:
+        return plain_numbers(json_format.MessageToDict(getattr(msg, name)))
+    except ValueError:
+        # protobuf refuses to turn NaN or infinity into JSON.
+        violations.append(FieldViolation(f"{prefix}{name}", "NaN and infinity are not JSON"))
+        return empty
 
 
 def _check_finite(value: Any, field: str, violations: list[FieldViolation]) -> None:
