@@ -157,9 +157,11 @@ def _up(options: argparse.Namespace) -> None:
                 f"metrics on http://{settings.metrics_addr}:{stack.metrics.port}/metrics",
                 flush=True,
             )
+        header = ' -H "authorization: Bearer $SCHEDKIT_TOKEN"' if settings.tokens() else ""
+        scheme = "https" if settings.tls_cert else "http"
         print(
-            "try: buf curl --protocol grpc --http2-prior-knowledge "
-            f"http://{stack.address}/schedkit.v1.ScheduleService/ListTaskTypes",
+            "try: buf curl --protocol grpc --http2-prior-knowledge"
+            f"{header} {scheme}://{stack.address}/schedkit.v1.ScheduleService/ListTaskTypes",
             flush=True,
         )
         print("Ctrl-C stops everything.", flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
@@ -95,7 +95,11 @@ def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.") -> TaskSpec:
 
 
 def _plain(
-    msg: pb.TaskSpec, name: str, empty: Any, prefix: str, violations: list[FieldViolation]
+    msg: pb.TaskSpec,
+    name: Literal["args", "kwargs"],
+    empty: Any,
+    prefix: str,
+    violations: list[FieldViolation],
 ) -> Any:
     if not msg.HasField(name):
         return empty
