@@ -8,19 +8,23 @@ stacks, a user's process), so publishing and control commands use this handle in
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery
 from kombu import Connection
-from kombu.pools import producers
 
 
 class Broker:
     """Publishing and control (revoke, ping, inspect) for the broker at ``url``."""
 
     def __init__(self, app: Celery, url: str | None = None) -> None:
-        self.connection: Connection = app.connection_for_write(url or None)
+        self._app = app
+        self._url = url or None
+        self.connection: Connection = app.connection_for_write(self._url)
+        self._producer: Any = None
+        self._lock = threading.Lock()
         # Control commands only need the broker: a bare app keeps them off the user's pools.
         self._control = Celery(
             "schedkit-control",
@@ -31,9 +35,21 @@ class Broker:
 
     @contextlib.contextmanager
     def producer(self) -> Iterator[Any]:
-        """A pooled producer on this broker."""
-        with producers[self.connection].acquire(block=True) as producer:
-            yield producer
+        """This handle's producer, made on first use (one publisher thread at a time)."""
+        with self._lock:
+            if self._producer is None:
+                self._producer = self.connection.Producer()
+            yield self._producer
+
+    def reset(self) -> None:
+        """Drop the connection and its producer after a failure; the next use connects
+        afresh. kombu can leave a broken channel behind that fails with AttributeError,
+        not a connection error, on every later publish."""
+        with self._lock:
+            self._producer = None
+            with contextlib.suppress(Exception):
+                self.connection.release()
+            self.connection = self._app.connection_for_write(self._url)
 
     def revoke(self, task_id: str) -> None:
         """Ask every worker to drop ``task_id``."""

@@ -20,6 +20,8 @@ from types import FrameType
 from schedkit.broker import Broker
 from schedkit.dispatcher import Dispatcher
 from schedkit.errors import SchedkitError
+from schedkit.logs import LOG_FORMATS, configure
+from schedkit.metrics import MetricsServer, serve_metrics
 from schedkit.registry import TaskRegistry, load_app
 from schedkit.schedules import Schedules
 from schedkit.server import Server
@@ -41,8 +43,35 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _metrics(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port, 0 off (SCHEDKIT_METRICS_PORT; default off)",
+    )
+    parser.add_argument(
+        "--metrics-addr", help="address of the metrics endpoint (SCHEDKIT_METRICS_ADDR)"
+    )
+
+
 def _serving(parser: argparse.ArgumentParser) -> None:
+    _metrics(parser)
     parser.add_argument("--listen", help="gRPC address, default 127.0.0.1:50051 (SCHEDKIT_LISTEN)")
+    parser.add_argument("--token", help="bearer token callers must send (SCHEDKIT_TOKEN)")
+    parser.add_argument(
+        "--token-file", help="file of accepted tokens, one per line (SCHEDKIT_TOKEN_FILE)"
+    )
+    parser.add_argument("--tls-cert", help="server certificate, PEM (SCHEDKIT_TLS_CERT)")
+    parser.add_argument("--tls-key", help="server private key, PEM (SCHEDKIT_TLS_KEY)")
+    parser.add_argument(
+        "--tls-ca", help="require client certificates signed by this CA: mTLS (SCHEDKIT_TLS_CA)"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --listen without token or mTLS (SCHEDKIT_INSECURE)",
+    )
     parser.add_argument(
         "--handoff-window",
         type=float,
@@ -56,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="schedkit", description="Schedule Celery tasks at a time."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="text (key=value) or json (SCHEDKIT_LOG_FORMAT)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="run the whole stack until Ctrl-C")
@@ -77,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     dispatch = commands.add_parser("dispatch", help="run the dispatcher only")
     _common(dispatch)
     dispatch.add_argument("--handoff-window", type=float)
+    _metrics(dispatch)
     return parser
 
 
@@ -89,6 +122,15 @@ def _settings(options: argparse.Namespace) -> Settings:
         "handoff_window",
         "data_dir",
         "worker_concurrency",
+        "token",
+        "token_file",
+        "tls_cert",
+        "tls_key",
+        "tls_ca",
+        "insecure",
+        "metrics_port",
+        "metrics_addr",
+        "log_format",
     )
     return Settings.from_env(**{n: getattr(options, n, None) for n in names})
 
@@ -110,9 +152,16 @@ def _up(options: argparse.Namespace) -> None:
         print(
             f"schedkit is up: gRPC on {stack.address}, store {stack.settings.store_url}", flush=True
         )
+        if stack.metrics is not None:
+            print(
+                f"metrics on http://{settings.metrics_addr}:{stack.metrics.port}/metrics",
+                flush=True,
+            )
+        header = ' -H "authorization: Bearer $SCHEDKIT_TOKEN"' if settings.tokens() else ""
+        scheme = "https" if settings.tls_cert else "http"
         print(
-            "try: buf curl --protocol grpc --http2-prior-knowledge "
-            f"http://{stack.address}/schedkit.v1.ScheduleService/ListTaskTypes",
+            "try: buf curl --protocol grpc --http2-prior-knowledge"
+            f"{header} {scheme}://{stack.address}/schedkit.v1.ScheduleService/ListTaskTypes",
             flush=True,
         )
         print("Ctrl-C stops everything.", flush=True)
@@ -126,10 +175,13 @@ def _serve(options: argparse.Namespace) -> None:
     app = load_app(settings.app)
     broker = Broker(app, settings.effective_broker_url)
     schedules = Schedules(store, TaskRegistry(app, settings.allow_tasks), settings, broker=broker)
-    server = Server(schedules, listen=settings.listen, threads=settings.server_threads).start()
+    server = Server(schedules).start()
+    metrics = _metrics_server(settings, store)
     print(f"schedkit server on {server.address}", flush=True)
     _wait_for_signal()
     server.stop(settings.shutdown_grace)
+    if metrics is not None:
+        metrics.stop()
 
 
 def _dispatch(options: argparse.Namespace) -> None:
@@ -137,9 +189,20 @@ def _dispatch(options: argparse.Namespace) -> None:
     store = _store(settings)
     app = load_app(settings.app)
     dispatcher = Dispatcher(store, app, settings).start()
+    metrics = _metrics_server(settings, store)
     print("schedkit dispatcher running", flush=True)
     _wait_for_signal()
     dispatcher.stop()
+    if metrics is not None:
+        metrics.stop()
+
+
+def _metrics_server(settings: Settings, store: Store) -> MetricsServer | None:
+    if not settings.metrics_port:
+        return None
+    metrics = serve_metrics(store, port=settings.metrics_port, addr=settings.metrics_addr)
+    print(f"metrics on http://{settings.metrics_addr}:{metrics.port}/metrics", flush=True)
+    return metrics
 
 
 def _store(settings: Settings) -> Store:
@@ -157,11 +220,9 @@ def _store(settings: Settings) -> Store:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``schedkit`` command. Exit 0 on success, 2 on errors."""
     options = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if options.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
+        log_format = Settings.from_env(log_format=options.log_format).log_format
+        configure(log_format, level=logging.DEBUG if options.verbose else logging.INFO)
         if options.command == "up":
             _up(options)
         elif options.command == "worker":

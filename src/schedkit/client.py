@@ -13,13 +13,15 @@ import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from schedkit.auth import channel_credentials, header_interceptor
 from schedkit.convert import (
     datetime_to_timestamp,
     outcome_from_proto,
@@ -36,6 +38,7 @@ from schedkit.errors import (
 )
 from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState
 from schedkit.registry import TaskType
+from schedkit.settings import Settings
 from schedkit.timeutil import DstPolicy, to_instant
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
@@ -46,8 +49,10 @@ if TYPE_CHECKING:  # pandas only when a DataFrame method is called: workers neve
     from schedkit.timetable import PastPolicy
 
 T = TypeVar("T")
+# Sent by the server once a watch has its starting point (schedkit.service.WATCHING_HEADER).
+WATCHING_HEADER = "schedkit-watching"
 DEFAULT_TARGET = "127.0.0.1:50051"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES = Settings.max_message_bytes
 
 
 def error_from_rpc(exc: grpc.RpcError) -> SchedkitError:
@@ -93,24 +98,47 @@ class Client:
         *,
         timeout: float | None = 30.0,
         wait_ready: float | None = 10.0,
+        token: str | None = None,
+        tls: bool | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> Client:
-        """Open a channel to ``target``; wait up to ``wait_ready`` seconds for it (None: don't)."""
-        channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        """Open a channel to ``target``; wait up to ``wait_ready`` seconds for it (None: don't).
+
+        ``token`` is sent as a bearer token; None reads SCHEDKIT_TOKEN or SCHEDKIT_TOKEN_FILE
+        (first line), '' sends none. TLS is on when ``tls`` is True or a CA or client
+        certificate is given (``tls_ca`` None reads SCHEDKIT_TLS_CA; system roots otherwise).
+        """
+        env = Settings.from_env()
+        if token is None:
+            tokens = env.tokens()
+            token = tokens[0] if tokens else ""
+        tls_ca = env.tls_ca or None if tls_ca is None else tls_ca
+        if tls is None:
+            tls = bool(tls_ca or tls_cert)
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls:
+            credentials = channel_credentials(ca=tls_ca, cert=tls_cert, key=tls_key)
+            channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(target, options=options)
         if wait_ready is not None:
             try:
                 grpc.channel_ready_future(channel).result(timeout=wait_ready)
             except grpc.FutureTimeoutError as exc:
                 channel.close()
+                hint = " (with TLS: check the CA and the server's certificate)" if tls else ""
                 raise Unavailable(
-                    f"no schedkit server answered at {target} within {wait_ready:g}s; "
+                    f"no schedkit server answered at {target} within {wait_ready:g}s{hint}; "
                     "is `schedkit up` running?"
                 ) from exc
+        if token:
+            channel = grpc.intercept_channel(channel, header_interceptor(token))
         return cls(channel, timeout=timeout)
 
     def close(self) -> None:
@@ -371,9 +399,13 @@ class Client:
         request.filter.ids.extend(ids)
         call = self._stub.WatchTasks(request, timeout=timeout)
         try:
-            call.initial_metadata()  # the server sends it once its starting point is fixed
+            # The server sends its headers once its starting point is fixed; a call refused
+            # before that (no token, bad filter) ends with no header and a status instead.
+            headers = dict(call.initial_metadata() or ())
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
+        if WATCHING_HEADER not in headers and call.code() is not grpc.StatusCode.OK:
+            raise error_from_rpc(cast(grpc.RpcError, call))  # the call is its own error
         return self._changes(call)
 
     @staticmethod

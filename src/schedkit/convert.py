@@ -68,9 +68,16 @@ def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.") -> TaskSpec:
         violations.append(FieldViolation(f"{prefix}priority", "must be between 0 and 255"))
     expires_after = None
     if msg.HasField("expires_after"):
-        expires_after = msg.expires_after.ToTimedelta()
-        if expires_after <= timedelta(0):
-            violations.append(FieldViolation(f"{prefix}expires_after", "must be positive"))
+        try:
+            expires_after = msg.expires_after.ToTimedelta()
+        except (OverflowError, ValueError):
+            # Past what a timedelta holds (about 2.7 million years): no real expiry is.
+            violations.append(
+                FieldViolation(f"{prefix}expires_after", "out of range: not a usable duration")
+            )
+        else:
+            if expires_after <= timedelta(0):
+                violations.append(FieldViolation(f"{prefix}expires_after", "must be positive"))
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     try:

@@ -68,13 +68,29 @@ class Dispatcher:
                 for task in claimed:
                     self._hand_off(task, producer)
                     handed.append(task.id)
-        except (OperationalError, OSError) as exc:
+                    log.debug(
+                        "handed off",
+                        extra={"task_id": task.id, "task": task.task, "eta": task.run_at},
+                    )
+        except Exception as exc:
+            # OperationalError and OSError are the broker being away; kombu also raises
+            # AttributeError from a channel whose connection broke. Either way the rest of
+            # the claims are released below and the next round uses a fresh connection.
+            expected = isinstance(exc, OperationalError | OSError)
             log.warning(
-                "broker refused hand-off after %d of %d tasks: %s", len(handed), len(claimed), exc
+                "broker refused hand-off after %d of %d tasks: %s",
+                len(handed),
+                len(claimed),
+                exc,
+                exc_info=not expected,
+                extra={"task_id": claimed[len(handed)].id, "released": len(claimed) - len(handed)},
             )
+            self.broker.reset()
         finally:
             self.store.mark_queued(handed, now=self.clock())
             self.store.release([t.id for t in claimed[len(handed) :]], now=self.clock())
+        if handed:
+            log.info("handed off %d tasks", len(handed), extra={"handed": len(handed)})
         return len(handed)
 
     def _hand_off(self, task: Claimed, producer: Any) -> None:
@@ -125,6 +141,11 @@ class Dispatcher:
                 self.store.wait_for_work(self.seconds_until_work())
             except Unavailable as exc:
                 log.warning("store unavailable, retrying in %.1fs: %s", backoff, exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception:
+                # The loop must outlive any one bad round: a dead dispatcher hands off nothing.
+                log.exception("dispatcher round failed, retrying in %.1fs", backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 

@@ -116,14 +116,23 @@ def _before_start(handle: StoreHandle) -> Callable[..., bool]:
             # Nothing ran yet: ask Celery to deliver it again rather than run it unrecorded.
             raise task.retry(exc=exc, countdown=STORE_RETRY_SECONDS, max_retries=None) from exc
         if verdict in ("started", "unmanaged"):
+            if verdict == "started":
+                log.debug("started", extra={"task_id": task_id, "task": task.name})
             return True
-        log.warning("schedkit refused to start %s[%s]: %s", task.name, task_id, verdict)
+        log.warning(
+            "schedkit refused to start %s[%s]: %s",
+            task.name,
+            task_id,
+            verdict,
+            extra={"task_id": task_id, "task": task.name, "verdict": verdict},
+        )
         raise Ignore(f"schedkit: {verdict}")
 
     return hook
 
 
 def _record(handle: StoreHandle, task_id: str, state: TaskState, **fields: str) -> None:
+    log.debug("finished", extra={"task_id": task_id, "state": state.value})
     try:
         handle.get().finish(
             task_id,
@@ -133,7 +142,12 @@ def _record(handle: StoreHandle, task_id: str, state: TaskState, **fields: str) 
             traceback=fields.get("traceback", ""),
         )
     except Exception:  # recording must never change how the task itself ended
-        log.exception("schedkit could not record %s for %s", state.value, task_id)
+        log.exception(
+            "schedkit could not record %s for %s",
+            state.value,
+            task_id,
+            extra={"task_id": task_id, "state": state.value},
+        )
 
 
 def _on_success(handle: StoreHandle) -> Callable[..., bool]:

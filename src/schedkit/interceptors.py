@@ -51,6 +51,12 @@ class ErrorInterceptor(ExceptionToStatusInterceptor):
         # A status set by the handler itself (context.abort) stands; anything else is a bug.
         if context.code() is None:  # type: ignore[attr-defined]
             reference = uuid.uuid4().hex[:12]
-            log.error("%s failed (ref %s)", method_name, reference, exc_info=ex)
+            log.error(
+                "%s failed (ref %s)",
+                method_name,
+                reference,
+                exc_info=ex,
+                extra={"method": method_name, "ref": reference},
+            )
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {reference})")
         raise ex

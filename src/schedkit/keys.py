@@ -6,6 +6,8 @@
 ``{prefix}:claims``        zset   ids claimed by a dispatcher, scored by lease deadline (ms)
 ``{prefix}:events``        stream state changes (id, state) that WatchTasks follows
 ``{prefix}:wake``          list   a nudge: work entered the hand-off window; dispatchers BLPOP it
+``{prefix}:stats``         hash   running totals (scheduled, handed, started, finished:STATE,
+                                  start lateness buckets) that the metrics endpoint reads
 
 The task key is ``t`` rather than ``task``: every parked task pays for its key's length.
 A task id derived from an idempotency key is a hash of that key, so the task record itself is
@@ -40,6 +42,11 @@ class Keys:
     def events(self) -> str:
         """The stream of state changes."""
         return f"{self.prefix}:events"
+
+    @property
+    def stats(self) -> str:
+        """The hash of running totals behind the metrics."""
+        return f"{self.prefix}:stats"
 
     @property
     def wake(self) -> str:

@@ -115,6 +115,40 @@ def duration(text: str) -> timedelta:
     return timedelta(seconds=number * seconds[unit])
 
 
+def add_client_security(parser: argparse.ArgumentParser) -> None:
+    """--token, --token-file and --tls-* flags, named as the server's settings are."""
+    parser.add_argument("--token", help="bearer token to send (SCHEDKIT_TOKEN)")
+    parser.add_argument(
+        "--token-file", help="file whose first line is the token (SCHEDKIT_TOKEN_FILE)"
+    )
+    parser.add_argument(
+        "--tls-ca",
+        help="PEM CA that signed the server's certificate; turns TLS on (SCHEDKIT_TLS_CA)",
+    )
+    parser.add_argument("--tls-cert", help="client certificate for mTLS (PEM)")
+    parser.add_argument("--tls-key", help="key of --tls-cert (PEM)")
+    parser.add_argument(
+        "--tls", action="store_true", help="use TLS, trusting the system's CA roots"
+    )
+
+
+def client_options(options: argparse.Namespace) -> dict[str, Any]:
+    """Client.connect keyword arguments from the security flags (the environment fills gaps)."""
+    if options.token:
+        token = options.token
+    else:
+        given = Settings(token_file=options.token_file) if options.token_file else None
+        tokens = (given or Settings.from_env()).tokens()
+        token = tokens[0] if tokens else ""
+    return {
+        "token": token,
+        "tls": True if options.tls or options.tls_ca or options.tls_cert else None,
+        "tls_ca": options.tls_ca,
+        "tls_cert": options.tls_cert,
+        "tls_key": options.tls_key,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The scheduler's argument parser."""
     parser = argparse.ArgumentParser(
@@ -130,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("SCHEDKIT_SERVER") or DEFAULT_TARGET,
         help=f"host:port of the schedkit server (SCHEDKIT_SERVER, default {DEFAULT_TARGET})",
     )
+    add_client_security(parser)
     parser.add_argument(
         "--format", choices=sorted(set(FORMATS.values())), help="override the file extension"
     )
@@ -439,9 +474,13 @@ def run_once(options: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         print(f"warning: {warning}", file=err)
     report = Report.empty(len(table.runs))
 
+    security = client_options(options)
+
     def connect() -> Client:
         return Client.connect(
-            options.server, wait_ready=min(5.0, max(0.5, options.retry_for.total_seconds()))
+            options.server,
+            wait_ready=min(5.0, max(0.5, options.retry_for.total_seconds())),
+            **security,
         )
 
     if options.dry_run:

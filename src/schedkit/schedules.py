@@ -214,6 +214,10 @@ class Schedules:
         stored = self.store.schedule_rows(
             [row for _, row in accepted], window_seconds=self.settings.handoff_window, now=now
         )
+        created = [r.id for r in stored if r.outcome is Outcome.CREATED]
+        if created and log.isEnabledFor(logging.DEBUG):
+            for task_id in created:
+                log.debug("scheduled", extra={"task_id": task_id})
         for (index, _), result in zip(accepted, stored, strict=True):
             if isinstance(result.error, AlreadyExists):
                 field = field_prefix.format(index) + "idempotency_key"
@@ -257,6 +261,8 @@ class Schedules:
                 f"task {task_id} is {previous.value}: only SCHEDULED, QUEUED or RETRYING tasks "
                 "can be cancelled"
             )
+        if verdict == "cancelled":
+            log.info("cancelled", extra={"task_id": task_id, "previous": str(previous)})
         if verdict == "cancelled" and previous is not None and previous.value != "SCHEDULED":
             self._revoke(task_id)
         return self.store.get(task_id)
@@ -267,7 +273,10 @@ class Schedules:
             (self.broker or Broker(self.app)).revoke(task_id)
         except Exception:  # the cancel is already durable; a broker hiccup must not undo it
             log.warning(
-                "revoke of %s failed; the worker hook will refuse it", task_id, exc_info=True
+                "revoke of %s failed; the worker hook will refuse it",
+                task_id,
+                exc_info=True,
+                extra={"task_id": task_id},
             )
 
     def watch(

@@ -4,35 +4,55 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
+from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from schedkit.auth import TokenInterceptor, check_exposure, server_credentials
 from schedkit.interceptors import ErrorInterceptor
 from schedkit.schedules import Schedules
 from schedkit.service import ScheduleService
+from schedkit.settings import Settings
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScheduleService"].full_name
-# Batches of thousands of tasks exceed gRPC's 4 MiB default.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class Server:
-    """A running gRPC server; ``port`` is the bound port (useful with ``localhost:0``)."""
+    """A running gRPC server; ``port`` is the bound port (useful with ``localhost:0``).
 
-    def __init__(self, schedules: Schedules, *, listen: str, threads: int = 32) -> None:
+    Listen address, threads, message size, token and TLS come from ``settings`` (the
+    schedules' own unless given); a non-loopback address needs a token or mTLS unless
+    ``settings.insecure``.
+    """
+
+    def __init__(
+        self, schedules: Schedules, *, settings: Settings | None = None, listen: str | None = None
+    ) -> None:
+        settings = settings or schedules.settings
+        if listen is not None:
+            settings = replace(settings, listen=listen)
+        check_exposure(settings)
+        tokens = settings.tokens()
+        credentials = server_credentials(settings)  # unreadable files fail before binding
+        # The token check runs first: an unauthenticated call never reaches the servicer.
+        interceptors: list[grpc.ServerInterceptor] = [TokenInterceptor(tokens)] if tokens else []
+        interceptors.append(ErrorInterceptor())
         self.health = health.HealthServicer()
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="schedkit-rpc"),
-            interceptors=[ErrorInterceptor()],
+            futures.ThreadPoolExecutor(
+                max_workers=settings.server_threads, thread_name_prefix="schedkit-rpc"
+            ),
+            interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # Batches of thousands of tasks exceed gRPC's 4 MiB default.
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -41,18 +61,29 @@ class Server:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
-        self.port = self._grpc.add_insecure_port(listen)
+        listen = settings.listen
+        self.tls = credentials is not None
+        if credentials is None:
+            self.port = self._grpc.add_insecure_port(listen)
+        else:
+            self.port = self._grpc.add_secure_port(listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
         host = listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        self.authenticated = bool(tokens)
 
     def start(self) -> Server:
         """Start serving and report SERVING."""
         self._grpc.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("schedkit gRPC server listening on %s", self.address)
+        log.info(
+            "schedkit gRPC server listening on %s (tls=%s, token=%s)",
+            self.address,
+            self.tls,
+            self.authenticated,
+        )
         return self
 
     def stop(self, grace: float = 5.0) -> None:

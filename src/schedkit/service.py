@@ -17,12 +17,14 @@ from schedkit.convert import (
 )
 from schedkit.errors import InvalidArgument, SchedkitError
 from schedkit.model import Outcome, ScheduleResult, TaskSpec
-from schedkit.schedules import Schedules
+from schedkit.schedules import MAX_LABELS, Schedules
 from schedkit.store import TaskQuery
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 
 WATCHING_HEADER = "schedkit-watching"
+# Watching more tasks by id than this is better done by label.
+MAX_FILTER_IDS = 10_000
 
 
 class ScheduleService(pb_grpc.ScheduleServiceServicer):
@@ -107,6 +109,14 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
 
 def query_from_proto(msg: pb.TaskFilter) -> TaskQuery:
     """A TaskQuery from a TaskFilter, naming the bad field if any."""
+    if len(msg.labels) > MAX_LABELS:
+        raise InvalidArgument.for_field(
+            "filter.labels", f"{len(msg.labels)} labels, more than {MAX_LABELS}"
+        )
+    if len(msg.ids) > MAX_FILTER_IDS:
+        raise InvalidArgument.for_field(
+            "filter.ids", f"{len(msg.ids)} ids, more than {MAX_FILTER_IDS}"
+        )
     states = frozenset(
         state_from_proto(value, f"filter.states[{i}]") for i, value in enumerate(msg.states)
     )

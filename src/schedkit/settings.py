@@ -60,6 +60,30 @@ class Settings:
     worker_concurrency: int = 2
     #: Embedded Redis fsync policy for its append-only file: always, everysec or no.
     appendfsync: str = "everysec"
+    #: Largest gRPC message the server (or a client) receives, in bytes.
+    max_message_bytes: int = 64 * 1024 * 1024
+    #: Bearer token every call but health and reflection must carry; empty: none required.
+    token: str = ""
+    #: File holding the accepted token(s), one per line (several allow rotation).
+    token_file: str = ""
+    #: PEM certificate (chain) this process presents: the server's, or a client's for mTLS.
+    tls_cert: str = ""
+    #: PEM private key of ``tls_cert``.
+    tls_key: str = ""
+    #: PEM CA bundle to trust for the peer: a server requires client certificates signed by
+    #: it (mTLS); a client verifies the server with it.
+    tls_ca: str = ""
+    #: Let the server listen on a non-loopback address without a token or mTLS.
+    insecure: bool = False
+    #: Port of the Prometheus metrics endpoint (/metrics); 0 turns it off.
+    metrics_port: int = 0
+    #: Address the metrics endpoint binds to.
+    metrics_addr: str = "127.0.0.1"
+    #: Log format: text (key=value) or json (one object per line).
+    log_format: str = "text"
+    #: Seconds before the Redis broker hands an unacknowledged message to another worker
+    #: (a worker that died holding it); must exceed the hand-off window plus start lateness.
+    visibility_timeout: float = 300.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -78,6 +102,21 @@ class Settings:
         """Return a copy pointing at a running store (and broker, unless one is set)."""
         return replace(self, store_url=store_url, broker_url=self.broker_url or store_url)
 
+    def tokens(self) -> tuple[str, ...]:
+        """Every accepted token: ``token`` and the lines of ``token_file``."""
+        found = [self.token] if self.token else []
+        if self.token_file:
+            from schedkit.errors import ConfigError
+
+            try:
+                text = Path(self.token_file).read_text()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the token file {self.token_file}: {exc}") from exc
+            found += [line.strip() for line in text.splitlines() if line.strip()]
+            if not found:
+                raise ConfigError(f"the token file {self.token_file} holds no token")
+        return tuple(found)
+
     @property
     def effective_broker_url(self) -> str:
         """The broker Celery should use: the explicit one, else the store's Redis."""
@@ -93,6 +132,12 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
             return int(raw)
         if kind_name == "Path":
             return Path(raw)
+        if kind_name == "bool":
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
     except ValueError as exc:
         from schedkit.errors import ConfigError
 

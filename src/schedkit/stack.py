@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from types import TracebackType
@@ -21,6 +22,7 @@ from schedkit.broker import Broker
 from schedkit.dispatcher import Dispatcher
 from schedkit.embedded import RedisServer
 from schedkit.errors import Unavailable
+from schedkit.metrics import MetricsServer, serve_metrics
 from schedkit.registry import TaskRegistry, load_app
 from schedkit.schedules import Schedules
 from schedkit.server import Server
@@ -52,6 +54,11 @@ class Stack:
         self.worker: subprocess.Popen[bytes] | None = None
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
+        self.metrics: MetricsServer | None = None
+        #: How often the worker exited by itself and was started again.
+        self.worker_restarts = 0
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def address(self) -> str:
@@ -88,12 +95,18 @@ class Stack:
             self.start_worker()
             if wait_for_worker:
                 self.wait_for_worker(wait_for_worker)
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="schedkit-worker-supervisor", daemon=True
+            )
+            self._supervisor.start()
         self.dispatcher = Dispatcher(self.store, self.app, settings, broker=self.broker).start()
         registry = TaskRegistry(self.app, settings.allow_tasks)
         schedules = Schedules(self.store, registry, settings, broker=self.broker)
-        self.server = Server(
-            schedules, listen=settings.listen, threads=settings.server_threads
-        ).start()
+        self.server = Server(schedules).start()
+        if settings.metrics_port:
+            self.metrics = serve_metrics(
+                self.store, port=settings.metrics_port, addr=settings.metrics_addr
+            )
 
     def worker_command(self) -> list[str]:
         """The command line of the worker process."""
@@ -108,7 +121,12 @@ class Stack:
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         """Start (or restart) the Celery worker process."""
-        env = {**os.environ, "SCHEDKIT_PREFIX": self.settings.prefix}
+        env = {
+            **os.environ,
+            "SCHEDKIT_PREFIX": self.settings.prefix,
+            "SCHEDKIT_VISIBILITY_TIMEOUT": str(self.settings.visibility_timeout),
+            "SCHEDKIT_LOG_FORMAT": self.settings.log_format,
+        }
         output = open(self.worker_log, "ab") if self.worker_log else None  # noqa: SIM115
         # A session of its own: Ctrl-C reaches schedkit up, which stops the parts in order.
         self.worker = subprocess.Popen(
@@ -121,6 +139,22 @@ class Stack:
         if output:
             output.close()
         return self.worker
+
+    def _supervise(self, every: float = 1.0) -> None:
+        # A Celery worker can die by itself (killed, out of memory, or kombu's "Unrecoverable
+        # error" when the Redis broker goes away at the wrong moment); start it again. What it
+        # held comes back from the broker after the visibility timeout.
+        while not self._stopping.wait(every):
+            worker = self.worker
+            if worker is None or worker.poll() is None or self._stopping.is_set():
+                continue
+            log.warning(
+                "the Celery worker exited with code %s; starting it again",
+                worker.returncode,
+                extra={"exit_code": worker.returncode},
+            )
+            self.worker_restarts += 1
+            self.start_worker()
 
     def wait_for_worker(self, timeout: float) -> None:
         """Block until a worker answers Celery's ping, or raise Unavailable."""
@@ -146,6 +180,13 @@ class Stack:
 
     def stop(self) -> None:
         """Stop everything that was started, server first, Redis last."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
+            self._supervisor = None
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         if self.server is not None:
             self.server.stop(self.settings.shutdown_grace)
             self.server = None

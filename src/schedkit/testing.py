@@ -26,7 +26,9 @@ class LocalStack(Stack):
     """A Stack with a client factory."""
 
     def client(self, **options: Any) -> Client:
-        """A client connected to this stack's server."""
+        """A client connected to this stack's server (with the stack's token, if it has one)."""
+        tokens = self.settings.tokens()
+        options.setdefault("token", tokens[0] if tokens else "")
         return Client.connect(self.address, **options)
 
 

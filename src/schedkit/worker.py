@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import setup_logging
 
 from schedkit.hook import install
+from schedkit.logs import configure
 from schedkit.registry import load_app
 from schedkit.settings import Settings
 
@@ -14,6 +18,20 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
     if settings.effective_broker_url:
         app.conf.update(broker_url=settings.effective_broker_url)
     app.conf.update(broker_connection_retry_on_startup=True)
+    # Redis broker: a message a worker took but never acknowledged (it died holding ETA
+    # tasks) goes back to the queue after this long. schedkit hands tasks off at most a
+    # hand-off window early, so this can be minutes rather than Celery's default hour;
+    # a copy delivered twice is refused by the hook's duplicate-start check.
+    # Early acknowledgement (Celery's default) stays: a task killed mid-run is not re-run.
+    options = dict(app.conf.broker_transport_options or {})
+    options.setdefault("visibility_timeout", settings.visibility_timeout)
+    # kombu sweeps for such messages every interval x throttle seconds (100 s by default);
+    # sweep a few times per visibility timeout instead, with one cheap ZRANGE each time.
+    options.setdefault(
+        "unacked_restore_interval", max(1, min(30, settings.visibility_timeout // 5))
+    )
+    options.setdefault("unacked_restore_throttle", 1)
+    app.conf.update(broker_transport_options=options)
     install(app, settings if settings.store_url else None)
     return app
 
@@ -34,4 +52,10 @@ def worker_argv(settings: Settings, *, concurrency: int, pool: str = "prefork") 
 def run_worker(settings: Settings, *, concurrency: int, pool: str = "prefork") -> None:
     """Load the app, configure it, and run its worker in this process until stopped."""
     app = configure_app(load_app(settings.app), settings)
+
+    def own_logging(**_: Any) -> None:
+        # Connected: Celery leaves logging to us, so worker lines share schedkit's format.
+        configure(settings.log_format)
+
+    setup_logging.connect(own_logging, weak=False)
     app.worker_main(worker_argv(settings, concurrency=concurrency, pool=pool))

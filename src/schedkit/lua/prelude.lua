@@ -5,6 +5,24 @@ local prefix = ARGV[1]
 local history = ARGV[2]
 local now = tonumber(ARGV[3])
 local claims = prefix .. ':claims'
+local stats = prefix .. ':stats'
+
+-- Running totals for the metrics endpoint, kept with the change they count (see metrics.py).
+local function count(field, n)
+  if n == nil or n > 0 then redis.call('HINCRBY', stats, field, n or 1) end
+end
+
+-- Start lateness histogram: upper bounds in ms; keep in step with LATENESS_BUCKETS_MS.
+local late_bounds = {5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000}
+local function observe_lateness(ms)
+  if ms < 0 then ms = 0 end
+  local bucket = 'inf'
+  for _, bound in ipairs(late_bounds) do
+    if ms <= bound then bucket = tostring(bound); break end
+  end
+  redis.call('HINCRBY', stats, 'late:' .. bucket, 1)
+  redis.call('HINCRBY', stats, 'late_sum_ms', ms)
+end
 
 -- A parked task has no 's' field: SCHEDULED is implied (saves bytes on every parked task).
 local function state_of(s) if s then return s end return 'SCHEDULED' end

@@ -8,6 +8,7 @@ local rows = cjson.decode(ARGV[5])
 local out = {}
 local due_soon = false
 local scheduled = skey('SCHEDULED')
+local created = 0
 for n = 1, #rows do
   local row = rows[n]
   local id, fp, run = row[1], row[2], row[3]
@@ -24,8 +25,10 @@ for n = 1, #rows do
     emit(id, 'SCHEDULED')
     if tonumber(run) <= now + window then due_soon = true end
     out[n] = 1
+    created = created + 1
   end
 end
+count('scheduled', created)
 if due_soon then
   redis.call('LPUSH', prefix .. ':wake', '1')
   redis.call('LTRIM', prefix .. ':wake', 0, 0)

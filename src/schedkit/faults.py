@@ -1,0 +1,494 @@
+"""Fault drills: inject a crash or an outage into a real local stack and count what survived.
+
+Each drill starts its own Redis (append-only), server, dispatcher and worker as real processes,
+breaks one of them, and returns :class:`Counts`: accepted, executed, duplicates and lost,
+plus what it measured on the way. ``scripts/faults`` runs them at full size; the test suite
+runs them small. A drill never judges; the caller asserts (tests) or prints (the script).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from schedkit.client import Client
+from schedkit.demo import runs
+from schedkit.embedded import RedisServer, free_port
+from schedkit.errors import SchedkitError
+from schedkit.model import TaskSpec, TaskState, task_id_for
+from schedkit.stack import Stack, local_settings
+from schedkit.store import Store
+from schedkit.timetable import load_timetable
+
+FAST: dict[str, Any] = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}
+FINAL = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED)
+# Settings a developer may have exported that must not reach the drill's processes.
+_PRIVATE_ENV = ("SCHEDKIT_TOKEN", "SCHEDKIT_TOKEN_FILE", "SCHEDKIT_TLS_CA", "SCHEDKIT_TLS_CERT")
+
+
+@dataclass
+class Counts:
+    """What a drill found: every accepted task once, none lost, none run twice."""
+
+    drill: str
+    accepted: int = 0
+    executed: int | None = None  # None: the drill does not run tasks
+    duplicates: int = 0
+    lost: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """One line for a terminal."""
+        executed = "-" if self.executed is None else f"{self.executed:,}"
+        notes = "  ".join(f"{k}={v}" for k, v in self.notes.items())
+        return (
+            f"{self.drill:<16} accepted={self.accepted:,} executed={executed} "
+            f"duplicates={self.duplicates:,} lost={self.lost:,}  {notes}"
+        )
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for child processes, without a developer's secrets or TLS files."""
+    return {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+
+
+def poll(check: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
+    """Wait until ``check()`` is true; TimeoutError naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)  # polling real processes that have no readiness signal
+
+
+class ServerProcess:
+    """``schedkit serve`` as a child process on a fixed port, to SIGKILL and start again."""
+
+    def __init__(self, store_url: str, log: Path, port: int = 0) -> None:
+        self.store_url = store_url
+        self.port = port or free_port()
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port of the server."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        """Start the server and wait until it accepts a connection."""
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "schedkit", "serve", "--store", self.store_url,
+                 "--listen", self.address],
+                stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
+            )  # fmt: skip
+        with Client.connect(self.address, wait_ready=timeout, token=""):
+            pass
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def peak_rss_mb(self) -> float:
+        """The server's peak resident memory so far (VmHWM), in MB."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+def write_timetable(path: Path, rows: int, *, offset: int = 0) -> Path:
+    """A CSV of ``rows`` distinct ``add`` runs tomorrow, spread over a day."""
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    with open(path, "w") as out:
+        out.write("task,run_at,args\n")
+        for i in range(offset, offset + rows):
+            moment = start + timedelta(seconds=i % 86400)
+            out.write(f'add,{moment:%Y-%m-%dT%H:%M:%SZ},"[{i}, 1]"\n')
+    return path
+
+
+def scheduler_command(table: Path, server: str, source: str, retry_for: str = "120s") -> list[str]:
+    """The scheduler as a user runs it."""
+    return [sys.executable, "-m", "schedkit.scheduler", str(table), "--server", server,
+            "--source", source, "-q", "--retry-for", retry_for]  # fmt: skip
+
+
+def timetable_census(store: Store, tables: dict[str, Path]) -> tuple[int, int, int]:
+    """(accepted, duplicates, lost) of the timetables' runs in ``store``, by task id."""
+    expected: set[str] = set()
+    for source, table in tables.items():
+        expected |= {task_id_for(k) for k in load_timetable(table, source=source).runs["key"]}
+    present = set(store.redis.zrange(store.keys.state("SCHEDULED"), 0, -1))
+    return len(expected & present), len(present - expected), len(expected - present)
+
+
+def execution_census(store: Store, ids: list[str]) -> tuple[int, int, int]:
+    """(executed, duplicates, lost) of ``ids`` from the demo app's run log."""
+    ran = Counter(str(entry["id"]) for entry in runs(store))
+    executed = sum(ran[i] for i in ids)
+    duplicates = sum(ran[i] - 1 for i in ids if ran[i] > 1)
+    lost = sum(1 for i in ids if ran[i] == 0)
+    return executed, duplicates, lost
+
+
+@contextlib.contextmanager
+def workdir(base: Path | None) -> Iterator[Path]:
+    """``base`` if given, else a temporary folder removed afterwards."""
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+        yield base
+        return
+    with tempfile.TemporaryDirectory(prefix="schedkit-faults-") as tmp:
+        yield Path(tmp)
+
+
+# -- the drills -----------------------------------------------------------------------------
+
+
+def server_killed_mid_stream(rows: int, base: Path | None = None) -> Counts:
+    """SIGKILL the server while the scheduler streams a timetable; restart it; re-run."""
+    with workdir(base) as work, RedisServer(data_dir=work / "redis") as redis_server:
+        store = Store.from_url(redis_server.url)
+        server = ServerProcess(redis_server.url, work / "server.log").start()
+        table = write_timetable(work / "kill.csv", rows)
+        sending = subprocess.Popen(
+            scheduler_command(table, server.address, "kill"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        )  # fmt: skip
+        watch = _StderrWatch(sending, "retrying")
+        try:
+            poll(lambda: store.count(TaskState.SCHEDULED) > 0, 120, "the stream to start", 0.002)
+            at_kill = store.count(TaskState.SCHEDULED)
+            server.kill()
+            server.start()
+            sending.wait(timeout=600)
+            err = watch.join()
+            again = subprocess.run(
+                scheduler_command(table, server.address, "kill"),
+                capture_output=True, text=True, env=clean_env(), timeout=600,
+            )  # fmt: skip
+            accepted, duplicates, lost = timetable_census(store, {"kill": table})
+        finally:
+            if sending.poll() is None:
+                sending.kill()
+            server.stop()
+            store.close()
+    return Counts(
+        "server-kill",
+        accepted,
+        None,
+        duplicates,
+        lost,
+        {
+            "stored_at_kill": at_kill,
+            "first_exit": sending.returncode,
+            "rerun_exit": again.returncode,
+            "rerun_created": _summary_count(again.stdout, "created"),
+            "retried": "retrying" in err,
+            "killed_mid_stream": 0 < at_kill < rows,
+        },
+    )
+
+
+def _summary_count(output: str, label: str) -> int:
+    for line in output.splitlines():
+        if line.strip().startswith(label):
+            return int(line.split()[-1].replace(",", ""))
+    return -1
+
+
+def _schedule(client: Client, specs: list[TaskSpec]) -> list[str]:
+    results = list(client.schedule_many(specs, batch_size=1000))
+    return [r.id for r in results if r.error is None]
+
+
+def _wait_final(store: Store, count: int, timeout: float) -> None:
+    poll(lambda: sum(store.count(s) for s in FINAL) >= count, timeout, f"{count} tasks to finish")
+
+
+def redis_restarted_with_parked_tasks(rows: int, base: Path | None = None) -> Counts:
+    """Park ``rows`` tasks, restart Redis (AOF) under the running stack; all there, all run."""
+    with workdir(base) as work, RedisServer(data_dir=work / "redis") as redis_server:
+        settings = local_settings(store_url=redis_server.url, **FAST)
+        with Stack(settings, worker_log=str(work / "worker.log")) as stack:
+            stack.wait_for_worker(60)
+            assert stack.store is not None
+            store = stack.store
+            with Client.connect(stack.address, token="") as client:
+                # Far enough ahead that nothing is handed off while Redis is down.
+                start = datetime.now(UTC) + timedelta(seconds=15 + rows / 5000)
+                specs = [
+                    TaskSpec("add", start + timedelta(milliseconds=i % 5000), [i, 1])
+                    for i in range(rows)
+                ]
+                ids = _schedule(client, specs)
+            redis_server.stop()
+            redis_server.start()
+            after_restart = store.count(TaskState.SCHEDULED)
+            started = time.monotonic()
+            _wait_final(store, len(ids), timeout=120 + rows / 100)
+            executed, duplicates, lost = execution_census(store, ids)
+            succeeded = store.count(TaskState.SUCCEEDED)
+    return Counts(
+        "redis-restart",
+        len(ids),
+        executed,
+        duplicates,
+        lost,
+        {
+            "parked_after_restart": after_restart,
+            "succeeded": succeeded,
+            "run_s": round(time.monotonic() - started, 1),
+        },
+    )
+
+
+def worker_killed_holding_tasks(
+    rows: int, base: Path | None = None, *, broker_url: str = ""
+) -> Counts:
+    """SIGKILL the worker (all its processes) while it holds handed-off ETA tasks.
+
+    With Redis as the broker the tasks come back after the visibility timeout; RabbitMQ
+    requeues them as soon as the dead worker's connection closes.
+    """
+    visibility = 8.0
+    with workdir(base) as work:
+        settings = local_settings(
+            data_dir=work / "data",
+            broker_url=broker_url,
+            handoff_window=6.0,
+            poll_interval=0.2,
+            claim_lease=5.0,
+            visibility_timeout=visibility,
+        )
+        with Stack(settings, worker_log=str(work / "worker.log")) as stack:
+            stack.wait_for_worker(60)
+            assert stack.store is not None
+            assert stack.worker is not None
+            store = stack.store
+            with Client.connect(stack.address, token="") as client:
+                run_at = datetime.now(UTC) + timedelta(seconds=5)
+                ids = _schedule(client, [TaskSpec("add", run_at, [i, 1]) for i in range(rows)])
+            # Handed off, and held by the worker as ETA tasks it has not acknowledged.
+            poll(lambda: store.count(TaskState.QUEUED) == len(ids), 60, "hand-off")
+            poll(lambda: _held(stack) >= len(ids), 60, "the worker to take all", every=0.5)
+            held = _held(stack)
+            os.killpg(stack.worker.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            # The stack's supervisor starts a new worker; nothing here helps it.
+            _wait_final(store, len(ids), timeout=120 + rows / 50)
+            recovered_s = round(time.monotonic() - killed_at, 1)
+            executed, duplicates, lost = execution_census(store, ids)
+            refused = int(store.redis.hget(store.keys.stats, "refused:duplicate") or 0)
+    return Counts(
+        "worker-kill",
+        len(ids),
+        executed,
+        duplicates,
+        lost,
+        {
+            "held_at_kill": held,
+            "visibility_timeout_s": visibility,
+            "all_final_after_s": recovered_s,
+            "duplicate_starts_refused": refused,
+            "worker_restarts": stack.worker_restarts,
+        },
+    )
+
+
+def _held(stack: Stack) -> int:
+    assert stack.broker is not None
+    return sum(len(tasks) for tasks in stack.broker.scheduled(timeout=1.0).values())
+
+
+def store_down_and_back(rows: int, base: Path | None = None) -> Counts:
+    """Stop the store (and broker): calls fail fast with UNAVAILABLE; start it: all recovers."""
+    with workdir(base) as work, RedisServer(data_dir=work / "redis") as redis_server:
+        # A worker that loses the broker drops the ETA tasks it held; the broker hands them
+        # out again after the visibility timeout, kept short here so the drill is quick.
+        settings = local_settings(store_url=redis_server.url, visibility_timeout=10.0, **FAST)
+        with Stack(settings, worker_log=str(work / "worker.log")) as stack:
+            stack.wait_for_worker(60)
+            assert stack.store is not None
+            store = stack.store
+            with Client.connect(stack.address, token="") as client:
+                soon = datetime.now(UTC) + timedelta(seconds=2)
+                ids = _schedule(client, [TaskSpec("add", soon, [i, 1]) for i in range(rows)])
+                redis_server.stop()
+                began = time.monotonic()
+                message = ""
+                try:
+                    client.schedule("add", 1, 1, run_at=timedelta(seconds=1))
+                except SchedkitError as exc:
+                    message = f"{exc.code.name}: {exc.message}"
+                refused_in = round(time.monotonic() - began, 3)
+                # The scheduler, started during the outage, retries until the store is back.
+                table = write_timetable(work / "outage.csv", rows)
+                sending = subprocess.Popen(
+                    scheduler_command(table, stack.address, "outage"),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env(),
+                )  # fmt: skip
+                watch = _StderrWatch(sending, "retrying")
+                if not watch.seen.wait(60):
+                    raise TimeoutError("the scheduler never retried during the outage")
+                redis_server.start()
+                back = time.monotonic()
+                after = client.schedule("add", 2, 2, run_at=timedelta(seconds=1))
+                ids.append(after.id)
+                sending.wait(timeout=300)
+                watch.join()
+            _wait_final(store, len(ids), timeout=120 + rows / 50)
+            executed, duplicates, lost = execution_census(store, ids)
+            accepted, extra, missing = timetable_census(store, {"outage": table})
+            restarts = stack.worker_restarts
+    return Counts(
+        "store-down",
+        len(ids) + accepted,
+        executed,
+        duplicates + extra,
+        lost + missing,
+        {
+            "refused_in_s": refused_in,
+            "status": repr(message[:90]),
+            "scheduler_exit": sending.returncode,
+            "run_s_after_back": round(time.monotonic() - back, 1),
+            "worker_restarts": restarts,
+        },
+    )
+
+
+class _StderrWatch:
+    """Reads a child's stderr in a thread; ``seen`` is set once ``word`` appears."""
+
+    def __init__(self, process: subprocess.Popen[str], word: str) -> None:
+        self.seen = threading.Event()
+        self.text: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process, word), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str], word: str) -> None:
+        assert process.stderr is not None
+        with process.stderr:
+            for line in process.stderr:
+                self.text.append(line)
+                if word in line:
+                    self.seen.set()
+
+    def join(self) -> str:
+        """All of stderr, once the child closed it."""
+        self._thread.join(30)
+        return "".join(self.text)
+
+
+def broker_down_and_back(rows: int, base: Path | None = None) -> Counts:
+    """Stop a separate broker: scheduling still succeeds; tasks wait; start it: all run."""
+    with (
+        workdir(base) as work,
+        RedisServer(data_dir=work / "store") as store_server,
+        RedisServer(data_dir=work / "broker") as broker_server,
+    ):
+        settings = replace(
+            local_settings(store_url=store_server.url, visibility_timeout=10.0, **FAST),
+            broker_url=broker_server.url,
+        )
+        with Stack(settings, worker_log=str(work / "worker.log")) as stack:
+            stack.wait_for_worker(60)
+            assert stack.store is not None
+            store = stack.store
+            broker_server.stop()
+            with Client.connect(stack.address, token="") as client:
+                soon = datetime.now(UTC) + timedelta(seconds=1)
+                ids = _schedule(client, [TaskSpec("add", soon, [i, 1]) for i in range(rows)])
+            # Claimed and released again each round: parked or in a claim, never handed off.
+            waiting = store.count(TaskState.SCHEDULED) + int(store.redis.zcard(store.keys.claims))
+            handed_while_down = store.count(TaskState.QUEUED)
+            broker_server.start()
+            _wait_final(store, len(ids), timeout=120 + rows / 50)
+            executed, duplicates, lost = execution_census(store, ids)
+    return Counts(
+        "broker-down",
+        len(ids),
+        executed,
+        duplicates,
+        lost,
+        {"waiting_while_down": waiting, "handed_while_down": handed_while_down},
+    )
+
+
+def concurrent_streams(streams: int, rows: int, base: Path | None = None) -> Counts:
+    """``streams`` scheduler processes of ``rows`` rows each against one server process."""
+    with workdir(base) as work, RedisServer(data_dir=work / "redis") as redis_server:
+        store = Store.from_url(redis_server.url)
+        server = ServerProcess(redis_server.url, work / "server.log").start()
+        tables = {
+            f"load{n}": write_timetable(work / f"load{n}.csv", rows, offset=n * rows)
+            for n in range(streams)
+        }
+        idle_mb = server.peak_rss_mb()
+        began = time.monotonic()
+        try:
+            senders = []
+            for source, table in tables.items():
+                with open(work / f"{source}.err", "w") as err:
+                    senders.append(
+                        subprocess.Popen(
+                            scheduler_command(table, server.address, source),
+                            stdout=subprocess.DEVNULL,
+                            stderr=err,
+                            env=clean_env(),
+                        )
+                    )
+            codes = [s.wait(timeout=1800) for s in senders]
+            elapsed = time.monotonic() - began
+            errors = [
+                (work / f"{source}.err").read_text()
+                for (source, _), code in zip(tables.items(), codes, strict=True)
+                if code
+            ]
+            peak_mb = server.peak_rss_mb()
+            accepted, duplicates, lost = timetable_census(store, tables)
+        finally:
+            server.stop()
+            store.close()
+    return Counts(
+        "load",
+        accepted,
+        None,
+        duplicates,
+        lost,
+        {
+            "streams": streams,
+            "failed_streams": sum(1 for c in codes if c != 0),
+            "rows_per_s": round(streams * rows / elapsed),
+            "server_idle_mb": round(idle_mb),
+            "server_peak_mb": round(peak_mb),
+            "first_error": repr(errors[0][-200:]) if errors else "''",
+        },
+    )

@@ -1,0 +1,176 @@
+"""Prometheus metrics, read from the store at scrape time.
+
+The counts live in the store (``{prefix}:stats``, incremented by the same Lua script as the
+change they count), not in process memory: Celery's prefork children, several servers and
+several dispatchers all add to one set of totals, which survive restarts. Any process that
+reaches the store can serve them; every instance shows the same, cluster-wide values.
+
+=====================================  =======  ================================================
+metric                                 type     meaning
+=====================================  =======  ================================================
+schedkit_tasks_scheduled_total         counter  tasks created (re-sent keys not counted)
+schedkit_tasks_handed_off_total        counter  tasks the dispatcher gave to the broker
+schedkit_tasks_started_total           counter  task starts the worker hook allowed
+schedkit_tasks_finished_total{state}   counter  tasks reaching SUCCEEDED, FAILED, CANCELLED or
+                                                EXPIRED
+schedkit_tasks_retried_total           counter  Celery retries (task went to RETRYING)
+schedkit_starts_refused_total{reason}  counter  deliveries the hook refused: cancelled or
+                                                duplicate (a second start of one task)
+schedkit_start_lateness_seconds        histo    first start minus run time
+schedkit_tasks_parked                  gauge    tasks waiting in the store (SCHEDULED)
+schedkit_tasks{state}                  gauge    tasks in each state now (until purged)
+schedkit_dispatcher_lag_seconds        gauge    how long the oldest overdue SCHEDULED task is
+                                                past its run time; 0 when none is overdue
+schedkit_claims_in_flight              gauge    tasks claimed by a dispatcher, not yet settled
+=====================================  =======  ================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from schedkit.errors import Unavailable
+from schedkit.model import TaskState, to_millis, utc_now
+from schedkit.store import Store, store_errors
+
+log = logging.getLogger(__name__)
+
+# Upper bounds in ms; the same list is in lua/prelude.lua (late_bounds).
+LATENESS_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
+FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
+
+
+class StoreCollector(Collector):
+    """Collects schedkit's metrics from one store on every scrape."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        """Read the totals and gauges in one round trip; nothing when the store is down."""
+        try:
+            stats, states, first, claims = self._read()
+        except Unavailable as exc:
+            # Missing series (not zeros) tell the scraper the store could not be read.
+            log.warning("metrics: %s", exc)
+            up = GaugeMetricFamily("schedkit_store_up", "1 when the store answered the scrape")
+            up.add_metric([], 0)
+            yield up
+            return
+        up = GaugeMetricFamily("schedkit_store_up", "1 when the store answered the scrape")
+        up.add_metric([], 1)
+        yield up
+
+        def total(name: str) -> int:
+            return int(stats.get(name, 0))
+
+        for name, field, doc in (
+            ("schedkit_tasks_scheduled", "scheduled", "Tasks created"),
+            ("schedkit_tasks_handed_off", "handed", "Tasks handed to the broker"),
+            ("schedkit_tasks_started", "started", "Task starts allowed by the worker hook"),
+            ("schedkit_tasks_retried", "retried", "Celery retries of schedkit tasks"),
+        ):
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], total(field))
+            yield counter
+        finished = CounterMetricFamily(
+            "schedkit_tasks_finished", "Tasks that reached a final state", labels=["state"]
+        )
+        for state in FINAL_STATES:
+            finished.add_metric([state], total(f"finished:{state}"))
+        yield finished
+        refused = CounterMetricFamily(
+            "schedkit_starts_refused", "Deliveries the worker hook refused", labels=["reason"]
+        )
+        for reason in ("cancelled", "duplicate"):
+            refused.add_metric([reason], total(f"refused:{reason}"))
+        yield refused
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound in LATENESS_BUCKETS_MS:
+            running += total(f"late:{bound}")
+            buckets.append((repr(bound / 1000), running))
+        running += total("late:inf")
+        buckets.append(("+Inf", running))
+        yield HistogramMetricFamily(
+            "schedkit_start_lateness_seconds",
+            "First start of a task minus its run time",
+            buckets=buckets,
+            sum_value=total("late_sum_ms") / 1000,
+        )
+        parked = GaugeMetricFamily("schedkit_tasks_parked", "Tasks waiting in the store")
+        parked.add_metric([], states["SCHEDULED"])
+        yield parked
+        by_state = GaugeMetricFamily("schedkit_tasks", "Tasks in each state", labels=["state"])
+        for state, size in states.items():
+            by_state.add_metric([state], size)
+        yield by_state
+        lag = 0.0
+        if first is not None:
+            lag = max(0.0, (to_millis(utc_now()) - first) / 1000)
+        dispatcher_lag = GaugeMetricFamily(
+            "schedkit_dispatcher_lag_seconds",
+            "How far the oldest overdue SCHEDULED task is past its run time",
+        )
+        dispatcher_lag.add_metric([], lag)
+        yield dispatcher_lag
+        in_flight = GaugeMetricFamily(
+            "schedkit_claims_in_flight", "Tasks claimed by a dispatcher, not yet settled"
+        )
+        in_flight.add_metric([], claims)
+        yield in_flight
+
+    def _read(self) -> tuple[dict[str, str], dict[str, int], int | None, int]:
+        keys = self.store.keys
+        with store_errors():
+            pipe = self.store.redis.pipeline(transaction=False)
+            pipe.hgetall(keys.stats)
+            for state in TaskState:
+                pipe.zcard(keys.state(state.value))
+            pipe.zrange(keys.state("SCHEDULED"), 0, 0, withscores=True)
+            pipe.zcard(keys.claims)
+            replies = pipe.execute()
+        stats: dict[str, str] = replies[0]
+        states = {
+            state.value: int(size) for state, size in zip(TaskState, replies[1:-2], strict=True)
+        }
+        first = int(replies[-2][0][1]) if replies[-2] else None
+        return stats, states, first, int(replies[-1])
+
+
+@dataclass
+class MetricsServer:
+    """The running /metrics endpoint; ``port`` is the bound port."""
+
+    http: WSGIServer
+    thread: threading.Thread
+    port: int
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.http.shutdown()
+        self.http.server_close()
+        self.thread.join(5)
+
+
+def serve_metrics(store: Store, *, port: int, addr: str = "127.0.0.1") -> MetricsServer:
+    """Serve the store's metrics at http://addr:port/metrics in a daemon thread."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    http, thread = start_http_server(port, addr=addr, registry=registry)
+    bound = int(http.server_address[1])
+    log.info("metrics on http://%s:%d/metrics", addr, bound)
+    return MetricsServer(http, thread, bound)

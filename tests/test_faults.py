@@ -1,0 +1,65 @@
+"""Fault drills at suite size: real processes crashed or cut off; nothing lost, nothing twice.
+
+The same drills run at full size with ``scripts/faults`` (100,000 rows, 50 streams).
+Each test prints the drill's counts; run with ``-s`` to see them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schedkit import faults
+
+# Whole stacks start, crash and recover here; on a busy two-core machine that takes minutes.
+pytestmark = pytest.mark.timeout(400)
+
+
+def report(counts: faults.Counts) -> faults.Counts:
+    print(counts.line())
+    return counts
+
+
+def test_server_sigkilled_mid_stream_then_every_row_is_stored_once(tmp_path: Path) -> None:
+    counts = report(faults.server_killed_mid_stream(10_000, tmp_path))
+    assert counts.notes["killed_mid_stream"], counts.notes
+    assert counts.notes["retried"]
+    assert (counts.accepted, counts.duplicates, counts.lost) == (10_000, 0, 0)
+    assert counts.notes["first_exit"] == 0
+    assert (counts.notes["rerun_exit"], counts.notes["rerun_created"]) == (0, 0)
+
+
+def test_redis_restarted_with_parked_tasks_keeps_and_runs_them_all(tmp_path: Path) -> None:
+    counts = report(faults.redis_restarted_with_parked_tasks(300, tmp_path))
+    assert counts.notes["parked_after_restart"] == 300
+    assert (counts.accepted, counts.executed, counts.duplicates, counts.lost) == (300, 300, 0, 0)
+    assert counts.notes["succeeded"] == 300
+
+
+def test_worker_sigkilled_holding_tasks_each_still_runs_once(tmp_path: Path) -> None:
+    counts = report(faults.worker_killed_holding_tasks(100, tmp_path))
+    assert counts.notes["held_at_kill"] == 100
+    assert counts.notes["worker_restarts"] == 1
+    assert (counts.accepted, counts.executed, counts.duplicates, counts.lost) == (100, 100, 0, 0)
+
+
+def test_store_down_is_unavailable_at_once_and_everything_recovers(tmp_path: Path) -> None:
+    counts = report(faults.store_down_and_back(50, tmp_path))
+    assert counts.notes["status"].startswith("'UNAVAILABLE: schedule store unreachable")
+    assert counts.notes["scheduler_exit"] == 0
+    # 50 before the outage, 1 after it, 50 rows the scheduler sent while retrying.
+    assert (counts.accepted, counts.executed, counts.duplicates, counts.lost) == (101, 51, 0, 0)
+
+
+def test_broker_down_parks_work_until_it_is_back(tmp_path: Path) -> None:
+    counts = report(faults.broker_down_and_back(50, tmp_path))
+    assert counts.notes["handed_while_down"] == 0
+    assert counts.notes["waiting_while_down"] == 50
+    assert (counts.accepted, counts.executed, counts.duplicates, counts.lost) == (50, 50, 0, 0)
+
+
+def test_concurrent_scheduler_streams_are_all_accepted(tmp_path: Path) -> None:
+    counts = report(faults.concurrent_streams(4, 2_000, tmp_path))
+    assert counts.notes["failed_streams"] == 0, counts.notes["first_error"]
+    assert (counts.accepted, counts.duplicates, counts.lost) == (8_000, 0, 0)
