@@ -196,15 +196,20 @@ def test_builder_runs_a_row_whose_time_passed_instead_of_dropping_it(client: Cli
         builder.close()
 
 
-def test_builder_shows_an_unexpected_error_with_its_traceback(
-    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    client = stack.client()
+def _builder_with_one_row(client: Client) -> ScheduleBuilder:
     builder = ScheduleBuilder(client)
     builder.task.value = "add"
     builder.args.value = "[1, 2]"
     builder.run_at.value = _later(30, "UTC")
     builder.add_button.click()
+    return builder
+
+
+def test_builder_shows_an_unexpected_error_with_its_traceback(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = stack.client()
+    builder = _builder_with_one_row(client)
 
     def broken(*args: object, **kwargs: object) -> None:
         # A fake failure: no real part fails this way on purpose, and a bug in the client
@@ -224,11 +229,7 @@ def test_builder_shows_an_unexpected_error_with_its_traceback(
 
 def test_builder_on_a_closed_client_says_so(stack: LocalStack) -> None:
     client = stack.client()
-    builder = ScheduleBuilder(client)
-    builder.task.value = "add"
-    builder.args.value = "[1, 2]"
-    builder.run_at.value = _later(30, "UTC")
-    builder.add_button.click()
+    builder = _builder_with_one_row(client)
     client.close()
 
     builder.schedule_button.click()
