@@ -83,7 +83,7 @@ class Dispatcher:
                 len(claimed),
                 exc,
                 exc_info=not expected,
-                extra={"task_id": claimed[len(handed)].id, "released": len(claimed) - len(handed)},
+                extra={"released": len(claimed) - len(handed)},
             )
             self.broker.reset()
         finally:
