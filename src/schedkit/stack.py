@@ -59,6 +59,9 @@ class Stack:
         self.worker_restarts = 0
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        # Held while the supervisor restarts a worker or stop_worker detaches it, so a worker
+        # stopped on purpose is never taken for one that died and started again.
+        self._worker_lock = threading.Lock()
 
     @property
     def address(self) -> str:
@@ -145,16 +148,17 @@ class Stack:
         # error" when the Redis broker goes away at the wrong moment); start it again. What it
         # held comes back from the broker after the visibility timeout.
         while not self._stopping.wait(every):
-            worker = self.worker
-            if worker is None or worker.poll() is None or self._stopping.is_set():
-                continue
-            log.warning(
-                "the Celery worker exited with code %s; starting it again",
-                worker.returncode,
-                extra={"exit_code": worker.returncode},
-            )
-            self.worker_restarts += 1
-            self.start_worker()
+            with self._worker_lock:
+                worker = self.worker
+                if worker is None or worker.poll() is None or self._stopping.is_set():
+                    continue
+                log.warning(
+                    "the Celery worker exited with code %s; starting it again",
+                    worker.returncode,
+                    extra={"exit_code": worker.returncode},
+                )
+                self.worker_restarts += 1
+                self.start_worker()
 
     def wait_for_worker(self, timeout: float) -> None:
         """Block until a worker answers Celery's ping, or raise Unavailable."""
@@ -169,14 +173,15 @@ class Stack:
 
     def stop_worker(self, timeout: float = 20.0) -> None:
         """Warm-shutdown the worker (SIGTERM), killing it after ``timeout``."""
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.terminate()
+        with self._worker_lock:
+            worker, self.worker = self.worker, None
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
             try:
-                self.worker.wait(timeout)
+                worker.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.worker.kill()
-                self.worker.wait()
-        self.worker = None
+                worker.kill()
+                worker.wait()
 
     def stop(self) -> None:
         """Stop everything that was started, server first, Redis last."""
