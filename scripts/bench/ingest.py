@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -116,23 +117,47 @@ def baseline_rows(count: int) -> list[tuple[list[Any], datetime]]:
     return [([f"plant-{i % 1000}", i % 7 + 1], start + timedelta(seconds=i)) for i in range(count)]
 
 
+def timed_ingest(
+    client: redis.Redis,
+    rows: list[tuple[list[Any], datetime]],
+    repeat: int,
+    enqueue: Callable[[list[Any], datetime], object],
+    check: Callable[[], None] | None = None,
+) -> tuple[list[float], list[float]]:
+    """Rates (tasks/s) and Redis bytes per task of ``repeat`` in-process loops over ``rows``,
+    each on an emptied database; ``check`` runs after each loop, before memory is read."""
+    rates, per_task = [], []
+    for _ in range(repeat):
+        client.flushdb()
+        before = int(client.info("memory")["used_memory"])
+        started = time.monotonic()
+        for args, eta in rows:
+            enqueue(args, eta)
+        elapsed = time.monotonic() - started
+        if check is not None:
+            check()
+        per_task.append((int(client.info("memory")["used_memory"]) - before) / len(rows))
+        rates.append(len(rows) / elapsed)
+    return rates, per_task
+
+
 def bare_loop_ingest(report: Report, sizes: Sizes, url: str) -> None:
     """apply_async(eta=...) in a loop, in process (no HTTP): the best case of the seed."""
     from fixtures import schedule_celery_task
 
     client = redis.Redis.from_url(url)
     rows = baseline_rows(sizes.baseline_rows)
-    rates, per_task = [], []
-    for _ in range(sizes.repeat):
-        client.flushdb()
-        before = int(client.info("memory")["used_memory"])
-        started = time.monotonic()
-        for args, eta in rows:
-            schedule_celery_task.apply_async(args=args, eta=eta)
-        elapsed = time.monotonic() - started
+
+    def all_in_the_queue() -> None:
         assert client.llen("celery") == len(rows)
-        per_task.append((int(client.info("memory")["used_memory"]) - before) / len(rows))
-        rates.append(len(rows) / elapsed)
+
+    rates, per_task = timed_ingest(
+        client,
+        rows,
+        sizes.repeat,
+        lambda args, eta: schedule_celery_task.apply_async(args=args, eta=eta),
+        check=all_in_the_queue,
+    )
     report.add(
         Result(
             "ingest", "bare apply_async(eta) loop", "tasks/s", rates,
@@ -158,17 +183,10 @@ def rq_ingest(report: Report, sizes: Sizes, url: str) -> None:
 
     client = redis.Redis.from_url(url)
     rows = baseline_rows(sizes.baseline_rows)
-    rates, per_task = [], []
-    for _ in range(sizes.repeat):
-        client.flushdb()
-        queue = Queue("bench", connection=client)
-        before = int(client.info("memory")["used_memory"])
-        started = time.monotonic()
-        for args, eta in rows:
-            queue.enqueue_at(eta, rq_job, *args)
-        elapsed = time.monotonic() - started
-        per_task.append((int(client.info("memory")["used_memory"]) - before) / len(rows))
-        rates.append(len(rows) / elapsed)
+    queue = Queue("bench", connection=client)
+    rates, per_task = timed_ingest(
+        client, rows, sizes.repeat, lambda args, eta: queue.enqueue_at(eta, rq_job, *args)
+    )
     registry = ScheduledJobRegistry(queue=queue)
     timings = []
     for _ in range(sizes.query_calls):

@@ -178,11 +178,7 @@ def server_killed_mid_stream(rows: int, base: Path | None = None) -> Counts:
         store = Store.from_url(redis_server.url)
         server = ServerProcess(redis_server.url, work / "server.log").start()
         table = write_timetable(work / "kill.csv", rows)
-        sending = subprocess.Popen(
-            scheduler_command(table, server.address, "kill"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env(),
-        )  # fmt: skip
-        watch = _StderrWatch(sending, "retrying")
+        sending, watch = _start_scheduler(table, server.address, "kill")
         try:
             poll(lambda: store.count(TaskState.SCHEDULED) > 0, 120, "the stream to start", 0.002)
             at_kill = store.count(TaskState.SCHEDULED)
@@ -351,11 +347,7 @@ def store_down_and_back(rows: int, base: Path | None = None) -> Counts:
                 refused_in = round(time.monotonic() - began, 3)
                 # The scheduler, started during the outage, retries until the store is back.
                 table = write_timetable(work / "outage.csv", rows)
-                sending = subprocess.Popen(
-                    scheduler_command(table, stack.address, "outage"),
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env(),
-                )  # fmt: skip
-                watch = _StderrWatch(sending, "retrying")
+                sending, watch = _start_scheduler(table, stack.address, "outage")
                 if not watch.seen.wait(60):
                     raise TimeoutError("the scheduler never retried during the outage")
                 redis_server.start()
@@ -382,6 +374,17 @@ def store_down_and_back(rows: int, base: Path | None = None) -> Counts:
             "worker_restarts": restarts,
         },
     )
+
+
+def _start_scheduler(
+    table: Path, server: str, source: str
+) -> tuple[subprocess.Popen[str], _StderrWatch]:
+    """The scheduler CLI in a child process, with a watch for its "retrying" messages."""
+    sending = subprocess.Popen(
+        scheduler_command(table, server, source),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env(),
+    )  # fmt: skip
+    return sending, _StderrWatch(sending, "retrying")
 
 
 class _StderrWatch:
