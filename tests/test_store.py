@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from schedkit.errors import AlreadyExists, InvalidArgument
 from schedkit.model import Outcome, TaskSpec, TaskState, task_id_for
+from schedkit.schedules import Schedules
 from schedkit.store import Store, TaskQuery
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
@@ -222,3 +225,22 @@ def test_parked_task_costs_at_most_400_bytes_of_redis_memory(store: Store) -> No
     per_task = (after - before) / count
     print(f"store memory per parked task: {per_task:.0f} bytes")
     assert per_task <= 400
+
+
+def test_watch_reports_each_change_with_its_own_state_when_read_together(
+    schedules: Schedules, store: Store
+) -> None:
+    """Changes that land between two reads of the stream share one (final) record."""
+    (task_id,) = put(store, [spec(key="watched")])
+    deadline = time.monotonic() + 10  # the watch ends by itself rather than hang the test
+    changes = schedules.watch(
+        TaskQuery(ids=frozenset({task_id})), is_active=lambda: time.monotonic() < deadline
+    )
+    assert [c.id for c in store.claim(window_seconds=3, lease_seconds=60, limit=5, now=T0)] == [
+        task_id
+    ]
+    store.mark_queued([task_id], now=T0)
+    assert store.start(task_id, now=T0) == "started"
+    assert store.finish(task_id, TaskState.SUCCEEDED, result="2", now=T0)
+    states = [record.state for record, _ in itertools.islice(changes, 3)]
+    assert states == [TaskState.QUEUED, TaskState.STARTED, TaskState.SUCCEEDED]

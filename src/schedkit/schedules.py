@@ -306,7 +306,9 @@ class Schedules:
             records = self.store.get_many([c.task_id for c in wanted])
             for change, record in zip(wanted, records, strict=True):
                 if record is not None and _matches_besides_state(query, record):
-                    yield record, change
+                    # Changes read together share one later record: report each change's state,
+                    # or a STARTED read with its SUCCEEDED would be sent as SUCCEEDED twice.
+                    yield replace(record, state=change.state), change
 
     def task_types(self) -> list[TaskType]:
         """The tasks that may be scheduled."""
