@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from schedkit.client import Client
@@ -14,6 +15,7 @@ from schedkit.schedules import Schedules
 from schedkit.settings import Settings
 from schedkit.store import Store
 from schedkit.testing import LocalStack, local_stack, redis_server
+from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -38,6 +40,13 @@ def client(stack: LocalStack) -> Iterator[Client]:
     """A client of the shared stack."""
     with stack.client() as connected:
         yield connected
+
+
+@pytest.fixture
+def stub(stack: LocalStack) -> Iterator[pb_grpc.ScheduleServiceStub]:
+    """A bare generated stub on the shared stack, for what the Client does not send."""
+    with grpc.insecure_channel(stack.address) as channel:
+        yield pb_grpc.ScheduleServiceStub(channel)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -28,12 +27,6 @@ from schedkit.store import Store
 from schedkit.testing import LocalStack
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
-
-
-@pytest.fixture
-def stub(stack: LocalStack) -> Iterator[pb_grpc.ScheduleServiceStub]:
-    with grpc.insecure_channel(stack.address) as channel:
-        yield pb_grpc.ScheduleServiceStub(channel)
 
 
 def violations(error: grpc.RpcError) -> dict[str, str]:
@@ -226,3 +219,16 @@ def test_store_down_is_unavailable(settings: Settings) -> None:
     finally:
         server.stop(0)
     assert "schedule store unreachable" in str(caught.value)
+
+
+def test_a_batch_refused_whole_on_the_client_is_not_sent(client: Client) -> None:
+    # An empty request would fail the whole stream ("empty batch"); the client answers such a
+    # batch from its local errors and goes on with the next.
+    naive = datetime.now() + timedelta(hours=5)  # the mistake under test: no time zone
+    good = TaskSpec("add", datetime.now(UTC) + timedelta(hours=5), [1, 1], labels={"s": "unsent"})
+    results = list(
+        client.schedule_many([TaskSpec("add", naive, [1, 1])] * 2 + [good], batch_size=2)
+    )
+    assert [r.outcome for r in results] == [Outcome.REJECTED, Outcome.REJECTED, Outcome.CREATED]
+    assert isinstance(results[0].error, SchedkitError)
+    assert results[0].error.violations[0].field == "specs[0].run_at"

@@ -244,3 +244,14 @@ def test_watch_reports_each_change_with_its_own_state_when_read_together(
     assert store.finish(task_id, TaskState.SUCCEEDED, result="2", now=T0)
     states = [record.state for record, _ in itertools.islice(changes, 3)]
     assert states == [TaskState.QUEUED, TaskState.STARTED, TaskState.SUCCEEDED]
+
+
+def test_a_batch_is_one_event_per_hundred_tasks_and_each_task_a_change(store: Store) -> None:
+    ids = put(store, [spec(n) for n in range(250)])
+    assert store.redis.xlen(store.keys.events) == 3  # 100 + 100 + 50 ids
+    changes = store.events("0-0", block_ms=0)
+    assert [c.task_id for c in changes] == ids
+    assert {c.state for c in changes} == {TaskState.SCHEDULED}
+    # Resuming after an entry's cursor skips all of its tasks, and only those.
+    after_first = store.events(changes[99].cursor, block_ms=0)
+    assert [c.task_id for c in after_first] == ids[100:]

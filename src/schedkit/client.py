@@ -234,45 +234,51 @@ class Client:
     ) -> Iterator[ScheduleResult]:
         """schedule_many for ready-made TaskSpec messages (an error item is a local rejection).
 
-        For callers that build messages in bulk, such as the timetable scheduler.
+        For callers that build messages in bulk.
         """
-        pending: collections.deque[list[SchedkitError | None]] = collections.deque()
+
+        def batches() -> Iterator[Batch]:
+            iterator = iter(messages)
+            while batch := list(itertools.islice(iterator, batch_size)):
+                local_errors = [item if isinstance(item, SchedkitError) else None for item in batch]
+                to_send = [item for item in batch if not isinstance(item, SchedkitError)]
+                yield Batch(pb.ScheduleTasksRequest(specs=to_send), local_errors)
+
+        return self.schedule_batches(batches(), max_in_flight=max_in_flight)
+
+    def schedule_batches(
+        self, batches: Iterable[Batch], *, max_in_flight: int = 4
+    ) -> Iterator[ScheduleResult]:
+        """Stream ready-made batches (specs or columns) over one ScheduleTasks call; yield one
+        result per item of every batch, in order, local errors in their places. At most
+        ``max_in_flight`` batches wait for their answer at any time."""
+        pending: collections.deque[Batch] = collections.deque()
         slots = threading.Semaphore(max_in_flight)
         finished = threading.Event()
 
         def requests() -> Iterator[pb.ScheduleTasksRequest]:
-            iterator = iter(messages)
-            while batch := list(itertools.islice(iterator, batch_size)):
-                local_errors: list[SchedkitError | None] = [
-                    item if isinstance(item, SchedkitError) else None for item in batch
-                ]
-                to_send = [item for item in batch if not isinstance(item, SchedkitError)]
+            for batch in batches:
+                if not batch.sent:
+                    pending.append(batch)  # nothing to send: answered from its local errors
+                    continue
                 while not slots.acquire(timeout=0.5):
                     if finished.is_set():
                         return
-                pending.append(local_errors)
-                yield pb.ScheduleTasksRequest(specs=to_send)
+                pending.append(batch)
+                yield batch.request
+
+        def unsent() -> Iterator[ScheduleResult]:
+            while pending and not pending[0].sent:
+                for error in pending.popleft().local_errors:
+                    yield ScheduleResult("", Outcome.REJECTED, error)
 
         responses = self._stub.ScheduleTasks(requests())
         try:
             for response in responses:
                 slots.release()
-                errors = pending.popleft()
-                remote = iter(response.results)
-                sent = 0
-                for index, error in enumerate(errors):
-                    if error is not None:
-                        yield ScheduleResult("", Outcome.REJECTED, error)
-                        continue
-                    result = next(remote)
-                    outcome = _OUTCOMES.get(result.outcome)
-                    if outcome is not None:  # created or existing: nothing else to read
-                        yield ScheduleResult(result.id, outcome)
-                    else:
-                        # The server numbered only what was sent; name the caller's index.
-                        renumber = (f"specs[{sent}]", f"specs[{index}]")
-                        yield result_from_proto(result, renumber=renumber)
-                    sent += 1
+                yield from unsent()
+                yield from _answers(pending.popleft(), response)
+            yield from unsent()
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         finally:
@@ -446,6 +452,50 @@ _OUTCOMES = {
     pb.SCHEDULE_OUTCOME_CREATED: Outcome.CREATED,
     pb.SCHEDULE_OUTCOME_EXISTING: Outcome.EXISTING,
 }
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One ScheduleTasks request, and per item in the caller's order the local error that kept
+    it out of the request (None for each item the request carries, in the same order)."""
+
+    request: pb.ScheduleTasksRequest
+    local_errors: list[SchedkitError | None]
+
+    @property
+    def sent(self) -> bool:
+        """Whether the request carries anything (an empty batch is not sent)."""
+        return any(error is None for error in self.local_errors)
+
+
+# Fields that the server numbers by an item's place among the items sent.
+_NUMBERED_FIELDS = (
+    "specs",
+    "columns.run_time_micros",
+    "columns.idempotency_keys",
+    "columns.template_index",
+)
+
+
+def _answers(batch: Batch, response: pb.ScheduleTasksResponse) -> Iterator[ScheduleResult]:
+    """The results of one batch in the caller's order, from its response and local errors."""
+    remote = iter(response.results)
+    sent = 0
+    for index, error in enumerate(batch.local_errors):
+        if error is not None:
+            yield ScheduleResult("", Outcome.REJECTED, error)
+            continue
+        result = next(remote)
+        outcome = _OUTCOMES.get(result.outcome)
+        if outcome is not None:  # created or existing: nothing else to read
+            yield ScheduleResult(result.id, outcome)
+        else:
+            # The server numbered only what was sent; name the caller's index.
+            field = result.error.field
+            name = next((n for n in _NUMBERED_FIELDS if field.startswith(f"{n}[{sent}]")), "")
+            renumber = (f"{name}[{sent}]", f"{name}[{index}]") if name else None
+            yield result_from_proto(result, renumber=renumber)
+        sent += 1
 
 
 def _checked_or_error(spec: TaskSpec, index: int) -> pb.TaskSpec | SchedkitError:

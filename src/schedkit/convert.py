@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from schedkit.errors import FieldViolation, InvalidArgument
-from schedkit.model import Outcome, TaskRecord, TaskSpec, TaskState
+from schedkit.model import (
+    MAX_KNOWN_TEMPLATES,
+    Outcome,
+    TaskRecord,
+    TaskRows,
+    TaskSpec,
+    TaskState,
+)
 from schedkit.registry import TaskType
 from schedkit.v1 import schedule_service_pb2 as pb
 
@@ -42,18 +49,30 @@ def datetime_to_timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     )
 
 
-def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.") -> TaskSpec:
+def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.", *, template: bool = False) -> TaskSpec:
     """A TaskSpec from its message; every problem is a FieldViolation under ``prefix``.
 
     On the hot path of every ScheduleTasks batch: fields are read directly (no json_format,
     no datetime detours), and the common case raises nothing and builds no violation list.
+    A ``template`` of TaskColumns has no run time or key of its own (rows carry them).
     """
     violations: list[FieldViolation] = []
     task = msg.task.strip()
     if not task:
         violations.append(FieldViolation(f"{prefix}task", "required: a task name"))
     run_at = _EPOCH
-    if not msg.HasField("run_time"):
+    if template:
+        if msg.HasField("run_time"):
+            violations.append(
+                FieldViolation(f"{prefix}run_time", "set per row, in columns.run_time_micros")
+            )
+        if msg.idempotency_key:
+            violations.append(
+                FieldViolation(
+                    f"{prefix}idempotency_key", "set per row, in columns.idempotency_keys"
+                )
+            )
+    elif not msg.HasField("run_time"):
         violations.append(FieldViolation(f"{prefix}run_time", "required: when the task runs"))
     else:
         seconds, nanos = msg.run_time.seconds, msg.run_time.nanos
@@ -105,6 +124,60 @@ def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.") -> TaskSpec:
         priority=priority,
         labels=dict(msg.labels) if msg.labels else {},
         expires_after=expires_after,
+    )
+
+
+def rows_from_columns(
+    msg: pb.TaskColumns, batch: str = "", *, known: dict[bytes, TaskSpec] | None = None
+) -> TaskRows:
+    """The rows of a TaskColumns batch. Columns of unequal length refuse the whole batch
+    (named with the ``batch`` prefix); a bad template or template index refuses just the rows
+    that use it.
+
+    ``known`` maps templates already converted (by their deterministic wire bytes) to their
+    TaskSpec, which is then returned as the same object: a stream's batches mostly repeat
+    the templates of earlier ones, and converting a template costs far more than its bytes.
+    """
+    count = len(msg.template_index)
+    if len(msg.run_time_micros) != count or len(msg.idempotency_keys) not in (0, count):
+        raise InvalidArgument.for_field(
+            f"{batch}columns",
+            f"{count} template_index, {len(msg.run_time_micros)} run_time_micros and "
+            f"{len(msg.idempotency_keys)} idempotency_keys: give one of each per row "
+            "(idempotency_keys may be left empty)",
+        )
+    templates: list[TaskSpec | Exception] = []
+    for number, message in enumerate(msg.templates):
+        wire = message.SerializeToString(deterministic=True)
+        spec = known.get(wire) if known is not None else None
+        if spec is None:
+            try:
+                spec = spec_from_proto(
+                    message, prefix=f"columns.templates[{number}].", template=True
+                )
+            except InvalidArgument as exc:
+                templates.append(exc)  # not kept: its message names this batch's index
+                continue
+            if known is not None:
+                if len(known) >= MAX_KNOWN_TEMPLATES:
+                    known.clear()
+                known[wire] = spec
+        templates.append(spec)
+    indexes: Sequence[int] = msg.template_index
+    if count and max(indexes) >= len(templates):
+        # Each row pointing past the templates gets a template of its own: its error.
+        indexes = list(indexes)
+        for row, number in enumerate(indexes):
+            if number >= len(msg.templates):
+                indexes[row] = len(templates)
+                templates.append(
+                    InvalidArgument.for_field(
+                        f"columns.template_index[{row}]",
+                        f"{number} is past the last of {len(msg.templates)} templates",
+                    )
+                )
+    return TaskRows(
+        templates, indexes, msg.run_time_micros, msg.idempotency_keys, reused=known is not None
     )
 
 

@@ -107,12 +107,13 @@ def schedule_frame(
     row of outcome ``invalid`` or ``rejected``.
     """
     # The scheduler CLI owns the run -> message conversion and the error -> column mapping.
-    from schedkit.scheduler import column_and_reason, messages_of
+    from schedkit.batches import column_batches
+    from schedkit.scheduler import column_and_reason
 
     table = load_timetable(frame, tz=tz, dst=dst, past=past, horizon=horizon, source=source)
     runs = table.runs.copy()
     ids, outcomes, columns, errors = [], [], [], []
-    answers = client.schedule_messages(messages_of(runs), batch_size=batch_size)
+    answers = client.schedule_batches(column_batches(runs, batch_size=batch_size))
     for answer, key, moved in zip(answers, runs["key"], runs["moved_to_now"], strict=True):
         if isinstance(answer.error, AlreadyExists) and moved:
             # Moved to now on an earlier send too: same key, only the time differs.

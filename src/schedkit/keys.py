@@ -4,7 +4,8 @@
 ``{prefix}:state:{STATE}`` zset   task ids in that state, scored by run time (ms since epoch);
                                   ``state:SCHEDULED`` is the due-time index the dispatcher claims
 ``{prefix}:claims``        zset   ids claimed by a dispatcher, scored by lease deadline (ms)
-``{prefix}:events``        stream state changes (id, state) that WatchTasks follows
+``{prefix}:events``        stream state changes (id, state) that WatchTasks follows; newly
+                                  scheduled tasks share entries, up to 100 ids in one
 ``{prefix}:wake``          list   a nudge: work entered the hand-off window; dispatchers BLPOP it
 ``{prefix}:stats``         hash   running totals (scheduled, handed, started, finished:STATE,
                                   start lateness buckets) that the metrics endpoint reads

@@ -7,7 +7,7 @@ import enum
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,6 +74,42 @@ class TaskSpec:
         )
 
 
+# Templates kept converted and checked; a timetable has a few thousand distinct ones at most.
+MAX_KNOWN_TEMPLATES = 20_000
+
+
+@dataclass(frozen=True)
+class TaskRows:
+    """A batch in column form: row ``i`` is ``templates[template[i]]`` run at ``run_micros[i]``
+    (microseconds since the epoch) under idempotency key ``keys[i]``.
+
+    Rows of a timetable share all but their time and key, so what they share is checked and
+    encoded once per template. A template's own ``run_at`` and ``key`` are not used; an
+    Exception template is a rejection for every row that refers to it.
+    """
+
+    templates: Sequence[TaskSpec | Exception]
+    template: Sequence[int]
+    run_micros: Sequence[int]
+    keys: Sequence[str]
+    # True when equal templates arrive as the same object batch after batch (a converter
+    # keeps them): their checks are then kept by identity too.
+    reused: bool = False
+
+    def __len__(self) -> int:
+        return len(self.template)
+
+    @classmethod
+    def of_specs(cls, specs: Sequence[TaskSpec | Exception]) -> TaskRows:
+        """Each spec its own template: the row form of a list of specs."""
+        return cls(
+            templates=specs,
+            template=range(len(specs)),
+            run_micros=[to_micros(s.run_at) if isinstance(s, TaskSpec) else 0 for s in specs],
+            keys=[s.key if isinstance(s, TaskSpec) else "" for s in specs],
+        )
+
+
 # Keys are sorted so that equal content has one text, which the fingerprint relies on.
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -99,11 +135,31 @@ def fingerprint(
     expires_after: timedelta | None,
 ) -> str:
     """The content hash of a task from its stored texts (JSON made once, hashed as is)."""
-    expires = "" if expires_after is None else str(expires_after.total_seconds())
-    content = "\x1f".join(
-        (task, args_json, kwargs_json, str(run_ms), queue, str(priority), labels_json, expires)
+    head, tail = fingerprint_frame(
+        task, args_json, kwargs_json, queue, priority, labels_json, expires_after
     )
-    digest = hashlib.blake2b(content.encode(), digest_size=6).digest()
+    return fingerprint_of(head, run_ms, tail)
+
+
+def fingerprint_frame(
+    task: str,
+    args_json: str,
+    kwargs_json: str,
+    queue: str,
+    priority: int | None,
+    labels_json: str,
+    expires_after: timedelta | None,
+) -> tuple[str, str]:
+    """The fingerprinted text around the run time: made once for rows that share the rest."""
+    expires = "" if expires_after is None else str(expires_after.total_seconds())
+    head = "\x1f".join((task, args_json, kwargs_json, ""))
+    tail = "\x1f".join(("", queue, str(priority), labels_json, expires))
+    return head, tail
+
+
+def fingerprint_of(head: str, run_ms: int, tail: str) -> str:
+    """The fingerprint of one run of a frame from :func:`fingerprint_frame`."""
+    digest = hashlib.blake2b(f"{head}{run_ms}{tail}".encode(), digest_size=6).digest()
     return base64.b64encode(digest).decode()
 
 
@@ -161,16 +217,39 @@ _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 _B32_PAIRS = [a + b for a in _B32 for b in _B32]
 
 
-def to_millis(moment: datetime) -> int:
-    """Milliseconds since the epoch of a tz-aware datetime."""
+# Run times as microseconds since the epoch: the range a Timestamp (and a datetime) holds.
+MIN_MICROS = -62135596800 * 1_000_000
+MAX_MICROS = 253402300799 * 1_000_000 + 999_999
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch of a tz-aware datetime, exactly."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime: schedkit needs an instant (tz-aware datetime)")
-    return round(moment.timestamp() * 1000)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def millis_of_micros(micros: int) -> int:
+    """Milliseconds from microseconds, halves rounded up: the store's precision."""
+    return (micros + 500) // 1000
+
+
+def to_millis(moment: datetime) -> int:
+    """Milliseconds since the epoch of a tz-aware datetime (integer arithmetic, so a time
+    given as a datetime and the same time given as microseconds store the same)."""
+    return millis_of_micros(to_micros(moment))
+
+
+def from_micros(micros: int) -> datetime:
+    """The tz-aware UTC datetime of microseconds since the epoch."""
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def from_millis(millis: int) -> datetime:
     """The tz-aware UTC datetime of milliseconds since the epoch."""
-    return datetime.fromtimestamp(millis / 1000, tz=UTC)
+    return _EPOCH + timedelta(milliseconds=millis)
 
 
 def utc_now() -> datetime:

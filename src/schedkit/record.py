@@ -22,12 +22,22 @@ from schedkit.model import (
     TaskSpec,
     TaskState,
     dumps,
-    fingerprint,
+    fingerprint_frame,
+    fingerprint_of,
     from_millis,
     to_millis,
 )
 
-__all__ = ["Row", "decode", "dumps", "encode", "encode_row"]
+__all__ = [
+    "Row",
+    "Template",
+    "decode",
+    "dumps",
+    "encode",
+    "encode_row",
+    "encode_template",
+    "template_row",
+]
 
 
 class Row(NamedTuple):
@@ -45,20 +55,25 @@ def encode(spec: TaskSpec, created_ms: int) -> list[str]:
     return encode_row("", spec, created_ms).fields
 
 
-def encode_row(
-    task_id: str,
-    spec: TaskSpec,
-    created_ms: int,
-    args_json: str | None = None,
-    kwargs_json: str | None = None,
-) -> Row:
-    """The store row of a new task; pass the args/kwargs JSON when already made (made once)."""
+class Template(NamedTuple):
+    """What rows sharing a spec store alike: the hash fields but run time, key and creation
+    time, and the fingerprinted text around the run time."""
+
+    fields: list[str]
+    head: str
+    tail: str
+
+
+def encode_template(
+    spec: TaskSpec, args_json: str | None = None, kwargs_json: str | None = None
+) -> Template:
+    """The shared part of rows of ``spec`` (its run time and key are left out); pass the
+    args/kwargs JSON when already made (made once)."""
     if args_json is None:
         args_json = dumps(spec.args) if spec.args else ""
     if kwargs_json is None:
         kwargs_json = dumps(spec.kwargs) if spec.kwargs else ""
-    run_ms = to_millis(spec.run_at)
-    fields: list[str] = ["n", spec.task, "r", str(run_ms)]
+    fields: list[str] = ["n", spec.task]
     if args_json:
         fields += ["a", args_json]
     if kwargs_json:
@@ -72,21 +87,40 @@ def encode_row(
         fields += ["l", labels_json]
     if spec.expires_after is not None:
         fields += ["x", str(int(spec.expires_after.total_seconds() * 1000))]
-    digest = ""
-    if spec.key:
-        digest = fingerprint(
-            spec.task,
-            args_json,
-            kwargs_json,
-            run_ms,
-            spec.queue,
-            spec.priority,
-            labels_json,
-            spec.expires_after,
-        )
-        fields += ["i", spec.key, "h", digest]
-    fields += ["c", str(created_ms)]
-    return Row(task_id, spec.key, digest, run_ms, fields)
+    head, tail = fingerprint_frame(
+        spec.task,
+        args_json,
+        kwargs_json,
+        spec.queue,
+        spec.priority,
+        labels_json,
+        spec.expires_after,
+    )
+    return Template(fields, head, tail)
+
+
+def template_row(template: Template, task_id: str, key: str, run_ms: int, created: str) -> Row:
+    """The store row of one run of a template; ``created`` is the creation ms as text."""
+    run = str(run_ms)
+    if key:
+        digest = fingerprint_of(template.head, run_ms, template.tail)
+        fields = [*template.fields, "r", run, "i", key, "h", digest, "c", created]
+    else:
+        digest = ""
+        fields = [*template.fields, "r", run, "c", created]
+    return Row(task_id, key, digest, run_ms, fields)
+
+
+def encode_row(
+    task_id: str,
+    spec: TaskSpec,
+    created_ms: int,
+    args_json: str | None = None,
+    kwargs_json: str | None = None,
+) -> Row:
+    """The store row of a new task; pass the args/kwargs JSON when already made (made once)."""
+    template = encode_template(spec, args_json, kwargs_json)
+    return template_row(template, task_id, spec.key, to_millis(spec.run_at), str(created_ms))
 
 
 def decode(task_id: str, raw: Mapping[str, str]) -> TaskRecord:

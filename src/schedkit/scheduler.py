@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from schedkit.client import DEFAULT_TARGET, Client, checked_spec_to_proto
+from schedkit.batches import column_batches
+from schedkit.client import DEFAULT_TARGET, Client
 from schedkit.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -34,7 +35,7 @@ from schedkit.errors import (
     SchedkitError,
     Unavailable,
 )
-from schedkit.model import Outcome, ScheduleResult, TaskSpec, TaskState, task_id_for
+from schedkit.model import Outcome, ScheduleResult, TaskState, task_id_for
 from schedkit.settings import Settings
 from schedkit.timetable import (
     FORMATS,
@@ -45,7 +46,6 @@ from schedkit.timetable import (
     load_timetable,
 )
 from schedkit.timeutil import DST_POLICIES
-from schedkit.v1 import schedule_service_pb2 as pb
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 # Server-side field names of a TaskSpec, as timetable columns.
@@ -59,6 +59,8 @@ COLUMN_OF_FIELD = {
     "priority": "priority",
     "expires_after": "expires_after",
     "labels": "labels",
+    "columns.run_time_micros": "run_at",
+    "columns.idempotency_keys": "key",
 }
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -241,75 +243,13 @@ class Report:
         return cls([""] * size, [""] * size, [""] * size, [""] * size)
 
 
-def messages_of(runs: pd.DataFrame, start: int = 0) -> Iterator[pb.TaskSpec | SchedkitError]:
-    """TaskSpec messages of runs[start:], made lazily so only the batches in flight are held.
-
-    Rows that share their task, queue, args, kwargs and labels (the checked timetable holds
-    one object per distinct cell) share a template message: a row then costs one C-level copy
-    and three field sets instead of building Struct and ListValue values in Python.
-    """
-    part = runs.iloc[start:]
-    micros = part["run_at"].dt.as_unit("us").astype("int64").to_numpy().tolist()
-    expires = [
-        None if pd.isna(d) else pd.Timedelta(d).to_pytimedelta() for d in part["expires_after"]
-    ]
-    columns = zip(
-        part["task"].tolist(),
-        micros,
-        part["args"].tolist(),
-        part["kwargs"].tolist(),
-        part["key"].tolist(),
-        part["queue"].tolist(),
-        part["priority"].tolist(),
-        part["labels"].tolist(),
-        expires,
-        strict=True,
-    )
-    templates: dict[tuple[int, int, int, str, str], pb.TaskSpec | SchedkitError] = {}
-    for task, us, args, kwargs, key, queue, priority, labels, expires_after in columns:
-        shape = (id(args), id(kwargs), id(labels), task, queue)
-        template = templates.get(shape)
-        if template is None:
-            if len(templates) >= _MAX_TEMPLATES:
-                templates.clear()
-            template = templates[shape] = _template(task, args, kwargs, queue, labels)
-        if isinstance(template, SchedkitError):
-            yield template
-            continue
-        msg = pb.TaskSpec()
-        msg.CopyFrom(template)
-        msg.idempotency_key = key
-        seconds, micro = divmod(us, 1_000_000)
-        msg.run_time.seconds = seconds
-        msg.run_time.nanos = micro * 1000
-        if priority is not None and priority == priority:  # NaN is a missing number
-            msg.priority = int(priority)
-        if expires_after is not None:
-            msg.expires_after.FromTimedelta(expires_after)
-        yield msg
-
-
-_MAX_TEMPLATES = 10_000
-
-
-def _template(
-    task: str, args: Any, kwargs: Any, queue: str, labels: Any
-) -> pb.TaskSpec | SchedkitError:
-    """The shared part of rows' messages, or the error naming the cell that cannot be sent."""
-    try:
-        return checked_spec_to_proto(
-            TaskSpec(task, _EPOCH, args=args, kwargs=kwargs, queue=queue, labels=labels)
-        )
-    except SchedkitError as exc:
-        return exc
-
-
 def column_and_reason(error: Exception | None) -> tuple[str, str]:
     """The timetable column a refusal names (or '') and the reason without the field path."""
     if isinstance(error, SchedkitError) and error.violations:
         violation = error.violations[0]
-        name = re.sub(r"^specs\[\d+\]\.", "", violation.field)
-        name = COLUMN_OF_FIELD.get(re.split(r"[\[.]", name)[0], name)
+        # specs[3].args, columns.templates[0].args, columns.run_time_micros[7], args
+        name = re.sub(r"^(specs|columns\.templates)\[\d+\]\.|\[\d+\]$", "", violation.field)
+        name = COLUMN_OF_FIELD.get(name, COLUMN_OF_FIELD.get(re.split(r"[\[.]", name)[0], name))
         # The server's message repeats its own field path; the row and column replace it.
         return name, violation.description.removeprefix(f"{violation.field}: ")
     return "", str(error) if error else ""
@@ -340,9 +280,8 @@ class Sender:
         while done < len(runs):
             try:
                 with self.connect() as client:
-                    results = client.schedule_messages(
-                        messages_of(runs, done),
-                        batch_size=self.options.batch_size,
+                    results = client.schedule_batches(
+                        column_batches(runs, done, self.options.batch_size),
                         max_in_flight=self.options.max_in_flight,
                     )
                     for result in results:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from celery import Celery
@@ -22,17 +22,23 @@ from schedkit.errors import (
     NotFound,
 )
 from schedkit.model import (
+    MAX_KNOWN_TEMPLATES,
+    MAX_MICROS,
+    MIN_MICROS,
     Outcome,
     ScheduleResult,
     TaskRecord,
+    TaskRows,
     TaskSpec,
     TaskState,
+    from_micros,
     from_millis,
+    millis_of_micros,
     task_id_for,
     to_millis,
     utc_now,
 )
-from schedkit.record import Row, dumps, encode_row
+from schedkit.record import Row, Template, dumps, encode_template, template_row
 from schedkit.registry import TaskRegistry, TaskType
 from schedkit.settings import Settings
 from schedkit.store import StateChange, Store, TaskQuery
@@ -45,6 +51,37 @@ MAX_LABEL_VALUE = 256
 MAX_KEY = 512
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class BatchFields:
+    """How errors name a batch row's fields; ``{}`` takes the template's or the row's index."""
+
+    template: str
+    run_time: str
+    key: str
+
+    @classmethod
+    def of_prefix(cls, prefix: str) -> BatchFields:
+        """Fields of specs, each its own template: ``specs[{}].run_time`` and so on."""
+        return cls(prefix, f"{prefix}run_time", f"{prefix}idempotency_key")
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch checked and encoded, not yet stored: refused rows' results are in place, the
+    accepted rows (with their places) wait for the store."""
+
+    now: datetime
+    fields: BatchFields
+    results: list[ScheduleResult | None]
+    accepted: list[tuple[int, Row]]
+
+
+# The field names of a TaskColumns batch.
+COLUMN_FIELDS = BatchFields(
+    "columns.templates[{}].", "columns.run_time_micros[{}]", "columns.idempotency_keys[{}]"
+)
 
 
 class Schedules:
@@ -64,84 +101,12 @@ class Schedules:
         self.registry = registry
         self.settings = settings
         self.clock = clock
+        self._templates: dict[int, tuple[TaskSpec, Template]] = {}
 
     @property
     def app(self) -> Celery:
         """The Celery app whose tasks are scheduled."""
         return self.registry.app
-
-    def check(self, spec: TaskSpec, *, now: datetime, field_prefix: str = "spec.") -> None:
-        """Raise InvalidArgument naming the field unless ``spec`` may be scheduled."""
-        self._check(
-            spec,
-            now_ms=to_millis(now),
-            args_json=dumps(spec.args) if spec.args else "",
-            kwargs_json=dumps(spec.kwargs) if spec.kwargs else "",
-            field_prefix=field_prefix,
-        )
-
-    def _check(
-        self,
-        spec: TaskSpec,
-        *,
-        now_ms: int,
-        args_json: str,
-        kwargs_json: str,
-        field_prefix: str,
-    ) -> None:
-        self.registry.check(spec.task, spec.args, spec.kwargs, field_prefix=field_prefix)
-        run_ms = to_millis(spec.run_at)
-        tolerance_ms = int(self.settings.past_tolerance * 1000)
-        size = len(args_json or "[]") + len(kwargs_json or "{}")
-        if (
-            run_ms >= now_ms - tolerance_ms
-            and size <= self.settings.max_args_bytes
-            and len(spec.key) <= MAX_KEY
-            and _labels_fit(spec.labels)
-        ):
-            return  # the common case, decided without building anything
-        violations: list[FieldViolation] = []
-        if run_ms < now_ms - tolerance_ms:
-            ago = timedelta(milliseconds=now_ms - run_ms)
-            violations.append(
-                FieldViolation(
-                    f"{field_prefix}run_time",
-                    f"{spec.run_at.isoformat()} is {_human(ago)} in the past; times up to "
-                    f"{_human(timedelta(milliseconds=tolerance_ms))} late run at once, older "
-                    "ones are refused (SCHEDKIT_PAST_TOLERANCE)",
-                )
-            )
-        if size > self.settings.max_args_bytes:
-            violations.append(
-                FieldViolation(
-                    f"{field_prefix}args",
-                    f"args and kwargs take {size} bytes as JSON, more than the limit of "
-                    f"{self.settings.max_args_bytes} (SCHEDKIT_MAX_ARGS_BYTES); pass a reference "
-                    "to the data instead",
-                )
-            )
-        if len(spec.key) > MAX_KEY:
-            violations.append(
-                FieldViolation(f"{field_prefix}idempotency_key", f"longer than {MAX_KEY} chars")
-            )
-        if len(spec.labels) > MAX_LABELS:
-            violations.append(
-                FieldViolation(f"{field_prefix}labels", f"more than {MAX_LABELS} labels")
-            )
-        for name, value in spec.labels.items():
-            if not name or len(name) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
-                violations.append(
-                    FieldViolation(
-                        f"{field_prefix}labels[{name!r}]",
-                        f"label names take 1 to {MAX_LABEL_KEY} chars, values up to "
-                        f"{MAX_LABEL_VALUE}",
-                    )
-                )
-        if violations:
-            raise InvalidArgument(
-                "; ".join(f"{v.field}: {v.description}" for v in violations),
-                violations=tuple(violations),
-            )
 
     def schedule(self, spec: TaskSpec) -> ScheduleResult:
         """Schedule one task; raise the error if it is refused."""
@@ -183,50 +148,181 @@ class Schedules:
     ) -> list[ScheduleResult]:
         """Schedule many in one store round trip; an Exception item stays a rejection in place.
 
-        ``field_prefix`` may hold ``{}`` for the item's index, as in ``specs[{}].``. Each
-        task's JSON is made once here and used for the checks, the fingerprint and the store.
+        ``field_prefix`` may hold ``{}`` for the item's index, as in ``specs[{}].``.
+        """
+        fields = BatchFields.of_prefix(field_prefix)
+        return self.schedule_rows(TaskRows.of_specs(specs), fields=fields, now=now)
+
+    def schedule_rows(
+        self,
+        rows: TaskRows,
+        *,
+        fields: BatchFields = COLUMN_FIELDS,
+        now: datetime | None = None,
+    ) -> list[ScheduleResult]:
+        """Schedule a batch in column form in one store round trip, results in row order."""
+        return self.store_prepared(self.prepare_rows(rows, fields=fields, now=now))
+
+    def prepare_rows(
+        self,
+        rows: TaskRows,
+        *,
+        fields: BatchFields = COLUMN_FIELDS,
+        now: datetime | None = None,
+    ) -> PreparedBatch:
+        """Check and encode a batch; nothing is stored until :meth:`store_prepared`.
+
+        Each template is checked and encoded once, on first use; a row then costs its run-time
+        and key checks, its id and its fingerprint. Errors name fields through ``fields``.
+        Split from storing so a stream can prepare one batch while the store takes the last.
         """
         now = now or self.clock()
         now_ms = to_millis(now)
+        created = str(now_ms)
+        floor_ms = now_ms - int(self.settings.past_tolerance * 1000)
+        prepared: list[Template | Exception | None] = [None] * len(rows.templates)
         results: list[ScheduleResult | None] = []
         accepted: list[tuple[int, Row]] = []
-        numbered = "{}" in field_prefix
-        for index, item in enumerate(specs):
-            if isinstance(item, Exception):
-                results.append(ScheduleResult("", Outcome.REJECTED, item))
-                continue
-            args_json = dumps(item.args) if item.args else ""
-            kwargs_json = dumps(item.kwargs) if item.kwargs else ""
-            try:
-                self._check(
-                    item,
-                    now_ms=now_ms,
-                    args_json=args_json,
-                    kwargs_json=kwargs_json,
-                    field_prefix=field_prefix.format(index) if numbered else field_prefix,
+        keys = rows.keys or [""] * len(rows)
+        for index, (number, micros, key) in enumerate(
+            zip(rows.template, rows.run_micros, keys, strict=True)
+        ):
+            template = prepared[number]
+            if template is None:
+                template = prepared[number] = self._prepare(
+                    rows.templates[number], fields, number, reused=rows.reused
                 )
-            except InvalidArgument as exc:
-                results.append(ScheduleResult("", Outcome.REJECTED, exc))
+            run_ms = (micros + 500) // 1000  # model.millis_of_micros, inlined on the hot path
+            if (
+                type(template) is Template
+                and floor_ms <= run_ms
+                and MIN_MICROS <= micros <= MAX_MICROS
+                and len(key) <= MAX_KEY
+            ):
+                results.append(None)
+                row = template_row(template, task_id_for(key), key, run_ms, created)
+                accepted.append((index, row))
                 continue
-            results.append(None)
-            row = encode_row(task_id_for(item.key), item, now_ms, args_json, kwargs_json)
-            accepted.append((index, row))
+            error = self._row_error(
+                rows.templates[number], template, index, micros, key, now_ms, fields
+            )
+            results.append(ScheduleResult("", Outcome.REJECTED, error))
+        return PreparedBatch(now, fields, results, accepted)
+
+    def store_prepared(self, batch: PreparedBatch) -> list[ScheduleResult]:
+        """Store a prepared batch in one round trip; every row's result, in row order."""
         stored = self.store.schedule_rows(
-            [row for _, row in accepted], window_seconds=self.settings.handoff_window, now=now
+            [row for _, row in batch.accepted],
+            window_seconds=self.settings.handoff_window,
+            now=batch.now,
         )
-        created = [r.id for r in stored if r.outcome is Outcome.CREATED]
-        if created and log.isEnabledFor(logging.DEBUG):
-            for task_id in created:
-                log.debug("scheduled", extra={"task_id": task_id})
-        for (index, _), result in zip(accepted, stored, strict=True):
+        if log.isEnabledFor(logging.DEBUG):
+            for result in stored:
+                if result.outcome is Outcome.CREATED:
+                    log.debug("scheduled", extra={"task_id": result.id})
+        results = batch.results
+        for (index, _), result in zip(batch.accepted, stored, strict=True):
             if isinstance(result.error, AlreadyExists):
-                field = field_prefix.format(index) + "idempotency_key"
-                violation = FieldViolation(field, result.error.message)
+                violation = FieldViolation(batch.fields.key.format(index), result.error.message)
                 result = replace(
                     result, error=AlreadyExists(result.error.message, violations=(violation,))
                 )
             results[index] = result
         return [r for r in results if r is not None]
+
+    def _prepare(
+        self, spec: TaskSpec | Exception, fields: BatchFields, number: int, *, reused: bool
+    ) -> Template | Exception:
+        """A template's encoding, or the error naming what no row of it may have."""
+        if isinstance(spec, Exception):
+            return spec
+        if not reused:
+            return self._check_template(spec, fields.template.format(number))
+        known = self._templates.get(id(spec))
+        if known is not None and known[0] is spec:
+            return known[1]
+        template = self._check_template(spec, fields.template.format(number))
+        if isinstance(template, Template):
+            # Kept by identity, with the spec itself so the id stays its: callers that
+            # convert equal templates to one object (rows_from_columns) skip the checks.
+            if len(self._templates) >= MAX_KNOWN_TEMPLATES:
+                self._templates.clear()
+            self._templates[id(spec)] = (spec, template)
+        return template
+
+    def _check_template(self, spec: TaskSpec, prefix: str) -> Template | InvalidArgument:
+        """Check and encode what a template's rows share, or the error naming its field."""
+        args_json = dumps(spec.args) if spec.args else ""
+        kwargs_json = dumps(spec.kwargs) if spec.kwargs else ""
+        try:
+            self.registry.check(spec.task, spec.args, spec.kwargs, field_prefix=prefix)
+        except InvalidArgument as exc:
+            return exc
+        size = len(args_json or "[]") + len(kwargs_json or "{}")
+        if size <= self.settings.max_args_bytes and _labels_fit(spec.labels):
+            return encode_template(spec, args_json, kwargs_json)
+        violations: list[FieldViolation] = []
+        if size > self.settings.max_args_bytes:
+            violations.append(
+                FieldViolation(
+                    f"{prefix}args",
+                    f"args and kwargs take {size} bytes as JSON, more than the limit of "
+                    f"{self.settings.max_args_bytes} (SCHEDKIT_MAX_ARGS_BYTES); pass a reference "
+                    "to the data instead",
+                )
+            )
+        if len(spec.labels) > MAX_LABELS:
+            violations.append(FieldViolation(f"{prefix}labels", f"more than {MAX_LABELS} labels"))
+        for name, value in spec.labels.items():
+            if not name or len(name) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
+                violations.append(
+                    FieldViolation(
+                        f"{prefix}labels[{name!r}]",
+                        f"label names take 1 to {MAX_LABEL_KEY} chars, values up to "
+                        f"{MAX_LABEL_VALUE}",
+                    )
+                )
+        return _invalid(violations)
+
+    def _row_error(
+        self,
+        given: TaskSpec | Exception,
+        template: Template | Exception,
+        index: int,
+        micros: int,
+        key: str,
+        now_ms: int,
+        fields: BatchFields,
+    ) -> Exception:
+        """Why one row is refused: its own fields' violations after its template's."""
+        if isinstance(given, Exception):
+            return given  # refused before it got here, already naming its fields
+        if isinstance(template, Exception) and not isinstance(template, InvalidArgument):
+            return template
+        violations: list[FieldViolation] = []
+        run_field = fields.run_time.format(index)
+        tolerance_ms = int(self.settings.past_tolerance * 1000)
+        if not MIN_MICROS <= micros <= MAX_MICROS:
+            violations.append(FieldViolation(run_field, "not a valid timestamp (years 1 to 9999)"))
+        elif millis_of_micros(micros) < now_ms - tolerance_ms:
+            ago = timedelta(milliseconds=now_ms - millis_of_micros(micros))
+            violations.append(
+                FieldViolation(
+                    run_field,
+                    f"{from_micros(micros).isoformat()} is {_human(ago)} in the past; times up "
+                    f"to {_human(timedelta(milliseconds=tolerance_ms))} late run at once, older "
+                    "ones are refused (SCHEDKIT_PAST_TOLERANCE)",
+                )
+            )
+        if len(key) > MAX_KEY:
+            violations.append(
+                FieldViolation(fields.key.format(index), f"longer than {MAX_KEY} chars")
+            )
+        if isinstance(template, InvalidArgument):
+            if not violations:
+                return template  # shared by the template's rows, its message as made
+            violations[1:1] = template.violations
+        return _invalid(violations)
 
     def get(self, task_id: str) -> TaskRecord:
         """One task, or NotFound."""
@@ -323,6 +419,13 @@ def _matches_besides_state(query: TaskQuery, record: TaskRecord) -> bool:
         run_after=query.run_after,
         run_before=query.run_before,
     ).matches(record)
+
+
+def _invalid(violations: Sequence[FieldViolation]) -> InvalidArgument:
+    return InvalidArgument(
+        "; ".join(f"{v.field}: {v.description}" for v in violations),
+        violations=tuple(violations),
+    )
 
 
 def _labels_fit(labels: Mapping[str, str]) -> bool:

@@ -9,6 +9,7 @@ import grpc
 from schedkit.convert import (
     datetime_to_timestamp,
     outcome_to_proto,
+    rows_from_columns,
     spec_from_proto,
     state_from_proto,
     task_to_proto,
@@ -16,13 +17,15 @@ from schedkit.convert import (
     timestamp_to_datetime,
 )
 from schedkit.errors import InvalidArgument, SchedkitError
-from schedkit.model import Outcome, ScheduleResult, TaskSpec
-from schedkit.schedules import MAX_LABELS, Schedules
+from schedkit.model import Outcome, ScheduleResult, TaskRows, TaskSpec
+from schedkit.readahead import ReadAhead
+from schedkit.schedules import MAX_LABELS, BatchFields, PreparedBatch, Schedules
 from schedkit.store import TaskQuery
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 
 WATCHING_HEADER = "schedkit-watching"
+SPEC_FIELDS = BatchFields.of_prefix("specs[{}].")
 # Watching more tasks by id than this is better done by label.
 MAX_FILTER_IDS = 10_000
 
@@ -32,6 +35,8 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
 
     def __init__(self, schedules: Schedules) -> None:
         self.schedules = schedules
+        # Column templates already converted, shared by all streams (see rows_from_columns).
+        self._known_templates: dict[bytes, TaskSpec] = {}
 
     def ScheduleTask(
         self, request: pb.ScheduleTaskRequest, context: grpc.ServicerContext
@@ -43,24 +48,49 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
     def ScheduleTasks(
         self, request_iterator: Iterator[pb.ScheduleTasksRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ScheduleTasksResponse]:
-        """Schedule batches; answer each with its per-item results in order."""
-        limit = self.schedules.settings.max_batch
-        for number, request in enumerate(request_iterator):
-            if not request.specs:
-                raise InvalidArgument.for_field(f"batch {number}: specs", "empty batch")
-            if len(request.specs) > limit:
-                raise InvalidArgument.for_field(
-                    f"batch {number}: specs",
-                    f"{len(request.specs)} tasks, more than {limit} (SCHEDKIT_MAX_BATCH)",
-                )
-            specs: list[TaskSpec | Exception] = []
-            for index, msg in enumerate(request.specs):
-                try:
-                    specs.append(spec_from_proto(msg, prefix=f"specs[{index}]."))
-                except InvalidArgument as exc:
-                    specs.append(exc)
-            results = self.schedules.schedule_batch(specs, field_prefix="specs[{}].")
+        """Schedule batches; answer each with its per-item results in order.
+
+        A thread of the stream's own reads and prepares the next batch while this one waits
+        for the store to take the last: Python work and Redis work overlap.
+        """
+        batches = (
+            self._prepare_request(number, request)
+            for number, request in enumerate(request_iterator)
+        )
+        for batch in ReadAhead(batches, name="schedule-tasks-reader"):
+            results = self.schedules.store_prepared(batch)
             yield pb.ScheduleTasksResponse(results=[_result_to_proto(r) for r in results])
+
+    def _prepare_request(self, number: int, request: pb.ScheduleTasksRequest) -> PreparedBatch:
+        """One batch of ScheduleTasks, as specs or as columns, checked and encoded."""
+        limit = self.schedules.settings.max_batch
+        if request.HasField("columns"):
+            if request.specs:
+                raise InvalidArgument.for_field(
+                    f"batch {number}: specs", "send a batch as specs or as columns, not both"
+                )
+            size, field = len(request.columns.template_index), "columns"
+        else:
+            size, field = len(request.specs), "specs"
+        if not size:
+            raise InvalidArgument.for_field(f"batch {number}: {field}", "empty batch")
+        if size > limit:
+            raise InvalidArgument.for_field(
+                f"batch {number}: {field}",
+                f"{size} tasks, more than {limit} (SCHEDKIT_MAX_BATCH)",
+            )
+        if field == "columns":
+            rows = rows_from_columns(
+                request.columns, batch=f"batch {number}: ", known=self._known_templates
+            )
+            return self.schedules.prepare_rows(rows)
+        specs: list[TaskSpec | Exception] = []
+        for index, msg in enumerate(request.specs):
+            try:
+                specs.append(spec_from_proto(msg, prefix=f"specs[{index}]."))
+            except InvalidArgument as exc:
+                specs.append(exc)
+        return self.schedules.prepare_rows(TaskRows.of_specs(specs), fields=SPEC_FIELDS)
 
     def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.ServicerContext

@@ -16,6 +16,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any, cast
 
+import orjson
 import redis
 
 from schedkit.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
@@ -165,10 +166,8 @@ class Store:
         """Store encoded rows (see :func:`schedkit.record.encode_row`) in one round trip."""
         if not rows:
             return []
-        batch = json.dumps(
-            [[row.id, row.fingerprint, str(row.run_ms), *row.fields] for row in rows],
-            ensure_ascii=False,
-            separators=(",", ":"),
+        batch = orjson.dumps(
+            [[row.id, row.fingerprint, str(row.run_ms), *row.fields] for row in rows]
         )
         verdicts = self._run("schedule", int(window_seconds * 1000), batch, now=now)
         results = []
@@ -393,18 +392,21 @@ class Store:
         return str(newest[0][0]) if newest else "0-0"
 
     def events(self, after: str, *, block_ms: int, count: int = 500) -> list[StateChange]:
-        """State changes after ``after``, waiting up to ``block_ms`` for the first one."""
+        """State changes after ``after``, waiting up to ``block_ms`` for the first one.
+
+        Changes of one entry share its cursor: resuming after it skips them all, so callers
+        take an entry's changes together (one read always returns whole entries).
+        """
         with store_errors():
             reply: Any = self.redis.xread({self.keys.events: after}, count=count, block=block_ms)
         changes = []
         for _, entries in reply or []:
             for cursor, fields in entries:
-                millis = int(str(cursor).split("-", 1)[0])
-                changes.append(
-                    StateChange(
-                        str(cursor), fields["id"], TaskState(fields["s"]), from_millis(millis)
-                    )
-                )
+                at = from_millis(int(str(cursor).split("-", 1)[0]))
+                state = TaskState(fields["s"])
+                # One entry may carry many tasks' same change (see emit_many in prelude.lua).
+                for task_id in fields["id"].split(" "):
+                    changes.append(StateChange(str(cursor), task_id, state, at))
         return changes
 
 

@@ -34,6 +34,17 @@ local function emit(id, state)
   redis.call('XADD', prefix .. ':events', 'MAXLEN', '~', history, '*', 'id', id, 's', state)
 end
 
+-- One event for many tasks that made the same change: 'id' holds up to 100 ids, space-separated.
+-- An XADD per task was a fifth of the cost of storing a batch; 100 per entry bounds an entry's
+-- size (about 1.3 KB), and so the stream's, at `history` entries.
+local function emit_many(ids, state)
+  for first = 1, #ids, 100 do
+    local last = math.min(first + 99, #ids)
+    redis.call('XADD', prefix .. ':events', 'MAXLEN', '~', history, '*',
+      'id', table.concat(ids, ' ', first, last), 's', state)
+  end
+end
+
 -- Move a task between state indexes, keeping the record, the index and the event stream agreed.
 local function move(id, from, to, run)
   redis.call('ZREM', skey(from), id)

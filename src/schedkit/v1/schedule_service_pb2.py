@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"schedkit/v1/schedule_service.proto\x12\x0bschedkit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x02\n\x08TaskSpec\x12\x0c\n\x04task\x18\x01 \x01(\t\x12(\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12\'\n\x06kwargs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x08run_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\r\n\x05queue\x18\x06 \x01(\t\x12\x15\n\x08priority\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x06labels\x18\x08 \x03(\x0b\x32!.schedkit.v1.TaskSpec.LabelsEntry\x12\x30\n\rexpires_after\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priority\"\xe4\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.schedkit.v1.TaskSpec\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.schedkit.v1.TaskState\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nqueue_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x0e\n\x06result\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x11\n\ttraceback\x18\x0b \x01(\t\"9\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\":\n\x13ScheduleTaskRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.schedkit.v1.TaskSpec\"f\n\x14ScheduleTaskResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.schedkit.v1.Task\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.schedkit.v1.ScheduleOutcome\"<\n\x14ScheduleTasksRequest\x12$\n\x05specs\x18\x01 \x03(\x0b\x32\x15.schedkit.v1.TaskSpec\"r\n\x0eScheduleResult\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.schedkit.v1.ScheduleOutcome\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.schedkit.v1.ItemError\"E\n\x15ScheduleTasksResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.schedkit.v1.ScheduleResult\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x0fGetTaskResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.schedkit.v1.Task\"\x92\x02\n\nTaskFilter\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.schedkit.v1.TaskState\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.schedkit.v1.TaskFilter.LabelsEntry\x12-\n\trun_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrun_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03ids\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x10ListTasksRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.schedkit.v1.TaskFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.schedkit.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11\x43\x61ncelTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"5\n\x12\x43\x61ncelTaskResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.schedkit.v1.Task\"<\n\x11WatchTasksRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.schedkit.v1.TaskFilter\"f\n\x12WatchTasksResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.schedkit.v1.Task\x12/\n\x0b\x63hange_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x16\n\x14ListTaskTypesRequest\"8\n\x08TaskType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0b\n\x03\x64oc\x18\x03 \x01(\t\"B\n\x15ListTaskTypesResponse\x12)\n\ntask_types\x18\x01 \x03(\x0b\x32\x15.schedkit.v1.TaskType*\xec\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x01\x12\x15\n\x11TASK_STATE_QUEUED\x10\x02\x12\x16\n\x12TASK_STATE_STARTED\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x17\n\x13TASK_STATE_RETRYING\x10\x06\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x07\x12\x16\n\x12TASK_STATE_EXPIRED\x10\x08*\x8f\x01\n\x0fScheduleOutcome\x12 \n\x1cSCHEDULE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18SCHEDULE_OUTCOME_CREATED\x10\x01\x12\x1d\n\x19SCHEDULE_OUTCOME_EXISTING\x10\x02\x12\x1d\n\x19SCHEDULE_OUTCOME_REJECTED\x10\x03\x32\xcc\x04\n\x0fScheduleService\x12S\n\x0cScheduleTask\x12 .schedkit.v1.ScheduleTaskRequest\x1a!.schedkit.v1.ScheduleTaskResponse\x12Z\n\rScheduleTasks\x12!.schedkit.v1.ScheduleTasksRequest\x1a\".schedkit.v1.ScheduleTasksResponse(\x01\x30\x01\x12\x44\n\x07GetTask\x12\x1b.schedkit.v1.GetTaskRequest\x1a\x1c.schedkit.v1.GetTaskResponse\x12J\n\tListTasks\x12\x1d.schedkit.v1.ListTasksRequest\x1a\x1e.schedkit.v1.ListTasksResponse\x12M\n\nCancelTask\x12\x1e.schedkit.v1.CancelTaskRequest\x1a\x1f.schedkit.v1.CancelTaskResponse\x12O\n\nWatchTasks\x12\x1e.schedkit.v1.WatchTasksRequest\x1a\x1f.schedkit.v1.WatchTasksResponse0\x01\x12V\n\rListTaskTypes\x12!.schedkit.v1.ListTaskTypesRequest\x1a\".schedkit.v1.ListTaskTypesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"schedkit/v1/schedule_service.proto\x12\x0bschedkit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x02\n\x08TaskSpec\x12\x0c\n\x04task\x18\x01 \x01(\t\x12(\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12\'\n\x06kwargs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x08run_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\r\n\x05queue\x18\x06 \x01(\t\x12\x15\n\x08priority\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x06labels\x18\x08 \x03(\x0b\x32!.schedkit.v1.TaskSpec.LabelsEntry\x12\x30\n\rexpires_after\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priority\"\xe4\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.schedkit.v1.TaskSpec\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.schedkit.v1.TaskState\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nqueue_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x0e\n\x06result\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x11\n\ttraceback\x18\x0b \x01(\t\"9\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\":\n\x13ScheduleTaskRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.schedkit.v1.TaskSpec\"f\n\x14ScheduleTaskResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.schedkit.v1.Task\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.schedkit.v1.ScheduleOutcome\"g\n\x14ScheduleTasksRequest\x12$\n\x05specs\x18\x01 \x03(\x0b\x32\x15.schedkit.v1.TaskSpec\x12)\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\x18.schedkit.v1.TaskColumns\"\x82\x01\n\x0bTaskColumns\x12(\n\ttemplates\x18\x01 \x03(\x0b\x32\x15.schedkit.v1.TaskSpec\x12\x16\n\x0etemplate_index\x18\x02 \x03(\r\x12\x17\n\x0frun_time_micros\x18\x03 \x03(\x03\x12\x18\n\x10idempotency_keys\x18\x04 \x03(\t\"r\n\x0eScheduleResult\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.schedkit.v1.ScheduleOutcome\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.schedkit.v1.ItemError\"E\n\x15ScheduleTasksResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.schedkit.v1.ScheduleResult\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x0fGetTaskResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.schedkit.v1.Task\"\x92\x02\n\nTaskFilter\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.schedkit.v1.TaskState\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.schedkit.v1.TaskFilter.LabelsEntry\x12-\n\trun_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrun_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03ids\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x10ListTasksRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.schedkit.v1.TaskFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.schedkit.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11\x43\x61ncelTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"5\n\x12\x43\x61ncelTaskResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.schedkit.v1.Task\"<\n\x11WatchTasksRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.schedkit.v1.TaskFilter\"f\n\x12WatchTasksResponse\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x11.schedkit.v1.Task\x12/\n\x0b\x63hange_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x16\n\x14ListTaskTypesRequest\"8\n\x08TaskType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0b\n\x03\x64oc\x18\x03 \x01(\t\"B\n\x15ListTaskTypesResponse\x12)\n\ntask_types\x18\x01 \x03(\x0b\x32\x15.schedkit.v1.TaskType*\xec\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x01\x12\x15\n\x11TASK_STATE_QUEUED\x10\x02\x12\x16\n\x12TASK_STATE_STARTED\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x17\n\x13TASK_STATE_RETRYING\x10\x06\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x07\x12\x16\n\x12TASK_STATE_EXPIRED\x10\x08*\x8f\x01\n\x0fScheduleOutcome\x12 \n\x1cSCHEDULE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18SCHEDULE_OUTCOME_CREATED\x10\x01\x12\x1d\n\x19SCHEDULE_OUTCOME_EXISTING\x10\x02\x12\x1d\n\x19SCHEDULE_OUTCOME_REJECTED\x10\x03\x32\xcc\x04\n\x0fScheduleService\x12S\n\x0cScheduleTask\x12 .schedkit.v1.ScheduleTaskRequest\x1a!.schedkit.v1.ScheduleTaskResponse\x12Z\n\rScheduleTasks\x12!.schedkit.v1.ScheduleTasksRequest\x1a\".schedkit.v1.ScheduleTasksResponse(\x01\x30\x01\x12\x44\n\x07GetTask\x12\x1b.schedkit.v1.GetTaskRequest\x1a\x1c.schedkit.v1.GetTaskResponse\x12J\n\tListTasks\x12\x1d.schedkit.v1.ListTasksRequest\x1a\x1e.schedkit.v1.ListTasksResponse\x12M\n\nCancelTask\x12\x1e.schedkit.v1.CancelTaskRequest\x1a\x1f.schedkit.v1.CancelTaskResponse\x12O\n\nWatchTasks\x12\x1e.schedkit.v1.WatchTasksRequest\x1a\x1f.schedkit.v1.WatchTasksResponse0\x01\x12V\n\rListTaskTypes\x12!.schedkit.v1.ListTaskTypesRequest\x1a\".schedkit.v1.ListTaskTypesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_TASKFILTER_LABELSENTRY']._loaded_options = None
   _globals['_TASKFILTER_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=2301
-  _globals['_TASKSTATE']._serialized_end=2537
-  _globals['_SCHEDULEOUTCOME']._serialized_start=2540
-  _globals['_SCHEDULEOUTCOME']._serialized_end=2683
+  _globals['_TASKSTATE']._serialized_start=2477
+  _globals['_TASKSTATE']._serialized_end=2713
+  _globals['_SCHEDULEOUTCOME']._serialized_start=2716
+  _globals['_SCHEDULEOUTCOME']._serialized_end=2859
   _globals['_TASKSPEC']._serialized_start=147
   _globals['_TASKSPEC']._serialized_end=524
   _globals['_TASKSPEC_LABELSENTRY']._serialized_start=466
@@ -55,37 +55,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULETASKRESPONSE']._serialized_start=1004
   _globals['_SCHEDULETASKRESPONSE']._serialized_end=1106
   _globals['_SCHEDULETASKSREQUEST']._serialized_start=1108
-  _globals['_SCHEDULETASKSREQUEST']._serialized_end=1168
-  _globals['_SCHEDULERESULT']._serialized_start=1170
-  _globals['_SCHEDULERESULT']._serialized_end=1284
-  _globals['_SCHEDULETASKSRESPONSE']._serialized_start=1286
-  _globals['_SCHEDULETASKSRESPONSE']._serialized_end=1355
-  _globals['_GETTASKREQUEST']._serialized_start=1357
-  _globals['_GETTASKREQUEST']._serialized_end=1385
-  _globals['_GETTASKRESPONSE']._serialized_start=1387
-  _globals['_GETTASKRESPONSE']._serialized_end=1437
-  _globals['_TASKFILTER']._serialized_start=1440
-  _globals['_TASKFILTER']._serialized_end=1714
+  _globals['_SCHEDULETASKSREQUEST']._serialized_end=1211
+  _globals['_TASKCOLUMNS']._serialized_start=1214
+  _globals['_TASKCOLUMNS']._serialized_end=1344
+  _globals['_SCHEDULERESULT']._serialized_start=1346
+  _globals['_SCHEDULERESULT']._serialized_end=1460
+  _globals['_SCHEDULETASKSRESPONSE']._serialized_start=1462
+  _globals['_SCHEDULETASKSRESPONSE']._serialized_end=1531
+  _globals['_GETTASKREQUEST']._serialized_start=1533
+  _globals['_GETTASKREQUEST']._serialized_end=1561
+  _globals['_GETTASKRESPONSE']._serialized_start=1563
+  _globals['_GETTASKRESPONSE']._serialized_end=1613
+  _globals['_TASKFILTER']._serialized_start=1616
+  _globals['_TASKFILTER']._serialized_end=1890
   _globals['_TASKFILTER_LABELSENTRY']._serialized_start=466
   _globals['_TASKFILTER_LABELSENTRY']._serialized_end=511
-  _globals['_LISTTASKSREQUEST']._serialized_start=1716
-  _globals['_LISTTASKSREQUEST']._serialized_end=1814
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1816
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1894
-  _globals['_CANCELTASKREQUEST']._serialized_start=1896
-  _globals['_CANCELTASKREQUEST']._serialized_end=1927
-  _globals['_CANCELTASKRESPONSE']._serialized_start=1929
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1982
-  _globals['_WATCHTASKSREQUEST']._serialized_start=1984
-  _globals['_WATCHTASKSREQUEST']._serialized_end=2044
-  _globals['_WATCHTASKSRESPONSE']._serialized_start=2046
-  _globals['_WATCHTASKSRESPONSE']._serialized_end=2148
-  _globals['_LISTTASKTYPESREQUEST']._serialized_start=2150
-  _globals['_LISTTASKTYPESREQUEST']._serialized_end=2172
-  _globals['_TASKTYPE']._serialized_start=2174
-  _globals['_TASKTYPE']._serialized_end=2230
-  _globals['_LISTTASKTYPESRESPONSE']._serialized_start=2232
-  _globals['_LISTTASKTYPESRESPONSE']._serialized_end=2298
-  _globals['_SCHEDULESERVICE']._serialized_start=2686
-  _globals['_SCHEDULESERVICE']._serialized_end=3274
+  _globals['_LISTTASKSREQUEST']._serialized_start=1892
+  _globals['_LISTTASKSREQUEST']._serialized_end=1990
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1992
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2070
+  _globals['_CANCELTASKREQUEST']._serialized_start=2072
+  _globals['_CANCELTASKREQUEST']._serialized_end=2103
+  _globals['_CANCELTASKRESPONSE']._serialized_start=2105
+  _globals['_CANCELTASKRESPONSE']._serialized_end=2158
+  _globals['_WATCHTASKSREQUEST']._serialized_start=2160
+  _globals['_WATCHTASKSREQUEST']._serialized_end=2220
+  _globals['_WATCHTASKSRESPONSE']._serialized_start=2222
+  _globals['_WATCHTASKSRESPONSE']._serialized_end=2324
+  _globals['_LISTTASKTYPESREQUEST']._serialized_start=2326
+  _globals['_LISTTASKTYPESREQUEST']._serialized_end=2348
+  _globals['_TASKTYPE']._serialized_start=2350
+  _globals['_TASKTYPE']._serialized_end=2406
+  _globals['_LISTTASKTYPESRESPONSE']._serialized_start=2408
+  _globals['_LISTTASKTYPESRESPONSE']._serialized_end=2474
+  _globals['_SCHEDULESERVICE']._serialized_start=2862
+  _globals['_SCHEDULESERVICE']._serialized_end=3450
 # @@protoc_insertion_point(module_scope)

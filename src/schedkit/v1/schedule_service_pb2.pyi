@@ -340,27 +340,80 @@ Global___ScheduleTaskResponse: _TypeAlias = ScheduleTaskResponse  # noqa: Y015
 
 @_typing.final
 class ScheduleTasksRequest(_message.Message):
-    """ScheduleTasksRequest carries one batch of tasks."""
+    """ScheduleTasksRequest carries one batch of tasks, as specs or as columns, not both."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SPECS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def specs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSpec]:
         """specs are the tasks of this batch."""
+
+    @_builtins.property
+    def columns(self) -> Global___TaskColumns:
+        """columns is the compact form of a batch whose tasks share all but their run time and key,
+        as a timetable's do. Results follow its rows in order, as they follow specs.
+        """
 
     def __init__(
         self,
         *,
         specs: _abc.Iterable[Global___TaskSpec] | None = ...,
+        columns: Global___TaskColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["specs", b"specs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "specs", b"specs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScheduleTasksRequest: _TypeAlias = ScheduleTasksRequest  # noqa: Y015
+
+@_typing.final
+class TaskColumns(_message.Message):
+    """TaskColumns is a batch in column form: row i is the task templates[template_index[i]] with
+    run time run_time_micros[i] and idempotency key idempotency_keys[i]. What rows share is
+    sent, checked and encoded once per batch instead of once per row.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    TEMPLATE_INDEX_FIELD_NUMBER: _builtins.int
+    RUN_TIME_MICROS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSpec]:
+        """templates are what rows share: TaskSpecs without run_time and idempotency_key."""
+
+    @_builtins.property
+    def template_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """template_index is each row's index into templates."""
+
+    @_builtins.property
+    def run_time_micros(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """run_time_micros is each row's run time, in microseconds since 1970-01-01T00:00:00Z."""
+
+    @_builtins.property
+    def idempotency_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """idempotency_keys is each row's key ('' for none); leave it empty when no row has one."""
+
+    def __init__(
+        self,
+        *,
+        templates: _abc.Iterable[Global___TaskSpec] | None = ...,
+        template_index: _abc.Iterable[_builtins.int] | None = ...,
+        run_time_micros: _abc.Iterable[_builtins.int] | None = ...,
+        idempotency_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_keys", b"idempotency_keys", "run_time_micros", b"run_time_micros", "template_index", b"template_index", "templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskColumns: _TypeAlias = TaskColumns  # noqa: Y015
 
 @_typing.final
 class ScheduleResult(_message.Message):
@@ -403,7 +456,7 @@ class ScheduleTasksResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleResult]:
-        """results are in the order of the batch's specs."""
+        """results are in the order of the batch's specs or rows."""
 
     def __init__(
         self,
