@@ -11,7 +11,8 @@ error, ``tb`` traceback.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -28,31 +29,7 @@ from schedkit.model import (
     to_millis,
 )
 
-__all__ = [
-    "Row",
-    "Template",
-    "decode",
-    "dumps",
-    "encode",
-    "encode_row",
-    "encode_template",
-    "template_row",
-]
-
-
-class Row(NamedTuple):
-    """A new task as the store writes it: id, fingerprint ('' when unkeyed), run ms, fields."""
-
-    id: str
-    key: str
-    fingerprint: str
-    run_ms: int
-    fields: list[str]
-
-
-def encode(spec: TaskSpec, created_ms: int) -> list[str]:
-    """Flat field/value list of a new task's hash, for HSET."""
-    return encode_row("", spec, created_ms).fields
+__all__ = ["NewTasks", "Row", "Template", "decode", "dumps", "encode_template", "template_row"]
 
 
 class Template(NamedTuple):
@@ -62,6 +39,37 @@ class Template(NamedTuple):
     fields: list[str]
     head: str
     tail: str
+
+
+class Row(NamedTuple):
+    """A new task as the store writes it: the fields of template ``template`` of its batch,
+    plus its run time, creation time, and when keyed its key and fingerprint."""
+
+    id: str
+    key: str
+    fingerprint: str  # '' when unkeyed
+    run_ms: int
+    template: int
+
+
+@dataclass(frozen=True)
+class NewTasks:
+    """A batch of new tasks for the store: shared field lists, rows referring to them, and
+    the creation time they all share. Rows carry no copy of their template's fields."""
+
+    templates: list[list[str]]
+    rows: list[Row]
+    created_ms: int
+
+    @classmethod
+    def of(cls, items: Sequence[tuple[str, TaskSpec]], created_ms: int) -> NewTasks:
+        """(id, spec) pairs, each spec its own template."""
+        templates = [encode_template(spec) for _, spec in items]
+        rows = [
+            template_row(template, task_id, spec.key, to_millis(spec.run_at), number)
+            for number, (template, (task_id, spec)) in enumerate(zip(templates, items, strict=True))
+        ]
+        return cls([t.fields for t in templates], rows, created_ms)
 
 
 def encode_template(
@@ -99,28 +107,10 @@ def encode_template(
     return Template(fields, head, tail)
 
 
-def template_row(template: Template, task_id: str, key: str, run_ms: int, created: str) -> Row:
-    """The store row of one run of a template; ``created`` is the creation ms as text."""
-    run = str(run_ms)
-    if key:
-        digest = fingerprint_of(template.head, run_ms, template.tail)
-        fields = [*template.fields, "r", run, "i", key, "h", digest, "c", created]
-    else:
-        digest = ""
-        fields = [*template.fields, "r", run, "c", created]
-    return Row(task_id, key, digest, run_ms, fields)
-
-
-def encode_row(
-    task_id: str,
-    spec: TaskSpec,
-    created_ms: int,
-    args_json: str | None = None,
-    kwargs_json: str | None = None,
-) -> Row:
-    """The store row of a new task; pass the args/kwargs JSON when already made (made once)."""
-    template = encode_template(spec, args_json, kwargs_json)
-    return template_row(template, task_id, spec.key, to_millis(spec.run_at), str(created_ms))
+def template_row(template: Template, task_id: str, key: str, run_ms: int, number: int) -> Row:
+    """The store row of one run of ``template``, which is template ``number`` of its batch."""
+    digest = fingerprint_of(template.head, run_ms, template.tail) if key else ""
+    return Row(task_id, key, digest, run_ms, number)
 
 
 def decode(task_id: str, raw: Mapping[str, str]) -> TaskRecord:

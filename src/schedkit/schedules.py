@@ -38,7 +38,7 @@ from schedkit.model import (
     to_millis,
     utc_now,
 )
-from schedkit.record import Row, Template, dumps, encode_template, template_row
+from schedkit.record import NewTasks, Row, Template, dumps, encode_template, template_row
 from schedkit.registry import TaskRegistry, TaskType
 from schedkit.settings import Settings
 from schedkit.store import StateChange, Store, TaskQuery
@@ -70,12 +70,13 @@ class BatchFields:
 @dataclass(frozen=True)
 class PreparedBatch:
     """A batch checked and encoded, not yet stored: refused rows' results are in place, the
-    accepted rows (with their places) wait for the store."""
+    accepted rows wait for the store."""
 
     now: datetime
     fields: BatchFields
     results: list[ScheduleResult | None]
-    accepted: list[tuple[int, Row]]
+    accepted: list[int]  # the places of new.rows in the batch
+    new: NewTasks
 
 
 # The field names of a TaskColumns batch.
@@ -178,7 +179,6 @@ class Schedules:
         """
         now = now or self.clock()
         now_ms = to_millis(now)
-        created = str(now_ms)
         floor_ms = now_ms - int(self.settings.past_tolerance * 1000)
         prepared: list[Template | Exception | None] = [None] * len(rows.templates)
         results: list[ScheduleResult | None] = []
@@ -200,28 +200,29 @@ class Schedules:
                 and len(key) <= MAX_KEY
             ):
                 results.append(None)
-                row = template_row(template, task_id_for(key), key, run_ms, created)
-                accepted.append((index, row))
+                accepted.append(
+                    (index, template_row(template, task_id_for(key), key, run_ms, number))
+                )
                 continue
             error = self._row_error(
                 rows.templates[number], template, index, micros, key, now_ms, fields
             )
             results.append(ScheduleResult("", Outcome.REJECTED, error))
-        return PreparedBatch(now, fields, results, accepted)
+        shared = [t.fields if type(t) is Template else [] for t in prepared]
+        new = NewTasks(shared, [row for _, row in accepted], now_ms)
+        return PreparedBatch(now, fields, results, [index for index, _ in accepted], new)
 
     def store_prepared(self, batch: PreparedBatch) -> list[ScheduleResult]:
         """Store a prepared batch in one round trip; every row's result, in row order."""
-        stored = self.store.schedule_rows(
-            [row for _, row in batch.accepted],
-            window_seconds=self.settings.handoff_window,
-            now=batch.now,
+        stored = self.store.schedule_new(
+            batch.new, window_seconds=self.settings.handoff_window, now=batch.now
         )
         if log.isEnabledFor(logging.DEBUG):
             for result in stored:
                 if result.outcome is Outcome.CREATED:
                     log.debug("scheduled", extra={"task_id": result.id})
         results = batch.results
-        for (index, _), result in zip(batch.accepted, stored, strict=True):
+        for index, result in zip(batch.accepted, stored, strict=True):
             if isinstance(result.error, AlreadyExists):
                 violation = FieldViolation(batch.fields.key.format(index), result.error.message)
                 result = replace(

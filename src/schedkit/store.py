@@ -31,7 +31,7 @@ from schedkit.model import (
     to_millis,
     utc_now,
 )
-from schedkit.record import Row, decode, encode_row
+from schedkit.record import NewTasks, decode
 
 SCRIPTS = ("schedule", "claim", "handed", "start", "finish", "cancel", "page", "purge")
 ALL_STATES: tuple[TaskState, ...] = tuple(TaskState)
@@ -156,20 +156,24 @@ class Store:
     ) -> list[ScheduleResult]:
         """Store (id, spec) pairs in one round trip; report created / existing / conflict."""
         now = now or utc_now()
-        created_ms = to_millis(now)
-        rows = [encode_row(task_id, spec, created_ms) for task_id, spec in items]
-        return self.schedule_rows(rows, window_seconds=window_seconds, now=now)
+        batch = NewTasks.of(items, to_millis(now))
+        return self.schedule_new(batch, window_seconds=window_seconds, now=now)
 
-    def schedule_rows(
-        self, rows: Sequence[Row], *, window_seconds: float, now: datetime | None = None
+    def schedule_new(
+        self, batch: NewTasks, *, window_seconds: float, now: datetime | None = None
     ) -> list[ScheduleResult]:
-        """Store encoded rows (see :func:`schedkit.record.encode_row`) in one round trip."""
+        """Store a batch of new tasks in one round trip, results in row order."""
+        rows = batch.rows
         if not rows:
             return []
-        batch = orjson.dumps(
-            [[row.id, row.fingerprint, str(row.run_ms), *row.fields] for row in rows]
+        payload = orjson.dumps(
+            [
+                batch.templates,
+                [(r.id, r.fingerprint, str(r.run_ms), r.template, r.key) for r in rows],
+                str(batch.created_ms),
+            ]
         )
-        verdicts = self._run("schedule", int(window_seconds * 1000), batch, now=now)
+        verdicts = self._run("schedule", int(window_seconds * 1000), payload, now=now)
         results = []
         for row, verdict in zip(rows, verdicts, strict=True):
             if verdict == 1:

@@ -1,11 +1,13 @@
--- Store new tasks. ARGV[4] hand-off window ms, ARGV[5] a JSON array with one array per task:
--- id, fingerprint ('' when unkeyed), run ms, then the hash's field/value pairs, all strings.
--- One JSON argument instead of many: packing thousands of arguments costs the caller more
--- than cjson costs here.
+-- Store new tasks. ARGV[4] hand-off window ms, ARGV[5] a JSON array [templates, rows, created]:
+-- templates are the field/value lists that rows share (task, args, kwargs, queue, ...); a row
+-- is [id, fingerprint ('' when unkeyed), run ms, template index from 0, key]; created is the
+-- creation ms of all. One JSON argument instead of many: packing thousands of arguments costs
+-- the caller more than cjson costs here, and shared fields cross the wire once per batch.
 -- Returns per task 1 created, 2 existing (same fingerprint), 3 conflict (key reused).
 -- A key repeated within one batch is created once: the later rows see the first one's record.
 local window = tonumber(ARGV[4])
-local rows = cjson.decode(ARGV[5])
+local batch = cjson.decode(ARGV[5])
+local templates, rows, created_ms = batch[1], batch[2], batch[3]
 local out = {}
 local due_soon = false
 local scheduled = skey('SCHEDULED')
@@ -22,7 +24,12 @@ for n = 1, #rows do
       out[n] = 3
     end
   else
-    redis.call('HSET', key, unpack(row, 4))
+    local shared = templates[row[4] + 1]
+    if fp ~= '' then
+      redis.call('HSET', key, 'r', run, 'c', created_ms, 'i', row[5], 'h', fp, unpack(shared))
+    else
+      redis.call('HSET', key, 'r', run, 'c', created_ms, unpack(shared))
+    end
     scores[#scores + 1] = run
     scores[#scores + 1] = id
     created[#created + 1] = id
