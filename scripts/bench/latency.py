@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import redis
 from common import Report, Result, Sizes, future, percentile
-from parts import flush_celery_queue, schedkit_stack, seed_api
+from parts import flush_celery_queue, seed_api, server_process
 
 from schedkit.client import Client
 from schedkit.model import TaskSpec
@@ -59,13 +59,14 @@ def _add(report: Report, who: str, clients: int, latencies: list[float], repeat:
 
 
 def schedkit_latency(report: Report, sizes: Sizes, url: str) -> None:
-    """ScheduleTask through schedkit.Client, each thread on its own channel."""
+    """ScheduleTask through schedkit.Client, each thread on its own channel, to a server in
+    a process of its own."""
     start = future()
-    with schedkit_stack(url) as stack:
+    with server_process(url) as address:
         for clients in (1, 8):
 
             def make(thread: int, offset: int = clients * 10**7) -> Callable[[int], None]:
-                client = Client.connect(stack.address)
+                client = Client.connect(address)
 
                 def call(n: int) -> None:
                     at = start + timedelta(seconds=n + offset)

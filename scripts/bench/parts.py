@@ -53,6 +53,32 @@ def schedkit_stack(url: str, *, worker: bool = False, **overrides: object) -> It
 
 
 @contextlib.contextmanager
+def server_process(url: str) -> Iterator[str]:
+    """``schedkit serve`` in a process of its own on the bench's Redis; yields its address.
+
+    For latency: a client in the bench process would otherwise share one interpreter (and
+    its GIL) with the server it measures, which no deployment does.
+    """
+    address = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [PYTHON, "-m", "schedkit", "serve", "--store", url, "--listen", address],
+        env={**os.environ, "SCHEDKIT_PREFIX": fresh_prefix()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # printed once the server listens
+        if not line.startswith("schedkit server on"):
+            raise RuntimeError(f"schedkit serve did not start: {line!r}")
+        yield address
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@contextlib.contextmanager
 def seed_api(url: str) -> Iterator[str]:
     """The seed design's Flask API in a process of its own; yields its endpoint URL."""
     port = free_port()

@@ -56,9 +56,9 @@ def column_batches(runs: pd.DataFrame, start: int = 0, batch_size: int = 1000) -
         request = pb.ScheduleTasksRequest()
         columns = request.columns
         numbers: dict[_Shape, int] = {}
-        local_errors: list[SchedkitError | None] = []
+        chosen: list[pb.TaskSpec] = []
+        local_errors: list[SchedkitError | None] = [None] * (high - low)
         index: list[int] = []
-        sent: list[int] = []
         for row in range(low, high):
             shape = shapes[row]
             number = numbers.get(shape)
@@ -69,18 +69,18 @@ def column_batches(runs: pd.DataFrame, start: int = 0, batch_size: int = 1000) -
                         templates.clear()
                     template = templates[shape] = cells.template(row, shape)
                 if isinstance(template, SchedkitError):
-                    local_errors.append(template)
+                    local_errors[row - low] = template
                     continue
-                number = numbers[shape] = len(columns.templates)
-                columns.templates.append(template)
-            local_errors.append(None)
+                number = numbers[shape] = len(chosen)
+                chosen.append(template)
             index.append(number)
-            sent.append(row)
+        columns.templates.extend(chosen)  # one copy into the message, in C
         columns.template_index.extend(index)
-        if len(sent) == high - low:
+        if len(index) == high - low:
             columns.run_time_micros.extend(micros[low:high].tolist())
             batch_keys = keys[low:high]
         else:
+            sent = [row for row in range(low, high) if local_errors[row - low] is None]
             columns.run_time_micros.extend(micros[sent].tolist())
             batch_keys = [keys[row] for row in sent]
         if any(batch_keys):

@@ -465,7 +465,7 @@ class Batch:
     @property
     def sent(self) -> bool:
         """Whether the request carries anything (an empty batch is not sent)."""
-        return any(error is None for error in self.local_errors)
+        return None in self.local_errors
 
 
 # Fields that the server numbers by an item's place among the items sent.
@@ -479,6 +479,15 @@ _NUMBERED_FIELDS = (
 
 def _answers(batch: Batch, response: pb.ScheduleTasksResponse) -> Iterator[ScheduleResult]:
     """The results of one batch in the caller's order, from its response and local errors."""
+    if not any(batch.local_errors):  # all sent: the common case, one result each
+        for result in response.results:
+            outcome = _OUTCOMES.get(result.outcome)
+            yield (
+                ScheduleResult(result.id, outcome)
+                if outcome is not None
+                else result_from_proto(result)
+            )
+        return
     remote = iter(response.results)
     sent = 0
     for index, error in enumerate(batch.local_errors):

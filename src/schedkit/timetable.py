@@ -755,11 +755,9 @@ def _with_keys(runs: pd.DataFrame, source: str, recurring: np.ndarray[Any, Any])
             return [str(v) for v in np.asarray(values, dtype=object)[derive]]
 
         millis = runs["run_at"].dt.as_unit("ms").astype("int64").to_numpy()[derive]
-        expires = runs["expires_after"].to_numpy()[derive]
-        expires_ms = [
-            "" if np.isnat(d) else str(d.astype("timedelta64[ms]").astype(np.int64))
-            for d in expires
-        ]
+        expires = runs["expires_after"].to_numpy()[derive].astype("timedelta64[ms]")
+        expires_ms = np.where(np.isnat(expires), "", expires.astype(np.int64).astype(str))
+        expires_ms = expires_ms.tolist()
         priorities = ["" if p is None or p != p else str(p) for p in runs["priority"].iloc[derive]]
         columns = zip(
             texts(runs["task"]),
