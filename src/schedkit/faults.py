@@ -274,12 +274,17 @@ def worker_killed_holding_tasks(
     With Redis as the broker the tasks come back after the visibility timeout; RabbitMQ
     requeues them as soon as the dead worker's connection closes.
     """
-    visibility = 8.0
+    # The tasks run `lead` seconds after they are scheduled: time enough to see the worker
+    # hold them all (each look asks the worker and waits a second for replies) and kill it
+    # before any runs. The visibility timeout exceeds the lead, so a live worker's held
+    # messages are never redelivered before they run.
+    lead = 8.0
+    visibility = 12.0
     with workdir(base) as work:
         settings = local_settings(
             data_dir=work / "data",
             broker_url=broker_url,
-            handoff_window=6.0,
+            handoff_window=lead + 1,
             poll_interval=0.2,
             claim_lease=5.0,
             visibility_timeout=visibility,
@@ -290,7 +295,7 @@ def worker_killed_holding_tasks(
             assert stack.worker is not None
             store = stack.store
             with Client.connect(stack.address, token="") as client:
-                run_at = datetime.now(UTC) + timedelta(seconds=5)
+                run_at = datetime.now(UTC) + timedelta(seconds=lead)
                 ids = _schedule(client, [TaskSpec("add", run_at, [i, 1]) for i in range(rows)])
             # Handed off, and held by the worker as ETA tasks it has not acknowledged.
             poll(lambda: store.count(TaskState.QUEUED) == len(ids), 60, "hand-off")
