@@ -15,6 +15,8 @@ from schedkit.model import Outcome, TaskSpec, task_id_for, to_micros
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 
+CREATED, REJECTED = pb.SCHEDULE_OUTCOME_CREATED, pb.SCHEDULE_OUTCOME_REJECTED
+
 
 def template(task: str = "add", *args: object, **labels: str) -> pb.TaskSpec:
     msg = pb.TaskSpec(task=task)
@@ -60,7 +62,7 @@ def test_rows_become_tasks_of_their_template_time_and_key(
         keys,
     )
     results = send(stub, request)
-    assert [r.outcome for r in results] == [pb.SCHEDULE_OUTCOME_CREATED] * 3
+    assert [r.outcome for r in results] == [CREATED] * 3
     assert [r.id for r in results] == [task_id_for(k) for k in keys]
     second = client.get(results[1].id)
     assert second.spec.args == [3, 4]
@@ -79,7 +81,7 @@ def test_rows_without_keys_get_ids_of_their_own(
 ) -> None:
     suite = uuid.uuid4().hex
     results = send(stub, columns([template(suite=suite)], [0, 0], [later(), later()]))
-    assert [r.outcome for r in results] == [pb.SCHEDULE_OUTCOME_CREATED] * 2
+    assert [r.outcome for r in results] == [CREATED] * 2
     assert results[0].id != results[1].id
     assert {t.id for t in client.tasks(labels={"suite": suite})} == {r.id for r in results}
 
@@ -96,13 +98,7 @@ def test_a_bad_template_refuses_only_its_rows(
             [later()] * 4,
         ),
     )
-    outcomes = [r.outcome for r in results]
-    assert outcomes == [
-        pb.SCHEDULE_OUTCOME_CREATED,
-        pb.SCHEDULE_OUTCOME_REJECTED,
-        pb.SCHEDULE_OUTCOME_CREATED,
-        pb.SCHEDULE_OUTCOME_REJECTED,
-    ]
+    assert [r.outcome for r in results] == [CREATED, REJECTED, CREATED, REJECTED]
     assert results[1].error.field == "columns.templates[1].task"
     assert "no_such_task" in results[3].error.message
     assert len(list(client.tasks(labels={"suite": suite}))) == 2
@@ -120,12 +116,7 @@ def test_bad_rows_name_their_column_and_index(stub: pb_grpc.ScheduleServiceStub)
             [f"{suite}-1", f"{suite}-2", "k" * 513, f"{suite}-4"],
         ),
     )
-    assert [r.outcome for r in results] == [
-        pb.SCHEDULE_OUTCOME_CREATED,
-        pb.SCHEDULE_OUTCOME_REJECTED,
-        pb.SCHEDULE_OUTCOME_REJECTED,
-        pb.SCHEDULE_OUTCOME_REJECTED,
-    ]
+    assert [r.outcome for r in results] == [CREATED, REJECTED, REJECTED, REJECTED]
     assert results[1].error.field == "columns.run_time_micros[1]"
     assert "SCHEDKIT_PAST_TOLERANCE" in results[1].error.message
     assert results[2].error.field == "columns.idempotency_keys[2]"
@@ -140,8 +131,8 @@ def test_a_template_may_not_carry_a_row_field(stub: pb_grpc.ScheduleServiceStub)
     keyed.idempotency_key = "shared"
     results = send(stub, columns([timed, keyed], [0, 1], [later(), later()]))
     assert [(r.outcome, r.error.field) for r in results] == [
-        (pb.SCHEDULE_OUTCOME_REJECTED, "columns.templates[0].run_time"),
-        (pb.SCHEDULE_OUTCOME_REJECTED, "columns.templates[1].idempotency_key"),
+        (REJECTED, "columns.templates[0].run_time"),
+        (REJECTED, "columns.templates[1].idempotency_key"),
     ]
 
 
@@ -186,6 +177,6 @@ def test_templates_repeated_across_batches_are_checked_alike(
         for n in range(3)
     ]
     results = send(stub, *batches)
-    assert [r.outcome for r in results[::2]] == [pb.SCHEDULE_OUTCOME_CREATED] * 3
+    assert [r.outcome for r in results[::2]] == [CREATED] * 3
     assert len({r.id for r in results[::2]}) == 3
     assert [r.error.field for r in results[1::2]] == ["columns.templates[1].args"] * 3

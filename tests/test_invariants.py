@@ -158,3 +158,20 @@ def test_hand_off_that_the_broker_refuses_is_retried_later(store: Store, redis_u
     assert store.get(result.id).state is TaskState.SCHEDULED
     assert store.redis.zscore(store.keys.state("SCHEDULED"), result.id) is not None
     assert store.redis.zcard(store.keys.claims) == 0
+
+
+def test_a_hand_off_the_broker_lost_is_handed_off_again_and_runs_once(tmp_path: Path) -> None:
+    # kombu's Redis transport can lose a message it accepted (the connection drops between a
+    # worker's BRPOP and its unacked entry). Here the message is deleted from the broker.
+    with local_stack(data_dir=tmp_path / "data", visibility_timeout=2.0, **FAST) as stack:
+        assert stack.store is not None
+        stack.stop_worker()
+        with stack.client() as client:
+            task = client.schedule("add", 20, 22, run_at=timedelta(0))
+            client.wait_for(task.id, ["QUEUED"], timeout=30)
+            assert stack.store.redis.delete("celery") == 1  # the only copy of the message
+            stack.start_worker()
+            done = client.wait_for(task.id, ["SUCCEEDED", "FAILED"], timeout=60)
+        assert done.state is TaskState.SUCCEEDED
+        assert [r["id"] for r in runs(stack.store)] == [task.id]
+        assert stack.store.redis.hget(stack.store.keys.stats, "redelivered") == "1"

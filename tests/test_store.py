@@ -255,3 +255,20 @@ def test_a_batch_is_one_event_per_hundred_tasks_and_each_task_a_change(store: St
     # Resuming after an entry's cursor skips all of its tasks, and only those.
     after_first = store.events(changes[99].cursor, block_ms=0)
     assert [c.task_id for c in after_first] == ids[100:]
+
+
+def test_redeliver_makes_due_again_only_long_queued_unstarted_tasks(store: Store) -> None:
+    lost, recent, started = put(store, [spec(0), spec(1), spec(2)])
+    store.claim(window_seconds=3, lease_seconds=60, limit=5, now=T0 + timedelta(seconds=3))
+    store.mark_queued([lost, started], now=T0)
+    store.mark_queued([recent], now=T0 + timedelta(seconds=40))
+    assert store.start(started, now=T0 + timedelta(seconds=2)) == "started"
+    later = T0 + timedelta(seconds=61)
+    assert store.redeliver(stale_seconds=60, now=later) == [lost]
+    assert store.get(lost).state is TaskState.SCHEDULED
+    assert store.get(recent).state is TaskState.QUEUED
+    assert store.get(started).state is TaskState.STARTED
+    # Due again: the next claim hands it off once more, under the same id.
+    assert [c.id for c in store.claim(window_seconds=3, lease_seconds=60, limit=5, now=later)] == [
+        lost
+    ]

@@ -3,7 +3,9 @@
 Each round claims atomically under a lease (several dispatchers may share a store), calls
 ``apply_async(eta=run time, task_id=schedkit id)``, then settles the claims: QUEUED for what
 the broker took, due-again for what it refused. A dispatcher that dies mid-round leaves
-claims whose lease lapses; the next round anywhere returns them to the due index.
+claims whose lease lapses; the next round anywhere returns them to the due index. A
+message the broker accepted and then lost leaves its task QUEUED and never started; after the
+visibility timeout the dispatcher hands it off again (``redeliver_if_due``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_purge = clock()
+        self._next_redeliver = clock()
 
     def run_once(self) -> int:
         """One round: claim, hand off, settle. Returns how many tasks the broker took."""
@@ -128,6 +131,26 @@ class Dispatcher:
         self._next_purge = now + PURGE_EVERY
         return self.store.purge(finished_before=now - timedelta(seconds=self.settings.retention))
 
+    def redeliver_if_due(self) -> int:
+        """Hand off again what the broker lost, checked every half visibility timeout (at
+        most a minute): a task still QUEUED a visibility timeout after both its hand-off and
+        its run time never reached a worker, or the broker would have redelivered it."""
+        now = self.clock()
+        if now < self._next_redeliver:
+            return 0
+        stale = self.settings.visibility_timeout
+        self._next_redeliver = now + min(PURGE_EVERY, timedelta(seconds=max(1.0, stale / 2)))
+        lost = self.store.redeliver(stale_seconds=stale, now=now)
+        if lost:
+            log.warning(
+                "%d tasks were handed off %.0fs ago and no worker started them: handing off "
+                "again (a worker runs one copy at most)",
+                len(lost),
+                stale,
+                extra={"redelivered": len(lost)},
+            )
+        return len(lost)
+
     def run(self) -> None:
         """Loop until :meth:`stop`: hand off, then sleep until work is due or nudged."""
         backoff = 0.5
@@ -135,6 +158,8 @@ class Dispatcher:
             try:
                 handed = self.run_once()
                 self.purge_if_due()
+                if self.redeliver_if_due():
+                    continue  # they are due now
                 backoff = 0.5
                 if handed >= self.settings.claim_batch:
                     continue

@@ -10,6 +10,8 @@ metric                                 type     meaning
 =====================================  =======  ================================================
 schedkit_tasks_scheduled_total         counter  tasks created (re-sent keys not counted)
 schedkit_tasks_handed_off_total        counter  tasks the dispatcher gave to the broker
+schedkit_tasks_redelivered_total       counter  hand-offs no worker started within the
+                                                visibility timeout, handed off again
 schedkit_tasks_started_total           counter  task starts the worker hook allowed
 schedkit_tasks_finished_total{state}   counter  tasks reaching SUCCEEDED, FAILED, CANCELLED or
                                                 EXPIRED
@@ -80,6 +82,11 @@ class StoreCollector(Collector):
         for name, field, doc in (
             ("schedkit_tasks_scheduled", "scheduled", "Tasks created"),
             ("schedkit_tasks_handed_off", "handed", "Tasks handed to the broker"),
+            (
+                "schedkit_tasks_redelivered",
+                "redelivered",
+                "Hand-offs no worker started within the visibility timeout, handed off again",
+            ),
             ("schedkit_tasks_started", "started", "Task starts allowed by the worker hook"),
             ("schedkit_tasks_retried", "retried", "Celery retries of schedkit tasks"),
         ):

@@ -33,7 +33,17 @@ from schedkit.model import (
 )
 from schedkit.record import NewTasks, decode
 
-SCRIPTS = ("schedule", "claim", "handed", "start", "finish", "cancel", "page", "purge")
+SCRIPTS = (
+    "schedule",
+    "claim",
+    "handed",
+    "redeliver",
+    "start",
+    "finish",
+    "cancel",
+    "page",
+    "purge",
+)
 ALL_STATES: tuple[TaskState, ...] = tuple(TaskState)
 
 
@@ -110,19 +120,7 @@ class Store:
         self.redis = client
         self.keys = Keys(prefix)
         self._history = history
-        self._scripts = {
-            name: _load_script(client, name)
-            for name in (
-                "schedule",
-                "claim",
-                "handed",
-                "start",
-                "finish",
-                "cancel",
-                "page",
-                "purge",
-            )
-        }
+        self._scripts = {name: _load_script(client, name) for name in SCRIPTS}
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "schedkit", history: int = 100_000) -> Store:
@@ -340,6 +338,13 @@ class Store:
         """Hand-off failed: these tasks are due again right away."""
         if task_ids:
             self._run("handed", "release", *task_ids, now=now)
+
+    def redeliver(
+        self, *, stale_seconds: float, limit: int = 1000, now: datetime | None = None
+    ) -> list[str]:
+        """Make due again the QUEUED tasks handed off and due ``stale_seconds`` ago that no
+        worker started (their message was lost); return their ids."""
+        return [str(i) for i in self._run("redeliver", int(stale_seconds * 1000), limit, now=now)]
 
     def next_run_at(self) -> datetime | None:
         """Run time of the earliest parked task, if any."""
