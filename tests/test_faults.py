@@ -47,6 +47,7 @@ def test_worker_sigkilled_holding_tasks_each_still_runs_once(tmp_path: Path) -> 
 def test_store_down_is_unavailable_at_once_and_everything_recovers(tmp_path: Path) -> None:
     counts = report(faults.store_down_and_back(50, tmp_path))
     assert counts.notes["status"].startswith("'UNAVAILABLE: schedule store unreachable")
+    assert (counts.notes["health_down"], counts.notes["health_back"]) == ("NOT_SERVING", "SERVING")
     assert counts.notes["scheduler_exit"] == 0
     # 50 before the outage, 1 after it, 50 rows the scheduler sent while retrying.
     assert (counts.accepted, counts.executed, counts.duplicates, counts.lost) == (101, 51, 0, 0)

@@ -23,6 +23,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from schedkit.client import Client
 from schedkit.demo import runs
 from schedkit.embedded import RedisServer, free_port
@@ -343,6 +346,7 @@ def store_down_and_back(rows: int, base: Path | None = None) -> Counts:
                 soon = datetime.now(UTC) + timedelta(seconds=2)
                 ids = _schedule(client, [TaskSpec("add", soon, [i, 1]) for i in range(rows)])
                 redis_server.stop()
+                down_health = _health_becomes(stack.address, "NOT_SERVING")
                 began = time.monotonic()
                 message = ""
                 try:
@@ -357,6 +361,7 @@ def store_down_and_back(rows: int, base: Path | None = None) -> Counts:
                     raise TimeoutError("the scheduler never retried during the outage")
                 redis_server.start()
                 back = time.monotonic()
+                up_health = _health_becomes(stack.address, "SERVING")
                 after = client.schedule("add", 2, 2, run_at=timedelta(seconds=1))
                 ids.append(after.id)
                 sending.wait(timeout=300)
@@ -374,11 +379,30 @@ def store_down_and_back(rows: int, base: Path | None = None) -> Counts:
         {
             "refused_in_s": refused_in,
             "status": repr(message[:90]),
+            "health_down": down_health,
+            "health_back": up_health,
             "scheduler_exit": sending.returncode,
             "run_s_after_back": round(time.monotonic() - back, 1),
             "worker_restarts": restarts,
         },
     )
+
+
+def _health_becomes(address: str, status: str, timeout: float = 15.0) -> str:
+    """Poll the server's health until it reports ``status``; return the last status seen."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        seen = ""
+
+        def reports() -> bool:
+            nonlocal seen
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            seen = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return bool(seen == status)
+
+        with contextlib.suppress(TimeoutError):
+            poll(reports, timeout, f"health {status}", every=0.2)
+    return seen
 
 
 def _start_scheduler(
