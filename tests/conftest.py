@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -47,6 +50,32 @@ def stub(stack: LocalStack) -> Iterator[pb_grpc.ScheduleServiceStub]:
     """A bare generated stub on the shared stack, for what the Client does not send."""
     with grpc.insecure_channel(stack.address) as channel:
         yield pb_grpc.ScheduleServiceStub(channel)
+
+
+class _HungService(pb_grpc.ScheduleServiceServicer):
+    """Takes a ScheduleTasks stream and never answers: a hung server. A servicer of the
+    test's own, because a real schedkit server cannot be made to hang on purpose."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    def ScheduleTasks(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        next(request_iterator)
+        self.release.wait(60)
+        return iter(())
+
+
+@pytest.fixture
+def hung_server() -> Iterator[str]:
+    """Address of a real gRPC server on a free port whose ScheduleTasks never answers."""
+    release = threading.Event()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_ScheduleServiceServicer_to_server(_HungService(release), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    release.set()
+    server.stop(0).wait()
 
 
 @pytest.fixture

@@ -232,3 +232,10 @@ def test_a_batch_refused_whole_on_the_client_is_not_sent(client: Client) -> None
     assert [r.outcome for r in results] == [Outcome.REJECTED, Outcome.REJECTED, Outcome.CREATED]
     assert isinstance(results[0].error, SchedkitError)
     assert results[0].error.violations[0].field == "specs[0].run_at"
+
+
+def test_a_stream_the_server_never_answers_ends_with_unavailable(hung_server: str) -> None:
+    at = datetime.now(UTC) + timedelta(hours=5)
+    # Without the stall timeout this waits for ever (the suite's timeout would end it).
+    with Client.connect(hung_server) as client, pytest.raises(Unavailable, match="no batch for 1s"):
+        list(client.schedule_many([TaskSpec("add", at, [1, 1])], stall_timeout=1.0))

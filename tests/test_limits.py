@@ -36,8 +36,9 @@ def later() -> datetime:
 def test_a_message_over_the_size_limit_is_resource_exhausted(schedules: Schedules) -> None:
     with connected(schedules, max_message_bytes=256 * 1024, max_args_bytes=10**7) as client:
         big = "x" * 300_000
-        with pytest.raises(ResourceExhausted, match="larger than max"):
+        with pytest.raises(ResourceExhausted, match="larger than max") as caught:
             client.schedule("add", big, 1, run_at=later())
+        assert "SCHEDKIT_MAX_MESSAGE_BYTES" in caught.value.message
         assert client.schedule("add", 1, 2, run_at=later()).state is TaskState.SCHEDULED
     assert schedules.store.count(TaskState.SCHEDULED) == 1
 

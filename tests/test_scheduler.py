@@ -279,6 +279,17 @@ def test_unreachable_server_exits_2_with_a_clear_message(
     assert "Re-run when it is back" in err
 
 
+def test_a_hung_server_is_given_up_after_the_stall_timeout(
+    tmp_path: Path, hung_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "t.csv", [f'add,{tomorrow()},"[1, 1]",'])
+    argv = ["--server", hung_server, "--stall-timeout", "1s", "--retry-for", "2s"]
+    assert run(str(path), *argv) == 2
+    err = capsys.readouterr().err
+    assert "answered no batch for 1s" in err
+    assert f"the server at {hung_server} is unreachable" in err
+
+
 def test_help_documents_format_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     text = capsys.readouterr().out

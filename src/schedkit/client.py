@@ -10,6 +10,7 @@ import collections
 import contextlib
 import itertools
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -53,6 +54,8 @@ T = TypeVar("T")
 WATCHING_HEADER = "schedkit-watching"
 DEFAULT_TARGET = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = Settings.max_message_bytes
+# A stream whose server answers no batch for this long is given up (see schedule_batches).
+DEFAULT_STALL_TIMEOUT = 60.0
 
 
 def error_from_rpc(exc: grpc.RpcError) -> SchedkitError:
@@ -69,6 +72,13 @@ def error_from_rpc(exc: grpc.RpcError) -> SchedkitError:
             violations += [
                 FieldViolation(v.field, v.description) for v in bad_request.field_violations
             ]
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in message:
+        # gRPC's own text names neither side's setting: say which limits apply.
+        message += (
+            " (limits: the server's SCHEDKIT_MAX_MESSAGE_BYTES and Client.connect's "
+            "max_message_bytes; send smaller batches, or pass a reference to large arguments "
+            "instead of the data)"
+        )
     error = error_class_for(code)(message, violations=tuple(violations))
     error.code = code
     return error
@@ -216,13 +226,16 @@ class Client:
         *,
         batch_size: int = 1000,
         max_in_flight: int = 4,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     ) -> Iterator[ScheduleResult]:
         """Stream specs in batches over one ScheduleTasks call; yield one result per spec,
-        in order. At most ``max_in_flight`` batches wait for their answer at any time."""
+        in order. At most ``max_in_flight`` batches wait for their answer at any time; see
+        :meth:`schedule_batches` for ``stall_timeout``."""
         return self.schedule_messages(
             (_checked_or_error(spec, index % batch_size) for index, spec in enumerate(specs)),
             batch_size=batch_size,
             max_in_flight=max_in_flight,
+            stall_timeout=stall_timeout,
         )
 
     def schedule_messages(
@@ -231,6 +244,7 @@ class Client:
         *,
         batch_size: int = 1000,
         max_in_flight: int = 4,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     ) -> Iterator[ScheduleResult]:
         """schedule_many for ready-made TaskSpec messages (an error item is a local rejection).
 
@@ -244,17 +258,29 @@ class Client:
                 to_send = [item for item in batch if not isinstance(item, SchedkitError)]
                 yield Batch(pb.ScheduleTasksRequest(specs=to_send), local_errors)
 
-        return self.schedule_batches(batches(), max_in_flight=max_in_flight)
+        return self.schedule_batches(
+            batches(), max_in_flight=max_in_flight, stall_timeout=stall_timeout
+        )
 
     def schedule_batches(
-        self, batches: Iterable[Batch], *, max_in_flight: int = 4
+        self,
+        batches: Iterable[Batch],
+        *,
+        max_in_flight: int = 4,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     ) -> Iterator[ScheduleResult]:
         """Stream ready-made batches (specs or columns) over one ScheduleTasks call; yield one
         result per item of every batch, in order, local errors in their places. At most
-        ``max_in_flight`` batches wait for their answer at any time."""
+        ``max_in_flight`` batches wait for their answer at any time.
+
+        A server that keeps the stream open but answers no batch for ``stall_timeout``
+        seconds (hung, or its store blocked) ends the call with Unavailable, which a caller
+        may retry: re-sending keyed tasks is safe. None waits for ever.
+        """
         pending: collections.deque[Batch] = collections.deque()
         slots = threading.Semaphore(max_in_flight)
         finished = threading.Event()
+        progress = _Progress()
 
         def requests() -> Iterator[pb.ScheduleTasksRequest]:
             for batch in batches:
@@ -273,13 +299,27 @@ class Client:
                     yield ScheduleResult("", Outcome.REJECTED, error)
 
         responses = self._stub.ScheduleTasks(requests())
+        if stall_timeout is not None:
+            watchdog = threading.Thread(
+                target=progress.watch,
+                args=(responses, pending, finished, stall_timeout),
+                name="schedkit-stall-watch",
+                daemon=True,
+            )
+            watchdog.start()
         try:
             for response in responses:
+                progress.mark()
                 slots.release()
                 yield from unsent()
                 yield from _answers(pending.popleft(), response)
             yield from unsent()
         except grpc.RpcError as exc:
+            if progress.stalled:
+                raise Unavailable(
+                    f"the server answered no batch for {stall_timeout:g}s; gave up on this "
+                    "stream (re-sending keyed tasks is safe)"
+                ) from exc
             raise error_from_rpc(exc) from exc
         finally:
             finished.set()
@@ -452,6 +492,34 @@ _OUTCOMES = {
     pb.SCHEDULE_OUTCOME_CREATED: Outcome.CREATED,
     pb.SCHEDULE_OUTCOME_EXISTING: Outcome.EXISTING,
 }
+
+
+class _Progress:
+    """When a stream last got an answer, and a watch that cancels it once it stalls."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.stalled = False
+
+    def mark(self) -> None:
+        self.last = time.monotonic()
+
+    def watch(
+        self,
+        call: grpc.RpcContext,
+        pending: collections.deque[Batch],
+        finished: threading.Event,
+        timeout: float,
+    ) -> None:
+        """Cancel ``call`` when batches wait for an answer and none came for ``timeout`` s."""
+        while not finished.wait(min(1.0, timeout / 4)):
+            waiting = any(batch.sent for batch in list(pending))
+            if not waiting:
+                self.mark()  # nothing asked: the clock runs from the next request
+            elif time.monotonic() - self.last > timeout:
+                self.stalled = True
+                call.cancel()
+                return
 
 
 @dataclass(frozen=True)

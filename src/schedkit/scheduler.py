@@ -215,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=timedelta(seconds=60),
         help="keep retrying an unreachable server this long before exit 2 (default 60s)",
     )
+    parser.add_argument(
+        "--stall-timeout",
+        type=duration,
+        default=timedelta(seconds=60),
+        help="give up on a stream whose server answers no batch this long, then retry as for "
+        "an unreachable server (default 60s)",
+    )
     parser.add_argument("--batch-size", type=int, default=1000, help="tasks per message")
     parser.add_argument(
         "--max-in-flight",
@@ -283,6 +290,7 @@ class Sender:
                     results = client.schedule_batches(
                         column_batches(runs, done, self.options.batch_size),
                         max_in_flight=self.options.max_in_flight,
+                        stall_timeout=self.options.stall_timeout.total_seconds(),
                     )
                     for result in results:
                         self._record(report, done, result, runs, moved)
