@@ -9,7 +9,7 @@ or a Python object per row for what rows share.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -17,10 +17,9 @@ import pandas as pd
 
 from schedkit.client import Batch, checked_spec_to_proto
 from schedkit.errors import SchedkitError
-from schedkit.model import TaskSpec
+from schedkit.model import EPOCH, TaskSpec
 from schedkit.v1 import schedule_service_pb2 as pb
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NO_EXPIRY = np.iinfo(np.int64).min  # NaT as int64
 # Templates are found by the identity of the checked frame's cell objects (one object per
 # distinct cell); a bound keeps a frame of all-distinct cells from growing the cache unbounded.
@@ -101,7 +100,7 @@ class _Cells:
         task, queue, priority, expires = shape[3], shape[4], shape[5], shape[6]
         spec = TaskSpec(
             task,
-            _EPOCH,
+            EPOCH,
             args=self.args[row],
             kwargs=self.kwargs[row],
             queue=queue,

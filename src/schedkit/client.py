@@ -231,31 +231,13 @@ class Client:
         """Stream specs in batches over one ScheduleTasks call; yield one result per spec,
         in order. At most ``max_in_flight`` batches wait for their answer at any time; see
         :meth:`schedule_batches` for ``stall_timeout``."""
-        return self.schedule_messages(
-            (_checked_or_error(spec, index % batch_size) for index, spec in enumerate(specs)),
-            batch_size=batch_size,
-            max_in_flight=max_in_flight,
-            stall_timeout=stall_timeout,
-        )
-
-    def schedule_messages(
-        self,
-        messages: Iterable[pb.TaskSpec | SchedkitError],
-        *,
-        batch_size: int = 1000,
-        max_in_flight: int = 4,
-        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
-    ) -> Iterator[ScheduleResult]:
-        """schedule_many for ready-made TaskSpec messages (an error item is a local rejection).
-
-        For callers that build messages in bulk.
-        """
 
         def batches() -> Iterator[Batch]:
-            iterator = iter(messages)
+            iterator = iter(specs)
             while batch := list(itertools.islice(iterator, batch_size)):
-                local_errors = [item if isinstance(item, SchedkitError) else None for item in batch]
-                to_send = [item for item in batch if not isinstance(item, SchedkitError)]
+                items = [_checked_or_error(spec, index) for index, spec in enumerate(batch)]
+                local_errors = [item if isinstance(item, SchedkitError) else None for item in items]
+                to_send = [item for item in items if not isinstance(item, SchedkitError)]
                 yield Batch(pb.ScheduleTasksRequest(specs=to_send), local_errors)
 
         return self.schedule_batches(
@@ -547,15 +529,6 @@ _NUMBERED_FIELDS = (
 
 def _answers(batch: Batch, response: pb.ScheduleTasksResponse) -> Iterator[ScheduleResult]:
     """The results of one batch in the caller's order, from its response and local errors."""
-    if not any(batch.local_errors):  # all sent: the common case, one result each
-        for result in response.results:
-            outcome = _OUTCOMES.get(result.outcome)
-            yield (
-                ScheduleResult(result.id, outcome)
-                if outcome is not None
-                else result_from_proto(result)
-            )
-        return
     remote = iter(response.results)
     sent = 0
     for index, error in enumerate(batch.local_errors):

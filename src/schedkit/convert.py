@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from schedkit.errors import FieldViolation, InvalidArgument
 from schedkit.model import (
+    EPOCH,
     MAX_KNOWN_TEMPLATES,
+    MAX_SECONDS,
+    MIN_SECONDS,
     Outcome,
     TaskRecord,
     TaskRows,
@@ -21,19 +24,12 @@ from schedkit.model import (
 from schedkit.registry import TaskType
 from schedkit.v1 import schedule_service_pb2 as pb
 
-# Protobuf Timestamps may hold years 1-9999; Python datetimes agree.
-_MIN_SECONDS = -62135596800
-_MAX_SECONDS = 253402300799
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 
 def timestamp_to_datetime(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
     """A tz-aware UTC datetime, or InvalidArgument naming ``field``."""
-    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS) or not (0 <= ts.nanos < 1_000_000_000):
+    if not (MIN_SECONDS <= ts.seconds <= MAX_SECONDS) or not (0 <= ts.nanos < 1_000_000_000):
         raise InvalidArgument.for_field(field, "not a valid timestamp (years 1 to 9999)")
-    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    return _moment(ts)
 
 
 def datetime_to_timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -43,7 +39,7 @@ def datetime_to_timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
         ts.FromDatetime(moment)  # naive: read as UTC, as protobuf does
         return ts
     # Plain arithmetic: Timestamp.FromDatetime is pure Python and shows in ListTasks pages.
-    delta = moment - _EPOCH
+    delta = moment - EPOCH
     return timestamp_pb2.Timestamp(
         seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
     )
@@ -52,15 +48,15 @@ def datetime_to_timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
 def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.", *, template: bool = False) -> TaskSpec:
     """A TaskSpec from its message; every problem is a FieldViolation under ``prefix``.
 
-    On the hot path of every ScheduleTasks batch: fields are read directly (no json_format,
-    no datetime detours), and the common case raises nothing and builds no violation list.
+    On the hot path of every ScheduleTasks batch: fields are read directly (no json_format),
+    and the common case builds no violation list.
     A ``template`` of TaskColumns has no run time or key of its own (rows carry them).
     """
     violations: list[FieldViolation] = []
     task = msg.task.strip()
     if not task:
         violations.append(FieldViolation(f"{prefix}task", "required: a task name"))
-    run_at = _EPOCH
+    run_at = EPOCH
     if template:
         if msg.HasField("run_time"):
             violations.append(
@@ -75,13 +71,10 @@ def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.", *, template: bool =
     elif not msg.HasField("run_time"):
         violations.append(FieldViolation(f"{prefix}run_time", "required: when the task runs"))
     else:
-        seconds, nanos = msg.run_time.seconds, msg.run_time.nanos
-        if _MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000:
-            run_at = _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
-        else:
-            violations.append(
-                FieldViolation(f"{prefix}run_time", "not a valid timestamp (years 1 to 9999)")
-            )
+        try:
+            run_at = timestamp_to_datetime(msg.run_time, f"{prefix}run_time")
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
     priority = msg.priority if msg.HasField("priority") else None
     if priority is not None and not 0 <= priority <= 255:
         violations.append(FieldViolation(f"{prefix}priority", "must be between 0 and 255"))
@@ -110,10 +103,7 @@ def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.", *, template: bool =
     except _NotJson:
         violations.append(FieldViolation(f"{prefix}kwargs", "NaN and infinity are not JSON"))
     if violations:
-        raise InvalidArgument(
-            "; ".join(f"{v.field}: {v.description}" for v in violations),
-            violations=tuple(violations),
-        )
+        raise InvalidArgument.for_fields(violations)
     return TaskSpec(
         task=task,
         run_at=run_at,
@@ -281,7 +271,8 @@ def task_from_proto(msg: pb.Task) -> TaskRecord:
 
 
 def _moment(ts: timestamp_pb2.Timestamp) -> datetime:
-    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    # Plain arithmetic: Timestamp.ToDatetime is pure Python and shows on the ingest path.
+    return EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 def state_to_proto(state: TaskState) -> pb.TaskState.ValueType:

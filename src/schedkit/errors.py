@@ -18,6 +18,7 @@ so ``except SchedkitError`` catches every failure on either side.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -56,7 +57,15 @@ class InvalidArgument(SchedkitError):
     @classmethod
     def for_field(cls, field: str, description: str) -> InvalidArgument:
         """One violation, with the field named in the message too."""
-        return cls(f"{field}: {description}", violations=(FieldViolation(field, description),))
+        return cls.for_fields([FieldViolation(field, description)])
+
+    @classmethod
+    def for_fields(cls, violations: Sequence[FieldViolation]) -> InvalidArgument:
+        """Several violations; the message names each field in turn."""
+        return cls(
+            "; ".join(f"{v.field}: {v.description}" for v in violations),
+            violations=tuple(violations),
+        )
 
 
 class NotFound(SchedkitError):

@@ -60,19 +60,6 @@ class TaskSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     expires_after: timedelta | None = None
 
-    def fingerprint(self) -> str:
-        """A short hash of everything that defines the task, to tell a re-send from a conflict."""
-        return fingerprint(
-            self.task,
-            dumps(self.args) if self.args else "",
-            dumps(self.kwargs) if self.kwargs else "",
-            to_millis(self.run_at),
-            self.queue,
-            self.priority,
-            dumps(dict(sorted(self.labels.items()))) if self.labels else "",
-            self.expires_after,
-        )
-
 
 # Templates kept converted and checked; a timetable has a few thousand distinct ones at most.
 MAX_KNOWN_TEMPLATES = 20_000
@@ -122,23 +109,6 @@ def dumps(value: Any) -> str:
         # What orjson refuses but json takes (non-str keys, ints beyond 64 bits), or the
         # TypeError json raises for what is not JSON at all.
         return _ENCODER.encode(value)
-
-
-def fingerprint(
-    task: str,
-    args_json: str,
-    kwargs_json: str,
-    run_ms: int,
-    queue: str,
-    priority: int | None,
-    labels_json: str,
-    expires_after: timedelta | None,
-) -> str:
-    """The content hash of a task from its stored texts (JSON made once, hashed as is)."""
-    head, tail = fingerprint_frame(
-        task, args_json, kwargs_json, queue, priority, labels_json, expires_after
-    )
-    return fingerprint_of(head, run_ms, tail)
 
 
 def fingerprint_frame(
@@ -217,10 +187,13 @@ _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 _B32_PAIRS = [a + b for a in _B32 for b in _B32]
 
 
-# Run times as microseconds since the epoch: the range a Timestamp (and a datetime) holds.
-MIN_MICROS = -62135596800 * 1_000_000
-MAX_MICROS = 253402300799 * 1_000_000 + 999_999
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Run times: the range a protobuf Timestamp (and a datetime) holds, years 1 to 9999, in
+# seconds and in microseconds since the epoch.
+MIN_SECONDS = -62135596800
+MAX_SECONDS = 253402300799
+MIN_MICROS = MIN_SECONDS * 1_000_000
+MAX_MICROS = MAX_SECONDS * 1_000_000 + 999_999
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -228,7 +201,7 @@ def to_micros(moment: datetime) -> int:
     """Microseconds since the epoch of a tz-aware datetime, exactly."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime: schedkit needs an instant (tz-aware datetime)")
-    return (moment - _EPOCH) // _MICROSECOND
+    return (moment - EPOCH) // _MICROSECOND
 
 
 def millis_of_micros(micros: int) -> int:
@@ -244,12 +217,12 @@ def to_millis(moment: datetime) -> int:
 
 def from_micros(micros: int) -> datetime:
     """The tz-aware UTC datetime of microseconds since the epoch."""
-    return _EPOCH + timedelta(microseconds=micros)
+    return EPOCH + timedelta(microseconds=micros)
 
 
 def from_millis(millis: int) -> datetime:
     """The tz-aware UTC datetime of milliseconds since the epoch."""
-    return _EPOCH + timedelta(milliseconds=millis)
+    return EPOCH + timedelta(milliseconds=millis)
 
 
 def utc_now() -> datetime:

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -72,7 +72,6 @@ RETRYABLE = {
 CANCELLABLE = (TaskState.SCHEDULED, TaskState.QUEUED)
 PLAN_LINES = 20
 _USER_RECURRING_KEY = re.compile(r"@\d{8}T\d{6}Z$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 EPILOG = """\
 timetable columns (names are case-insensitive):

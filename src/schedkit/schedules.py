@@ -283,7 +283,7 @@ class Schedules:
                         f"{MAX_LABEL_VALUE}",
                     )
                 )
-        return _invalid(violations)
+        return InvalidArgument.for_fields(violations)
 
     def _row_error(
         self,
@@ -323,7 +323,7 @@ class Schedules:
             if not violations:
                 return template  # shared by the template's rows, its message as made
             violations[1:1] = template.violations
-        return _invalid(violations)
+        return InvalidArgument.for_fields(violations)
 
     def get(self, task_id: str) -> TaskRecord:
         """One task, or NotFound."""
@@ -420,13 +420,6 @@ def _matches_besides_state(query: TaskQuery, record: TaskRecord) -> bool:
         run_after=query.run_after,
         run_before=query.run_before,
     ).matches(record)
-
-
-def _invalid(violations: Sequence[FieldViolation]) -> InvalidArgument:
-    return InvalidArgument(
-        "; ".join(f"{v.field}: {v.description}" for v in violations),
-        violations=tuple(violations),
-    )
 
 
 def _labels_fit(labels: Mapping[str, str]) -> bool:
