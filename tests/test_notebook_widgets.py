@@ -323,6 +323,25 @@ def test_inspector_shows_a_bad_filter_in_the_widget(
     assert "is not name=value" in inspector.feedback.message.value
 
 
+def test_inspector_publishes_its_frame_only_once_the_table_shows_it(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    # The live thread redraws while a notebook reads ``frame``: a reader must never find a
+    # frame the table does not show yet.
+    tag = _tag()
+    client.schedule("add", 1, 1, run_at=timedelta(hours=1), labels={"test": tag})
+    inspector = ScheduleInspector(client, live=False)
+    inspector_of.append(inspector)
+    before = inspector.frame
+    frames_while_drawing: list[pd.DataFrame] = []
+    inspector.table.observe(lambda _: frames_while_drawing.append(inspector.frame), names="value")
+    inspector.label.value = f"test={tag}"
+    assert frames_while_drawing, "the table was not redrawn"
+    assert all(frame is before for frame in frames_while_drawing)
+    assert list(inspector.frame["state"]) == ["SCHEDULED"]
+    assert tag in inspector.table.value
+
+
 def test_inspector_follows_changes_live_and_stops(
     client: Client, inspector_of: list[ScheduleInspector]
 ) -> None:

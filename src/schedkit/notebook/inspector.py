@@ -144,8 +144,10 @@ class ScheduleInspector(widgets.VBox):
         """Read the tasks again and redraw the table; return them."""
         with self._lock:
             frame = self.client.tasks_frame(**self.filters())
-            self.frame = frame
             self._draw(frame)
+            # Published only once drawn: whoever reads ``frame`` finds the table showing it.
+            self.frame = frame
+            self.show_detail()  # the selected task may have changed state
         with self.refreshed:
             self.refresh_count += 1
             self.refreshed.notify_all()
@@ -190,7 +192,6 @@ class ScheduleInspector(widgets.VBox):
             chosen = [v for v in self.selection.value if v in set(frame["id"])]
             self.selection.options = options
             self.selection.value = tuple(chosen)
-        self.show_detail()  # the selected task may have changed state
 
     def show_detail(self) -> None:
         """Show the first selected task in full: arguments, times, result, error, traceback."""
