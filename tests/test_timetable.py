@@ -145,6 +145,23 @@ def test_times_in_mixed_formats() -> None:
     assert list(table.runs["run_at"]) == [ten] * 4 + [pd.Timestamp("2026-02-01", tz="UTC")]
 
 
+@pytest.mark.parametrize(
+    ("cell", "utc"),
+    [
+        ("2026-02-01T10:00Z", "2026-02-01 10:00"),
+        ("2026-02-01 10:00:00.5+02:00", "2026-02-01 08:00:00.5"),
+        ("2026-02-01T10:00:00.25-0530", "2026-02-01 15:30:00.25"),
+        ("2026-02-01T10:00 +01", "2026-02-01 09:00"),
+        ("2026-02-01T10:00", "2026-02-01 09:00"),  # naive: read in the default zone
+        ("2026-02-01", "2026-01-31 23:00"),  # naive midnight in the default zone
+    ],
+)
+def test_an_offset_at_the_end_makes_a_time_aware(cell: str, utc: str) -> None:
+    table = load(f"task,run_at\nadd,{cell}\n", tz="Europe/Paris")
+    assert not table.errors
+    assert list(table.runs["run_at"]) == [pd.Timestamp(utc, tz="UTC")]
+
+
 def test_naive_times_use_the_row_zone_then_the_default() -> None:
     table = load(
         "task,run_at,tz\nadd,2026-02-01 10:00,America/New_York\nadd,2026-02-01 10:00,\n"

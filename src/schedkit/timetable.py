@@ -109,7 +109,11 @@ FORMATS = {
 # Derived keys: one-off runs and recurrence runs differ, so --sync can tell them apart.
 KEY_PREFIX = "tt:"
 RECURRING_KEY_PREFIX = "ttr:"
-_OFFSET_AT_END = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$")
+# ASCII classes and \Z instead of \d, \s and $: with those, pandas can hand the match to
+# pyarrow's RE2 (25x faster over a million cells) instead of running Python's re per cell.
+_OFFSET_AT_END = re.compile(
+    r"[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?[ \t]*(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)\Z"
+)
 _LATEST = pd.Timestamp("9000-01-01", tz="UTC")
 _EMPTY_DICT: dict[str, Any] = {}
 
@@ -254,9 +258,11 @@ def _read_csv(source: Any) -> tuple[pd.DataFrame, list[RowError]]:
                     'in double quotes, like "[1, 2]"',
                 )
             )
-    skipped = np.array(sorted(e.row + 1 for e in errors), dtype=np.int64)
+    skipped = np.array([e.row + 1 for e in errors], dtype=np.int64)
     total = len(raw) + len(skipped)
-    records = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), skipped)
+    kept = np.ones(total, dtype=bool)  # a mask, not setdiff1d: that sorts a million numbers
+    kept[skipped - 1] = False
+    records = np.flatnonzero(kept) + 1
     frame = raw.iloc[1:].copy()
     frame.columns = pd.Index([str(c) for c in raw.iloc[0].fillna("")], dtype=object)
     frame.index = pd.Index(records[1:] - 1)
@@ -414,7 +420,8 @@ def check_timetable(
         if name not in cells:
             filled |= _text(frame[name]) != ""
     keep = filled.to_numpy()
-    cells = {name: values[keep] for name, values in cells.items()}
+    if not keep.all():  # a copy of every column costs a second on a million rows
+        cells = {name: values[keep] for name, values in cells.items()}
     index = frame.index[keep]
 
     task = cells["task"]
@@ -750,14 +757,21 @@ def _with_keys(runs: pd.DataFrame, source: str, recurring: np.ndarray[Any, Any])
         keys[both] = keys[both] + "@" + stamps[both]
     derive = np.flatnonzero(~given)
     if len(derive):
+        every_run = len(derive) == len(keys)  # the usual case: no indexing at all
+
         # Plain lists and one join per run: faster here than pandas string columns.
         def texts(values: Any) -> list[str]:
-            return [str(v) for v in np.asarray(values, dtype=object)[derive]]
+            cells = np.asarray(values, dtype=object)
+            return [str(v) for v in (cells if every_run else cells[derive]).tolist()]
 
         millis = runs["run_at"].dt.as_unit("ms").astype("int64").to_numpy()[derive]
         expires = runs["expires_after"].to_numpy()[derive].astype("timedelta64[ms]")
-        expires_ms = np.where(np.isnat(expires), "", expires.astype(np.int64).astype(str))
-        expires_ms = expires_ms.tolist()
+        missing = np.isnat(expires)
+        expires_ms = (
+            [""] * len(derive)  # the usual case; formatting a million NaT costs 0.2 s
+            if missing.all()
+            else np.where(missing, "", expires.astype(np.int64).astype(str)).tolist()
+        )
         priorities = ["" if p is None or p != p else str(p) for p in runs["priority"].iloc[derive]]
         columns = zip(
             texts(runs["task"]),
@@ -767,17 +781,16 @@ def _with_keys(runs: pd.DataFrame, source: str, recurring: np.ndarray[Any, Any])
             priorities,
             expires_ms,
             texts(runs["_labels"]),
-            millis.astype(str).tolist(),
+            list(map(str, millis.tolist())),
             strict=True,
         )
         blake2b = hashlib.blake2b
         tail = "\x1f" + source
-        digests = [
-            blake2b(("\x1f".join(parts) + tail).encode(), digest_size=12).hexdigest()
-            for parts in columns
+        prefixes = np.where(recurring[derive], RECURRING_KEY_PREFIX, KEY_PREFIX).tolist()
+        keys[derive] = [
+            prefix + blake2b(("\x1f".join(parts) + tail).encode(), digest_size=12).hexdigest()
+            for prefix, parts in zip(prefixes, columns, strict=True)
         ]
-        prefixes = np.where(recurring[derive], RECURRING_KEY_PREFIX, KEY_PREFIX)
-        keys[derive] = [p + d for p, d in zip(prefixes.tolist(), digests, strict=True)]
     runs["key"] = keys
     return runs
 
