@@ -210,9 +210,7 @@ def _store(settings: Settings) -> Store:
         raise SchedkitError(
             "--store (or SCHEDKIT_STORE_URL) is required here; `schedkit up` embeds one"
         )
-    store = Store.from_url(
-        settings.store_url, prefix=settings.prefix, history=settings.event_history
-    )
+    store = Store.for_settings(settings)
     store.ping()
     return store
 

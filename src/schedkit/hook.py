@@ -57,9 +57,7 @@ class StoreHandle:
                         "the schedkit worker hook needs the store: set SCHEDKIT_STORE_URL "
                         "or run the worker with `schedkit worker --store URL`"
                     )
-                self._store = Store.from_url(
-                    settings.store_url, prefix=settings.prefix, history=settings.event_history
-                )
+                self._store = Store.for_settings(settings)
                 self._pid = os.getpid()
             return self._store
 

@@ -22,6 +22,8 @@ class Settings:
 
     #: Redis URL of the schedule store; empty starts the embedded Redis in ``data_dir``.
     store_url: str = ""
+    #: Seconds a store call waits for Redis to connect or answer before it fails (0: no limit).
+    store_timeout: float = 10.0
     #: Celery broker URL; empty means the store's Redis.
     broker_url: str = ""
     #: The Celery app as ``module:attribute``, as ``celery -A`` takes it.

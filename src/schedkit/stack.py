@@ -86,9 +86,7 @@ class Stack:
             ).start()
             settings = self.settings = settings.with_store(self.redis.url)
             log.info("embedded Redis on %s (data in %s)", self.redis.url, self.redis.data_dir)
-        self.store = Store.from_url(
-            settings.store_url, prefix=settings.prefix, history=settings.event_history
-        )
+        self.store = Store.for_settings(settings)
         self.store.ping()
         # The app is only read here (task names, signatures); publishing and control go
         # through this stack's own broker connection, so stacks sharing an app stay apart.

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis
@@ -32,6 +32,9 @@ from schedkit.model import (
     utc_now,
 )
 from schedkit.record import NewTasks, decode
+
+if TYPE_CHECKING:
+    from schedkit.settings import Settings
 
 SCRIPTS = (
     "schedule",
@@ -113,24 +116,74 @@ def _load_script(client: redis.Redis, name: str) -> Any:
     return client.register_script(prelude + "\n" + (package / f"{name}.lua").read_text())
 
 
+#: Seconds a store call waits for Redis to take a connection or to answer before it fails
+#: as Unavailable. A refused connection fails at once; this bounds a network partition or a
+#: hung Redis, which would otherwise hold the call (and health) until TCP gives up.
+DEFAULT_TIMEOUT = 10.0
+#: The longest wait a blocking read (BLPOP, XREAD BLOCK) asks Redis for; callers loop.
+MAX_BLOCK_SECONDS = 5.0
+_MAX_BLOCK_MS = int(MAX_BLOCK_SECONDS * 1000)
+
+
 class Store:
     """Task records and indexes in one Redis database."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "schedkit", history: int = 100_000):
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "schedkit",
+        history: int = 100_000,
+        waiting: redis.Redis | None = None,
+    ):
         self.redis = client
+        # Blocking reads wait on purpose: they get a pool whose read timeout allows for it.
+        self._waiting = waiting or client
         self.keys = Keys(prefix)
         self._history = history
         self._scripts = {name: _load_script(client, name) for name in SCRIPTS}
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "schedkit", history: int = 100_000) -> Store:
-        """Connect to the store at a redis:// URL (no round trip until first use)."""
-        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
-        return cls(client, prefix=prefix, history=history)
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "schedkit",
+        history: int = 100_000,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> Store:
+        """Connect to the store at a redis:// URL (no round trip until first use). A call
+        that Redis does not take or answer within ``timeout`` seconds (0: no limit) fails
+        as Unavailable."""
+
+        def client(read_timeout: float | None) -> redis.Redis:
+            return redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                health_check_interval=30,
+                socket_connect_timeout=timeout or None,
+                socket_timeout=read_timeout,
+                socket_keepalive=True,
+            )
+
+        waiting = client(timeout + MAX_BLOCK_SECONDS) if timeout else None
+        return cls(client(timeout or None), prefix=prefix, history=history, waiting=waiting)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Store:
+        """The store ``settings`` name, with their prefix, event history and timeout."""
+        return cls.from_url(
+            settings.store_url,
+            prefix=settings.prefix,
+            history=settings.event_history,
+            timeout=settings.store_timeout,
+        )
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """Release the connection pools."""
         self.redis.close()
+        if self._waiting is not self.redis:
+            self._waiting.close()
 
     def _run(self, name: str, *args: Any, client: Any = None, now: datetime | None = None) -> Any:
         now_ms = to_millis(now or utc_now())
@@ -355,7 +408,8 @@ class Store:
     def wait_for_work(self, timeout: float) -> bool:
         """Block until a scheduler nudges (work entered the window) or ``timeout`` passes."""
         with store_errors():
-            return self.redis.blpop([self.keys.wake], timeout=max(timeout, 0.01)) is not None
+            wait = min(max(timeout, 0.01), MAX_BLOCK_SECONDS)
+            return self._waiting.blpop([self.keys.wake], timeout=wait) is not None
 
     def nudge(self) -> None:
         """Wake one waiting dispatcher (used on shutdown and in tests)."""
@@ -407,7 +461,11 @@ class Store:
         take an entry's changes together (one read always returns whole entries).
         """
         with store_errors():
-            reply: Any = self.redis.xread({self.keys.events: after}, count=count, block=block_ms)
+            reply: Any = self._waiting.xread(
+                {self.keys.events: after},
+                count=count,
+                block=min(block_ms or _MAX_BLOCK_MS, _MAX_BLOCK_MS),  # 0 would be for ever
+            )
         changes = []
         for _, entries in reply or []:
             for cursor, fields in entries:
