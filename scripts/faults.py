@@ -22,6 +22,7 @@ DRILLS: dict[str, Callable[[argparse.Namespace], faults.Counts]] = {
     "redis-restart": lambda o: faults.redis_restarted_with_parked_tasks(o.rows, o.workdir),
     "worker-kill": lambda o: faults.worker_killed_holding_tasks(o.worker_rows, o.workdir),
     "store-down": lambda o: faults.store_down_and_back(o.worker_rows, o.workdir),
+    "store-partition": lambda o: faults.store_partitioned_and_healed(o.worker_rows, o.workdir),
     "broker-down": lambda o: faults.broker_down_and_back(o.worker_rows, o.workdir),
     "load": lambda o: faults.concurrent_streams(o.streams, o.stream_rows, o.workdir),
 }

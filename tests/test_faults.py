@@ -53,6 +53,19 @@ def test_store_down_is_unavailable_at_once_and_everything_recovers(tmp_path: Pat
     assert (counts.accepted, counts.executed, counts.duplicates, counts.lost) == (101, 51, 0, 0)
 
 
+def test_store_partition_fails_calls_in_the_timeout_and_everything_recovers(
+    tmp_path: Path,
+) -> None:
+    counts = report(faults.store_partitioned_and_healed(50, tmp_path))
+    assert counts.notes["status"].startswith("'UNAVAILABLE: schedule store unreachable")
+    # Failed by the store timeout, not hung until TCP gives up (the call's own deadline is 30 s).
+    assert counts.notes["failed_in_s"] < 10 * faults.PARTITION_STORE_TIMEOUT
+    assert (counts.notes["health_down"], counts.notes["health_back"]) == ("NOT_SERVING", "SERVING")
+    assert counts.notes["scheduler_exit"] == 0
+    # 50 before the partition, 1 after it, 50 rows the scheduler sent while retrying.
+    assert (counts.accepted, counts.executed, counts.duplicates, counts.lost) == (101, 51, 0, 0)
+
+
 def test_broker_down_parks_work_until_it_is_back(tmp_path: Path) -> None:
     counts = report(faults.broker_down_and_back(50, tmp_path))
     assert counts.notes["handed_while_down"] == 0

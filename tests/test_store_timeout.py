@@ -1,91 +1,30 @@
-"""A store that stops answering (a network partition, a hung Redis) fails calls within the
-store timeout, instead of holding them until TCP gives up, and health follows it.
-
-The partition is a TCP relay between schedkit and a real Redis that can go silent: it keeps
-every connection open and passes nothing on, which is what a dropped network looks like from
-either end. (A real partition needs firewall rules, which this sandbox does not offer.)
+"""A store that stops answering (a network partition, a hung Redis) fails each call within
+the store timeout, instead of holding it until TCP gives up. The partition is a relay that
+goes silent (``schedkit.relay``); the `store-partition` fault drill in test_faults.py shows
+the same from the server's side: health, the scheduler's retries and every task run once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import FAST
-from schedkit.client import Client
 from schedkit.errors import Unavailable
-from schedkit.faults import poll
 from schedkit.model import TaskState
-from schedkit.stack import Stack, local_settings
+from schedkit.relay import SilentRelay
 from schedkit.store import MAX_BLOCK_SECONDS, Store
 
 TIMEOUT = 0.5
 
 
-class SilentRelay:
-    """Relays TCP to ``upstream`` until :meth:`go_silent`; then passes nothing on and opens
-    nothing upstream, but keeps every connection open, until :meth:`heal`."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.silent = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def go_silent(self) -> None:
-        self.silent.set()
-
-    def heal(self) -> None:
-        self.silent.clear()
-
-    def close(self) -> None:
-        for sock in [self._listener, *self._sockets]:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                downstream, _ = self._listener.accept()
-                self._sockets.append(downstream)
-                if self.silent.is_set():
-                    continue  # held open, never answered
-                upstream = socket.create_connection(self.upstream)
-                self._sockets.append(upstream)
-                for source, target in ((downstream, upstream), (upstream, downstream)):
-                    threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                if not self.silent.is_set():
-                    target.sendall(data)
-        for sock in (source, target):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 @pytest.fixture
 def relay(redis_url: str) -> Iterator[SilentRelay]:
     host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
-    made = SilentRelay((host, int(port)))
-    yield made
-    made.close()
+    with SilentRelay((host, int(port))) as made:
+        yield made
 
 
 def finishes(call: Callable[[], Any], within: float) -> Any:
@@ -97,54 +36,44 @@ def finishes(call: Callable[[], Any], within: float) -> Any:
         pool.shutdown(wait=False)
 
 
-def test_a_silent_store_fails_calls_within_its_timeout_then_recovers(
-    relay: SilentRelay,
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda store: store.ping(),
+        lambda store: store.count(TaskState.SCHEDULED),
+        # Blocking reads get the longest block on top of the timeout, and no more.
+        lambda store: store.events("0-0", block_ms=60_000),
+        lambda store: store.wait_for_work(60.0),
+    ],
+    ids=["ping", "count", "events", "wait_for_work"],
+)
+def test_a_silent_store_fails_a_call_within_its_timeout_then_recovers(
+    relay: SilentRelay, call: Callable[[Store], Any]
 ) -> None:
     store = Store.from_url(relay.url, timeout=TIMEOUT)
-    store.ping()
-    assert store.count(TaskState.SCHEDULED) == 0
-
-    relay.go_silent()
-    for call in (
-        store.ping,
-        lambda: store.count(TaskState.SCHEDULED),
-        # Blocking reads get the longest block on top of the timeout, and no more.
-        lambda: store.events("0-0", block_ms=60_000),
-        lambda: store.wait_for_work(60.0),
-    ):
-        with pytest.raises(Unavailable, match="unreachable"):
-            finishes(call, within=10 * (TIMEOUT + MAX_BLOCK_SECONDS))
-
-    relay.heal()
-    store.ping()
-    assert store.count(TaskState.SCHEDULED) == 0
-    store.close()
-
-
-def _health(address: str) -> str:
-    with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=5
-        )
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-
-def test_health_is_not_serving_while_the_store_is_silent(
-    relay: SilentRelay, redis_url: str
-) -> None:
-    settings = local_settings(
-        store_url=relay.url, broker_url=redis_url, store_timeout=TIMEOUT, **FAST
-    )
-    with Stack(settings, worker=False) as stack, Client.connect(stack.address, token="") as client:
-        poll(lambda: _health(stack.address) == "SERVING", 15, "health SERVING")
+    try:
+        assert store.count(TaskState.SCHEDULED) == 0
         relay.go_silent()
-        poll(lambda: _health(stack.address) == "NOT_SERVING", 15, "health NOT_SERVING")
-        with pytest.raises(Unavailable):
-            finishes(
-                lambda: client.schedule("add", 1, 1, run_at=timedelta(minutes=5)),
-                within=10 * (TIMEOUT + MAX_BLOCK_SECONDS),
-            )
+        with pytest.raises(Unavailable, match="unreachable"):
+            finishes(lambda: call(store), within=10 * (TIMEOUT + MAX_BLOCK_SECONDS))
         relay.heal()
-        poll(lambda: _health(stack.address) == "SERVING", 15, "health SERVING again")
-        task = client.schedule("add", 2, 2, run_at=timedelta(minutes=5))
-        assert client.get(task.id).state is TaskState.SCHEDULED
+        store.ping()
+        assert store.count(TaskState.SCHEDULED) == 0
+    finally:
+        store.close()
+
+
+def test_without_a_timeout_a_silent_store_holds_the_call(relay: SilentRelay) -> None:
+    # What the timeout is for: 0 turns it off, and the same call is still waiting.
+    store = Store.from_url(relay.url, timeout=0)
+    assert store.count(TaskState.SCHEDULED) == 0
+    relay.go_silent()
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending = pool.submit(store.ping)
+    with pytest.raises(TimeoutError):
+        pending.result(timeout=3 * TIMEOUT)
+    relay.close()  # the held connection ends, and with it the call
+    with pytest.raises(Unavailable):
+        pending.result(timeout=10)
+    pool.shutdown(wait=False)
+    store.close()

@@ -31,11 +31,14 @@ from schedkit.demo import runs
 from schedkit.embedded import RedisServer, free_port
 from schedkit.errors import SchedkitError
 from schedkit.model import TaskSpec, TaskState, task_id_for
+from schedkit.relay import SilentRelay
 from schedkit.stack import Stack, local_settings
 from schedkit.store import Store
 from schedkit.timetable import load_timetable
 
 FAST: dict[str, Any] = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}
+# The partition drill's store timeout: short, so its calls fail quickly (default 10 s).
+PARTITION_STORE_TIMEOUT = 1.0
 FINAL = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED)
 # Settings a developer may have exported that must not reach the drill's processes.
 _PRIVATE_ENV = ("SCHEDKIT_TOKEN", "SCHEDKIT_TOKEN_FILE", "SCHEDKIT_TLS_CA", "SCHEDKIT_TLS_CERT")
@@ -384,6 +387,67 @@ def store_down_and_back(rows: int, base: Path | None = None) -> Counts:
             "scheduler_exit": sending.returncode,
             "run_s_after_back": round(time.monotonic() - back, 1),
             "worker_restarts": restarts,
+        },
+    )
+
+
+def store_partitioned_and_healed(rows: int, base: Path | None = None) -> Counts:
+    """Cut the network to the store (it stops answering, nothing is refused): calls fail
+    within the store timeout and health turns NOT_SERVING; heal it: everything runs."""
+    with (
+        workdir(base) as work,
+        RedisServer(data_dir=work / "redis") as redis_server,
+        SilentRelay(("127.0.0.1", redis_server.port)) as relay,
+    ):
+        # The broker stays reachable: only schedkit's way to its store is cut.
+        settings = local_settings(
+            store_url=relay.url,
+            broker_url=redis_server.url,
+            store_timeout=PARTITION_STORE_TIMEOUT,
+            visibility_timeout=10.0,
+            **FAST,
+        )
+        with Stack(settings, worker_log=str(work / "worker.log")) as stack:
+            stack.wait_for_worker(60)
+            assert stack.store is not None
+            store = stack.store
+            with Client.connect(stack.address, token="") as client:
+                soon = datetime.now(UTC) + timedelta(seconds=2)
+                ids = _schedule(client, [TaskSpec("add", soon, [i, 1]) for i in range(rows)])
+                relay.go_silent()
+                began = time.monotonic()
+                message = ""
+                try:
+                    client.schedule("add", 1, 1, run_at=timedelta(seconds=1))
+                except SchedkitError as exc:
+                    message = f"{exc.code.name}: {exc.message}"
+                failed_in = round(time.monotonic() - began, 2)
+                down_health = _health_becomes(stack.address, "NOT_SERVING")
+                table = write_timetable(work / "partition.csv", rows)
+                sending, watch = _start_scheduler(table, stack.address, "partition")
+                if not watch.seen.wait(60):
+                    raise TimeoutError("the scheduler never retried during the partition")
+                relay.heal()
+                up_health = _health_becomes(stack.address, "SERVING")
+                after = client.schedule("add", 2, 2, run_at=timedelta(seconds=1))
+                ids.append(after.id)
+                sending.wait(timeout=300)
+                watch.join()
+            _wait_final(store, len(ids), timeout=120 + rows / 50)
+            executed, duplicates, lost = execution_census(store, ids)
+            accepted, extra, missing = timetable_census(store, {"partition": table})
+    return Counts(
+        "store-partition",
+        len(ids) + accepted,
+        executed,
+        duplicates + extra,
+        lost + missing,
+        {
+            "failed_in_s": failed_in,
+            "status": repr(message[:90]),
+            "health_down": down_health,
+            "health_back": up_health,
+            "scheduler_exit": sending.returncode,
         },
     )
 
