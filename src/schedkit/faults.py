@@ -32,6 +32,7 @@ from schedkit.embedded import RedisServer, free_port
 from schedkit.errors import SchedkitError
 from schedkit.model import TaskSpec, TaskState, task_id_for
 from schedkit.relay import SilentRelay
+from schedkit.settings import Settings
 from schedkit.stack import Stack, local_settings
 from schedkit.store import Store
 from schedkit.timetable import load_timetable
@@ -341,54 +342,9 @@ def store_down_and_back(rows: int, base: Path | None = None) -> Counts:
         # A worker that loses the broker drops the ETA tasks it held; the broker hands them
         # out again after the visibility timeout, kept short here so the drill is quick.
         settings = local_settings(store_url=redis_server.url, visibility_timeout=10.0, **FAST)
-        with Stack(settings, worker_log=str(work / "worker.log")) as stack:
-            stack.wait_for_worker(60)
-            assert stack.store is not None
-            store = stack.store
-            with Client.connect(stack.address, token="") as client:
-                soon = datetime.now(UTC) + timedelta(seconds=2)
-                ids = _schedule(client, [TaskSpec("add", soon, [i, 1]) for i in range(rows)])
-                redis_server.stop()
-                down_health = _health_becomes(stack.address, "NOT_SERVING")
-                began = time.monotonic()
-                message = ""
-                try:
-                    client.schedule("add", 1, 1, run_at=timedelta(seconds=1))
-                except SchedkitError as exc:
-                    message = f"{exc.code.name}: {exc.message}"
-                refused_in = round(time.monotonic() - began, 3)
-                # The scheduler, started during the outage, retries until the store is back.
-                table = write_timetable(work / "outage.csv", rows)
-                sending, watch = _start_scheduler(table, stack.address, "outage")
-                if not watch.seen.wait(60):
-                    raise TimeoutError("the scheduler never retried during the outage")
-                redis_server.start()
-                back = time.monotonic()
-                up_health = _health_becomes(stack.address, "SERVING")
-                after = client.schedule("add", 2, 2, run_at=timedelta(seconds=1))
-                ids.append(after.id)
-                sending.wait(timeout=300)
-                watch.join()
-            _wait_final(store, len(ids), timeout=120 + rows / 50)
-            executed, duplicates, lost = execution_census(store, ids)
-            accepted, extra, missing = timetable_census(store, {"outage": table})
-            restarts = stack.worker_restarts
-    return Counts(
-        "store-down",
-        len(ids) + accepted,
-        executed,
-        duplicates + extra,
-        lost + missing,
-        {
-            "refused_in_s": refused_in,
-            "status": repr(message[:90]),
-            "health_down": down_health,
-            "health_back": up_health,
-            "scheduler_exit": sending.returncode,
-            "run_s_after_back": round(time.monotonic() - back, 1),
-            "worker_restarts": restarts,
-        },
-    )
+        return _store_outage(
+            "store-down", settings, work, rows, cut=redis_server.stop, restore=redis_server.start
+        )
 
 
 def store_partitioned_and_healed(rows: int, base: Path | None = None) -> Counts:
@@ -407,37 +363,55 @@ def store_partitioned_and_healed(rows: int, base: Path | None = None) -> Counts:
             visibility_timeout=10.0,
             **FAST,
         )
-        with Stack(settings, worker_log=str(work / "worker.log")) as stack:
-            stack.wait_for_worker(60)
-            assert stack.store is not None
-            store = stack.store
-            with Client.connect(stack.address, token="") as client:
-                soon = datetime.now(UTC) + timedelta(seconds=2)
-                ids = _schedule(client, [TaskSpec("add", soon, [i, 1]) for i in range(rows)])
-                relay.go_silent()
-                began = time.monotonic()
-                message = ""
-                try:
-                    client.schedule("add", 1, 1, run_at=timedelta(seconds=1))
-                except SchedkitError as exc:
-                    message = f"{exc.code.name}: {exc.message}"
-                failed_in = round(time.monotonic() - began, 2)
-                down_health = _health_becomes(stack.address, "NOT_SERVING")
-                table = write_timetable(work / "partition.csv", rows)
-                sending, watch = _start_scheduler(table, stack.address, "partition")
-                if not watch.seen.wait(60):
-                    raise TimeoutError("the scheduler never retried during the partition")
-                relay.heal()
-                up_health = _health_becomes(stack.address, "SERVING")
-                after = client.schedule("add", 2, 2, run_at=timedelta(seconds=1))
-                ids.append(after.id)
-                sending.wait(timeout=300)
-                watch.join()
-            _wait_final(store, len(ids), timeout=120 + rows / 50)
-            executed, duplicates, lost = execution_census(store, ids)
-            accepted, extra, missing = timetable_census(store, {"partition": table})
+        return _store_outage(
+            "store-partition", settings, work, rows, cut=relay.go_silent, restore=relay.heal
+        )
+
+
+def _store_outage(
+    drill: str,
+    settings: Settings,
+    work: Path,
+    rows: int,
+    *,
+    cut: Callable[[], object],
+    restore: Callable[[], object],
+) -> Counts:
+    """Schedule ``rows`` tasks due in 2 s, ``cut`` the store, time how fast a call fails and
+    see health turn; a scheduler started in the outage must retry; ``restore``: all runs."""
+    with Stack(settings, worker_log=str(work / "worker.log")) as stack:
+        stack.wait_for_worker(60)
+        assert stack.store is not None
+        store = stack.store
+        with Client.connect(stack.address, token="") as client:
+            soon = datetime.now(UTC) + timedelta(seconds=2)
+            ids = _schedule(client, [TaskSpec("add", soon, [i, 1]) for i in range(rows)])
+            cut()
+            began = time.monotonic()
+            message = ""
+            try:
+                client.schedule("add", 1, 1, run_at=timedelta(seconds=1))
+            except SchedkitError as exc:
+                message = f"{exc.code.name}: {exc.message}"
+            failed_in = round(time.monotonic() - began, 3)
+            down_health = _health_becomes(stack.address, "NOT_SERVING")
+            table = write_timetable(work / "outage.csv", rows)
+            sending, watch = _start_scheduler(table, stack.address, "outage")
+            if not watch.seen.wait(60):
+                raise TimeoutError("the scheduler never retried during the outage")
+            restore()
+            back = time.monotonic()
+            up_health = _health_becomes(stack.address, "SERVING")
+            after = client.schedule("add", 2, 2, run_at=timedelta(seconds=1))
+            ids.append(after.id)
+            sending.wait(timeout=300)
+            watch.join()
+        _wait_final(store, len(ids), timeout=120 + rows / 50)
+        executed, duplicates, lost = execution_census(store, ids)
+        accepted, extra, missing = timetable_census(store, {"outage": table})
+        restarts = stack.worker_restarts
     return Counts(
-        "store-partition",
+        drill,
         len(ids) + accepted,
         executed,
         duplicates + extra,
@@ -448,6 +422,8 @@ def store_partitioned_and_healed(rows: int, base: Path | None = None) -> Counts:
             "health_down": down_health,
             "health_back": up_health,
             "scheduler_exit": sending.returncode,
+            "run_s_after_back": round(time.monotonic() - back, 1),
+            "worker_restarts": restarts,
         },
     )
 
