@@ -6,12 +6,14 @@ the same from the server's side: health, the scheduler's retries and every task 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
+from schedkit.embedded import free_port
 from schedkit.errors import Unavailable
 from schedkit.model import TaskState
 from schedkit.relay import SilentRelay
@@ -77,3 +79,10 @@ def test_without_a_timeout_a_silent_store_holds_the_call(relay: SilentRelay) -> 
         pending.result(timeout=10)
     pool.shutdown(wait=False)
     store.close()
+
+
+def test_the_relay_refuses_what_its_upstream_refuses_and_keeps_serving() -> None:
+    with SilentRelay(("127.0.0.1", free_port())) as relay:  # nothing listens upstream
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as conn:
+                assert conn.recv(1) == b""  # closed by the relay, not left hanging

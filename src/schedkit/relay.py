@@ -73,7 +73,11 @@ class SilentRelay:
                 self._keep(downstream)
                 if self.silent.is_set():
                     continue  # held open, never answered
-                upstream = socket.create_connection(self.upstream)
+                try:
+                    upstream = socket.create_connection(self.upstream)
+                except OSError:
+                    downstream.close()  # refused upstream: refused here too, as without us
+                    continue
                 self._keep(upstream)
                 for source, target in ((downstream, upstream), (upstream, downstream)):
                     threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
