@@ -1,38 +1,36 @@
-"""The servicer alone, through grpc_testing: messages in, messages out, over a real store.
+"""The servicer: messages in, messages out, over a real store and a real server, no worker.
 
-No network and no worker: grpc_testing calls the servicer directly. Error statuses are set by
-the server's interceptor, which grpc_testing does not run; they are tested over a real server
-in test_errors.py.
+grpc_testing cannot drive an asyncio servicer, so these go through a real server on
+127.0.0.1:0 with a bare generated stub. Error statuses are tested in test_errors.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
-import grpc_testing
 import pytest
 
 from schedkit.convert import datetime_to_timestamp
 from schedkit.schedules import Schedules
-from schedkit.service import ScheduleService
+from schedkit.server import Server
 from schedkit.v1 import schedule_service_pb2 as pb
-
-SERVICE = pb.DESCRIPTOR.services_by_name["ScheduleService"]
+from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 
 
 @pytest.fixture
-def server(schedules: Schedules) -> grpc_testing.Server:
-    return grpc_testing.server_from_dictionary(
-        {SERVICE: ScheduleService(schedules)}, grpc_testing.strict_real_time()
-    )
+def server(schedules: Schedules) -> Iterator[pb_grpc.ScheduleServiceStub]:
+    running = Server(schedules, listen="127.0.0.1:0").start()
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            yield pb_grpc.ScheduleServiceStub(channel)
+    finally:
+        running.stop(0)
 
 
-def unary(server: grpc_testing.Server, method: str, request: object) -> object:
-    rpc = server.invoke_unary_unary(SERVICE.methods_by_name[method], (), request, None)
-    response, _, code, details = rpc.termination()
-    assert code is grpc.StatusCode.OK, details
-    return response
+def unary(server: pb_grpc.ScheduleServiceStub, method: str, request: object) -> object:
+    return getattr(server, method)(request, timeout=10)
 
 
 def spec(task: str = "water_plants", *, in_seconds: float = 3600, **fields: object) -> pb.TaskSpec:
@@ -45,7 +43,7 @@ def spec(task: str = "water_plants", *, in_seconds: float = 3600, **fields: obje
     return msg
 
 
-def test_schedule_task_returns_the_stored_task(server: grpc_testing.Server) -> None:
+def test_schedule_task_returns_the_stored_task(server: pb_grpc.ScheduleServiceStub) -> None:
     request = pb.ScheduleTaskRequest(spec=spec(idempotency_key="a", queue="garden"))
     request.spec.labels["team"] = "green"
     response = unary(server, "ScheduleTask", request)
@@ -62,7 +60,7 @@ def test_schedule_task_returns_the_stored_task(server: grpc_testing.Server) -> N
 
 
 def test_schedule_task_answers_exactly_what_get_task_reads_back(
-    server: grpc_testing.Server,
+    server: pb_grpc.ScheduleServiceStub,
 ) -> None:
     """A created task is answered without reading it back; the answer must still be the
     stored task, to the millisecond the store keeps."""
@@ -80,7 +78,7 @@ def test_schedule_task_answers_exactly_what_get_task_reads_back(
     assert created.task == got.task
 
 
-def test_whole_numbers_arrive_as_ints(server: grpc_testing.Server) -> None:
+def test_whole_numbers_arrive_as_ints(server: pb_grpc.ScheduleServiceStub) -> None:
     request = pb.ScheduleTaskRequest(spec=spec("add"))
     del request.spec.args[:]
     request.spec.args.extend([2, 2.5])
@@ -92,19 +90,16 @@ def test_whole_numbers_arrive_as_ints(server: grpc_testing.Server) -> None:
 
 
 def test_batch_results_come_back_in_order_with_rejections_in_place(
-    server: grpc_testing.Server,
+    server: pb_grpc.ScheduleServiceStub,
 ) -> None:
-    rpc = server.invoke_stream_stream(SERVICE.methods_by_name["ScheduleTasks"], (), None)
     keyed = spec(idempotency_key="b1")
     batch = [keyed, spec("water_plant"), pb.TaskSpec(task="add"), spec()]
-    rpc.send_request(pb.ScheduleTasksRequest(specs=batch))
-    response = rpc.take_response()
     changed = spec(idempotency_key="b1", in_seconds=60)
-    rpc.send_request(pb.ScheduleTasksRequest(specs=[keyed, changed]))
-    second = rpc.take_response()
-    rpc.requests_closed()
-    _, code, details = rpc.termination()
-    assert code is grpc.StatusCode.OK, details
+    requests = [
+        pb.ScheduleTasksRequest(specs=batch),
+        pb.ScheduleTasksRequest(specs=[keyed, changed]),
+    ]
+    response, second = server.ScheduleTasks(iter(requests), timeout=10)
     outcomes = [r.outcome for r in response.results]
     assert outcomes == [
         pb.SCHEDULE_OUTCOME_CREATED,
@@ -124,7 +119,7 @@ def test_batch_results_come_back_in_order_with_rejections_in_place(
     assert second.results[1].error.field == "specs[1].idempotency_key"
 
 
-def test_list_tasks_pages_by_run_time(server: grpc_testing.Server) -> None:
+def test_list_tasks_pages_by_run_time(server: pb_grpc.ScheduleServiceStub) -> None:
     for n in range(5):
         unary(server, "ScheduleTask", pb.ScheduleTaskRequest(spec=spec(in_seconds=100 - n)))
     first = unary(server, "ListTasks", pb.ListTasksRequest(page_size=3))
@@ -141,7 +136,7 @@ def test_list_tasks_pages_by_run_time(server: grpc_testing.Server) -> None:
     assert rest.next_page_token == ""
 
 
-def test_cancel_task_reports_cancelled(server: grpc_testing.Server) -> None:
+def test_cancel_task_reports_cancelled(server: pb_grpc.ScheduleServiceStub) -> None:
     created = unary(server, "ScheduleTask", pb.ScheduleTaskRequest(spec=spec()))
     assert isinstance(created, pb.ScheduleTaskResponse)
     cancelled = unary(server, "CancelTask", pb.CancelTaskRequest(id=created.task.id))
@@ -150,7 +145,7 @@ def test_cancel_task_reports_cancelled(server: grpc_testing.Server) -> None:
     assert cancelled.task.HasField("finish_time")
 
 
-def test_list_task_types_shows_signature_and_doc(server: grpc_testing.Server) -> None:
+def test_list_task_types_shows_signature_and_doc(server: pb_grpc.ScheduleServiceStub) -> None:
     response = unary(server, "ListTaskTypes", pb.ListTaskTypesRequest())
     assert isinstance(response, pb.ListTaskTypesResponse)
     by_name = {t.name: t for t in response.task_types}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +29,22 @@ OPEN_SERVICES = (
 )
 
 
-def _abort_handler(
-    handler: grpc.RpcMethodHandler[Any, Any], message: str
-) -> grpc.RpcMethodHandler[Any, Any]:
-    def abort(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+def refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler that ends the call with ``code`` without reading its request.
 
-    kinds: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(
-        abort,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    Request-streaming whatever the method: the server then never asks gRPC for the request
+    message, so a caller refused here cannot make the server read (and hold) a large body;
+    HTTP/2 flow control keeps the sender at its first window.
+    """
+
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(code, message)
+
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
-    """Refuse calls without an accepted bearer token with UNAUTHENTICATED."""
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse calls without an accepted bearer token with UNAUTHENTICATED, unread."""
 
     def __init__(self, tokens: Sequence[str]) -> None:
         if not tokens:
@@ -59,33 +53,57 @@ class TokenInterceptor(grpc.ServerInterceptor):
 
     def accepts(self, presented: str) -> bool:
         """True when ``presented`` is one of the tokens (compared in constant time)."""
+        return self.caller(presented) is not None
+
+    def caller(self, presented: str) -> str | None:
+        """Which token ``presented`` is (``token#N``, never the secret), or None."""
         given = presented.encode()
         # No early exit: every token is compared, so timing tells nothing about which matched.
         matches = [hmac.compare_digest(given, token) for token in self._tokens]
-        return any(matches)
+        return next((f"token#{n}" for n, match in enumerate(matches) if match), None)
 
-    def intercept_service(
+    def caller_of(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+        """The caller a call's metadata authenticates, or None."""
+        headers = authorization_headers(metadata)
+        if len(headers) != 1:
+            return None
+        scheme, _, presented = headers[0].partition(" ")
+        return self.caller(presented.strip()) if scheme.lower() == "bearer" else None
+
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         """Pass the call on when it carries a token, else answer UNAUTHENTICATED."""
         method: str = handler_call_details.method
-        handler = continuation(handler_call_details)
-        if handler is None or method.startswith(OPEN_SERVICES):
-            return handler
-        header = ""
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == METADATA_KEY:
-                header = value if isinstance(value, str) else value.decode(errors="replace")
-        scheme, _, presented = header.partition(" ")
-        if not header:
-            return _abort_handler(
-                handler, "missing credentials: send 'authorization: Bearer <token>'"
+        if method.startswith(OPEN_SERVICES):
+            return await continuation(handler_call_details)
+        headers = authorization_headers(handler_call_details.invocation_metadata)
+        if not headers:
+            return refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing credentials: send 'authorization: Bearer <token>'",
             )
-        if scheme.lower() != "bearer" or not self.accepts(presented.strip()):
-            return _abort_handler(handler, "invalid token")
-        return handler
+        if len(headers) > 1:
+            # Proxies and servers disagree on which of several wins: accept none.
+            return refusal(
+                grpc.StatusCode.UNAUTHENTICATED, "more than one authorization header: send one"
+            )
+        if self.caller_of(handler_call_details.invocation_metadata) is None:
+            return refusal(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+        return await continuation(handler_call_details)
+
+
+def authorization_headers(metadata: Sequence[tuple[str, str | bytes]] | None) -> list[str]:
+    """Every ``authorization`` value of a call's metadata, as text."""
+    return [
+        value if isinstance(value, str) else value.decode(errors="replace")
+        for key, value in metadata or ()
+        if key == METADATA_KEY
+    ]
 
 
 class _AddHeader(

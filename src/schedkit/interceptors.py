@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
-from grpc_interceptor import ExceptionToStatusInterceptor
+from grpc_interceptor import AsyncExceptionToStatusInterceptor
 from grpc_status import rpc_status
 
 from schedkit.errors import SchedkitError
@@ -32,31 +33,51 @@ def status_for(error: SchedkitError) -> status_pb2.Status:
     return status
 
 
-class ErrorInterceptor(ExceptionToStatusInterceptor):
+class ErrorInterceptor(AsyncExceptionToStatusInterceptor):
     """SchedkitError -> its status; anything else -> INTERNAL with a reference, never UNKNOWN.
 
-    The traceback goes to the log under the reference; the client sees no internals.
+    The traceback goes to the log under the reference; the client sees no internals. Only
+    ``service``'s methods are wrapped: health and reflection keep their handlers as they are.
     """
 
-    def handle_exception(
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._prefix = f"/{service}/"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """Wrap this service's handlers; pass every other one through untouched."""
+        if not handler_call_details.method.startswith(self._prefix):
+            return await continuation(handler_call_details)
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await super().intercept_service(  # type: ignore[no-untyped-call]
+            continuation, handler_call_details
+        )
+        return handler
+
+    async def handle_exception(
         self,
         ex: Exception,
         request_or_iterator: Any,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
         method_name: str,
     ) -> NoReturn:
         """Abort the call with the status ``ex`` maps to."""
         if isinstance(ex, SchedkitError):
-            context.abort_with_status(rpc_status.to_status(status_for(ex)))
+            await context.abort_with_status(rpc_status.to_status(status_for(ex)))
         # A status set by the handler itself (context.abort) stands; anything else is a bug.
-        if context.code() is None:  # type: ignore[attr-defined]
-            reference = uuid.uuid4().hex[:12]
-            log.error(
-                "%s failed (ref %s)",
-                method_name,
-                reference,
-                exc_info=ex,
-                extra={"method": method_name, "ref": reference},
-            )
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {reference})")
-        raise ex
+        if isinstance(ex, grpc.aio.AbortError) or context.code() is not None:
+            raise ex
+        reference = uuid.uuid4().hex[:12]
+        log.error(
+            "%s failed (ref %s)",
+            method_name,
+            reference,
+            exc_info=ex,
+            extra={"method": method_name, "ref": reference},
+        )
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {reference})")

@@ -394,22 +394,34 @@ class Schedules:
             if not changes:
                 continue
             cursor = changes[-1].cursor
-            wanted = [
-                c
-                for c in changes
-                if (not query.states or c.state in query.states)
-                and (not query.ids or c.task_id in query.ids)
-            ]
+            wanted = wanted_changes(query, changes)
             records = self.store.get_many([c.task_id for c in wanted])
-            for change, record in zip(wanted, records, strict=True):
-                if record is not None and _matches_besides_state(query, record):
-                    # Changes read together share one later record: report each change's state,
-                    # or a STARTED read with its SUCCEEDED would be sent as SUCCEEDED twice.
-                    yield replace(record, state=change.state), change
+            yield from matching_changes(query, wanted, records)
 
     def task_types(self) -> list[TaskType]:
         """The tasks that may be scheduled."""
         return self.registry.task_types()
+
+
+def wanted_changes(query: TaskQuery, changes: Sequence[StateChange]) -> list[StateChange]:
+    """The changes ``query`` may want, judged without reading records (state and id)."""
+    return [
+        c
+        for c in changes
+        if (not query.states or c.state in query.states)
+        and (not query.ids or c.task_id in query.ids)
+    ]
+
+
+def matching_changes(
+    query: TaskQuery, wanted: Sequence[StateChange], records: Sequence[TaskRecord | None]
+) -> Iterator[tuple[TaskRecord, StateChange]]:
+    """(task, change) for the wanted changes whose record matches ``query``."""
+    for change, record in zip(wanted, records, strict=True):
+        if record is not None and _matches_besides_state(query, record):
+            # Changes read together share one later record: report each change's state,
+            # or a STARTED read with its SUCCEEDED would be sent as SUCCEEDED twice.
+            yield replace(record, state=change.state), change
 
 
 def _matches_besides_state(query: TaskQuery, record: TaskRecord) -> bool:

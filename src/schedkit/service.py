@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 import grpc
 
@@ -18,48 +22,82 @@ from schedkit.convert import (
 )
 from schedkit.errors import InvalidArgument, SchedkitError
 from schedkit.model import Outcome, ScheduleResult, TaskRows, TaskSpec
-from schedkit.readahead import ReadAhead
 from schedkit.schedules import MAX_LABELS, BatchFields, PreparedBatch, Schedules
 from schedkit.store import TaskQuery
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.watch import ChangeFeed
 
+R = TypeVar("R")
 WATCHING_HEADER = "schedkit-watching"
 SPEC_FIELDS = BatchFields.of_prefix("specs[{}].")
 # Watching more tasks by id than this is better done by label.
 MAX_FILTER_IDS = 10_000
 
 
-class ScheduleService(pb_grpc.ScheduleServiceServicer):
-    """gRPC face of :class:`schedkit.schedules.Schedules`."""
+_End = object()  # the request stream ended
 
-    def __init__(self, schedules: Schedules) -> None:
+
+class ScheduleService(pb_grpc.ScheduleServiceServicer):
+    """gRPC face of :class:`schedkit.schedules.Schedules`, on the asyncio server.
+
+    Store calls are blocking (redis-py, Lua scripts): they run on ``executor``, a bounded
+    pool, while the event loop keeps answering. Watching needs no thread at all: it reads
+    through ``feed`` (redis-py's asyncio client).
+    """
+
+    def __init__(self, schedules: Schedules, executor: Executor, feed: ChangeFeed) -> None:
         self.schedules = schedules
+        self._executor = executor
+        self._feed = feed
         # Column templates already converted, shared by all streams (see rows_from_columns).
         self._known_templates: dict[bytes, TaskSpec] = {}
 
-    def ScheduleTask(
-        self, request: pb.ScheduleTaskRequest, context: grpc.ServicerContext
+    async def _call(self, function: Callable[..., R], *args: Any) -> R:
+        """``function(*args)`` on the store executor."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def ScheduleTask(
+        self, request: pb.ScheduleTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ScheduleTaskResponse:
         """Schedule one task."""
-        task, outcome = self.schedules.schedule_and_get(spec_from_proto(request.spec))
+        spec = spec_from_proto(request.spec)
+        task, outcome = await self._call(self.schedules.schedule_and_get, spec)
         return pb.ScheduleTaskResponse(task=task_to_proto(task), outcome=outcome_to_proto(outcome))
 
-    def ScheduleTasks(
-        self, request_iterator: Iterator[pb.ScheduleTasksRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.ScheduleTasksResponse]:
+    async def ScheduleTasks(
+        self,
+        request_iterator: AsyncIterator[pb.ScheduleTasksRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.ScheduleTasksResponse]:
         """Schedule batches; answer each with its per-item results in order.
 
-        A thread of the stream's own reads and prepares the next batch while this one waits
-        for the store to take the last: Python work and Redis work overlap.
+        A reader reads and prepares the next batch while this one waits for the store to
+        take the last: Python work and Redis work overlap. The reader never waits for an
+        answer to be sent, so a caller that sends one batch at a time is served too.
         """
-        batches = (
-            self._prepare_request(number, request)
-            for number, request in enumerate(request_iterator)
-        )
-        for batch in ReadAhead(batches, name="schedule-tasks-reader"):
-            results = self.schedules.store_prepared(batch)
-            yield pb.ScheduleTasksResponse(results=[_result_to_proto(r) for r in results])
+        prepared: asyncio.Queue[PreparedBatch | BaseException | object] = asyncio.Queue(2)
+
+        async def read() -> None:
+            try:
+                number = 0
+                async for request in request_iterator:
+                    await prepared.put(await self._call(self._prepare_request, number, request))
+                    number += 1
+                await prepared.put(_End)
+            except Exception as exc:  # raised by the answering side, in order
+                await prepared.put(exc)
+
+        reader = asyncio.create_task(read(), name="schedule-tasks-reader")
+        try:
+            while (batch := await prepared.get()) is not _End:
+                if isinstance(batch, BaseException):
+                    raise batch
+                assert isinstance(batch, PreparedBatch)
+                results = await self._call(self.schedules.store_prepared, batch)
+                yield pb.ScheduleTasksResponse(results=[_result_to_proto(r) for r in results])
+        finally:
+            reader.cancel()
 
     def _prepare_request(self, number: int, request: pb.ScheduleTasksRequest) -> PreparedBatch:
         """One batch of ScheduleTasks, as specs or as columns, checked and encoded."""
@@ -92,48 +130,55 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
                 specs.append(exc)
         return self.schedules.prepare_rows(TaskRows.of_specs(specs), fields=SPEC_FIELDS)
 
-    def GetTask(
-        self, request: pb.GetTaskRequest, context: grpc.ServicerContext
+    async def GetTask(
+        self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetTaskResponse:
         """One task."""
-        return pb.GetTaskResponse(task=task_to_proto(self.schedules.get(request.id)))
+        task = await self._call(self.schedules.get, request.id)
+        return pb.GetTaskResponse(task=task_to_proto(task))
 
-    def ListTasks(
-        self, request: pb.ListTasksRequest, context: grpc.ServicerContext
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListTasksResponse:
         """A page of tasks by run time."""
         query = query_from_proto(request.filter)
         if query.ids:
             raise InvalidArgument.for_field("filter.ids", "use GetTask for tasks by id")
-        tasks, token = self.schedules.page(
-            query, page_size=request.page_size, page_token=request.page_token
+        tasks, token = await self._call(
+            functools.partial(
+                self.schedules.page,
+                query,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
         )
         return pb.ListTasksResponse(tasks=[task_to_proto(t) for t in tasks], next_page_token=token)
 
-    def CancelTask(
-        self, request: pb.CancelTaskRequest, context: grpc.ServicerContext
+    async def CancelTask(
+        self, request: pb.CancelTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CancelTaskResponse:
         """Cancel a task that has not started."""
-        return pb.CancelTaskResponse(task=task_to_proto(self.schedules.cancel(request.id)))
+        task = await self._call(self.schedules.cancel, request.id)
+        return pb.CancelTaskResponse(task=task_to_proto(task))
 
-    def WatchTasks(
-        self, request: pb.WatchTasksRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.WatchTasksResponse]:
-        """Stream state changes until the client goes away."""
+    async def WatchTasks(
+        self, request: pb.WatchTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchTasksResponse]:
+        """Stream state changes until the client goes away (the call is then cancelled)."""
         query = query_from_proto(request.filter)
-        changes = self.schedules.watch(query, is_active=context.is_active)
+        cursor = await self._feed.latest()
         # Headers tell the client the starting point is fixed: nothing after this is missed.
-        context.send_initial_metadata(((WATCHING_HEADER, "1"),))
-        for task, change in changes:
+        await context.send_initial_metadata(((WATCHING_HEADER, "1"),))
+        async for task, change in self._feed.follow(query, cursor):
             yield pb.WatchTasksResponse(
                 task=task_to_proto(task), change_time=datetime_to_timestamp(change.at)
             )
 
-    def ListTaskTypes(
-        self, request: pb.ListTaskTypesRequest, context: grpc.ServicerContext
+    async def ListTaskTypes(
+        self, request: pb.ListTaskTypesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListTaskTypesResponse:
         """The tasks that may be scheduled."""
-        types = self.schedules.task_types()
+        types = await self._call(self.schedules.task_types)
         return pb.ListTaskTypesResponse(task_types=[task_type_to_proto(t) for t in types])
 
 

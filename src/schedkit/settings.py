@@ -54,8 +54,16 @@ class Settings:
     retention: float = 7 * 24 * 3600.0
     #: How many state changes the event stream keeps for WatchTasks.
     event_history: int = 100_000
-    #: Threads serving gRPC calls (each WatchTasks stream holds one).
+    #: Threads the server runs store calls on; streams wait without one.
     server_threads: int = 32
+    #: Long-lived calls (WatchTasks, ScheduleTasks) open at once, all callers together.
+    max_streams: int = 1000
+    #: Long-lived calls one caller (a token; a peer address without tokens) may hold open.
+    max_streams_per_caller: int = 100
+    #: Health Watch streams, and reflection streams, open at once (each; no token needed).
+    max_open_streams: int = 100
+    #: Seconds a stream may wait for the caller's next message before it is ended.
+    stream_idle_timeout: float = 60.0
     #: Seconds in-flight calls get to finish on shutdown.
     shutdown_grace: float = 5.0
     #: Processes of the worker that ``schedkit up`` starts.
@@ -106,6 +114,10 @@ class Settings:
 
     def tokens(self) -> tuple[str, ...]:
         """Every accepted token: ``token`` and the lines of ``token_file``."""
+        if self.token and not self.token.strip():
+            from schedkit.errors import ConfigError
+
+            raise ConfigError("SCHEDKIT_TOKEN (--token) is blank: give a real token or none")
         found = [self.token] if self.token else []
         if self.token_file:
             from schedkit.errors import ConfigError

@@ -135,8 +135,14 @@ class Store:
         prefix: str = "schedkit",
         history: int = 100_000,
         waiting: redis.Redis | None = None,
+        url: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
     ):
         self.redis = client
+        #: The URL and timeout the store was opened with, for clients of other kinds (the
+        #: server's asyncio reader); empty when built from a client.
+        self.url = url
+        self.timeout = timeout
         # Blocking reads wait on purpose: they get a pool whose read timeout allows for it.
         self._waiting = waiting or client
         self.keys = Keys(prefix)
@@ -167,7 +173,14 @@ class Store:
             )
 
         waiting = client(timeout + MAX_BLOCK_SECONDS) if timeout else None
-        return cls(client(timeout or None), prefix=prefix, history=history, waiting=waiting)
+        return cls(
+            client(timeout or None),
+            prefix=prefix,
+            history=history,
+            waiting=waiting,
+            url=url,
+            timeout=timeout,
+        )
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Store:
@@ -466,15 +479,20 @@ class Store:
                 count=count,
                 block=min(block_ms or _MAX_BLOCK_MS, _MAX_BLOCK_MS),  # 0 would be for ever
             )
-        changes = []
-        for _, entries in reply or []:
-            for cursor, fields in entries:
-                at = from_millis(int(str(cursor).split("-", 1)[0]))
-                state = TaskState(fields["s"])
-                # One entry may carry many tasks' same change (see emit_many in prelude.lua).
-                for task_id in fields["id"].split(" "):
-                    changes.append(StateChange(str(cursor), task_id, state, at))
-        return changes
+        return changes_of(reply)
+
+
+def changes_of(reply: Any) -> list[StateChange]:
+    """The state changes of an XREAD reply on the event stream, in order."""
+    changes = []
+    for _, entries in reply or []:
+        for cursor, fields in entries:
+            at = from_millis(int(str(cursor).split("-", 1)[0]))
+            state = TaskState(fields["s"])
+            # One entry may carry many tasks' same change (see emit_many in prelude.lua).
+            for task_id in fields["id"].split(" "):
+                changes.append(StateChange(str(cursor), task_id, state, at))
+    return changes
 
 
 def _pairs(flat: Sequence[str]) -> Iterator[tuple[str, str]]:
