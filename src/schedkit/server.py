@@ -40,6 +40,8 @@ STORE_CHECK_EVERY = 1.0
 # Unary calls waiting for a store thread, beyond the streams' own ceilings; more are
 # answered RESOURCE_EXHAUSTED by gRPC instead of queueing without limit.
 MAX_WAITING_CALLS = 1000
+# Unary calls one connection may have in flight beside its streams.
+UNARY_CALLS_PER_CONNECTION = 100
 
 
 class Server:
@@ -98,7 +100,12 @@ class Server:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 # HTTP/2 streams one connection may open at once; more wait at the client.
-                ("grpc.max_concurrent_streams", settings.max_streams_per_caller),
+                # Room for a caller's every stream plus unary calls beside them, so a caller
+                # past its stream bound hears RESOURCE_EXHAUSTED rather than waiting.
+                (
+                    "grpc.max_concurrent_streams",
+                    settings.max_streams_per_caller + UNARY_CALLS_PER_CONNECTION,
+                ),
                 ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=settings.max_streams
