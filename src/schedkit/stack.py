@@ -80,6 +80,7 @@ class Stack:
 
     def _start(self, wait_for_worker: float | None) -> None:
         settings = self.settings
+        _ = settings.effective_broker_url  # a broker in the store's database: ConfigError now
         if not settings.store_url:
             self.redis = RedisServer(
                 data_dir=settings.data_dir / "redis", appendfsync=settings.appendfsync
