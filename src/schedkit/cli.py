@@ -177,7 +177,7 @@ def _serve(options: argparse.Namespace) -> None:
     store = _store(settings)
     app = load_app(settings.app)
     broker = Broker(app, settings.effective_broker_url)
-    registry = TaskRegistry(app, settings.allow_tasks)
+    registry = TaskRegistry(app, settings.allow_tasks, settings.allow_queues)
     schedules = Schedules(store, registry, settings, broker=broker)
     server = Server(schedules).start()
     metrics = _metrics_server(settings, store)

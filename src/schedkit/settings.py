@@ -52,6 +52,9 @@ class Settings:
     max_batch: int = 5000
     #: fnmatch pattern(s), comma separated, of task names that may be scheduled.
     allow_tasks: str = "*"
+    #: Queue names, comma separated, a task may name; empty: the queues the Celery app
+    #: declares (task_queues, else task_default_queue, plus simple task_routes).
+    allow_queues: str = ""
     #: Finished tasks are forgotten this many seconds after they finish.
     retention: float = 7 * 24 * 3600.0
     #: How many state changes the event stream keeps for WatchTasks.
