@@ -177,10 +177,11 @@ def test_a_broker_in_the_stores_database_is_refused_at_startup(
     assert Settings(store_url=redis_url).effective_broker_url.endswith(f":{port}/1")
 
 
-def test_a_message_the_broker_refuses_fails_its_task_and_the_round_goes_on(
+def test_a_refused_message_fails_its_task_and_the_round_goes_on(
     tmp_path: Path,
 ) -> None:
-    with local_stack(data_dir=tmp_path / "data", allow_queues="celery,poisoned", **FAST) as stack:
+    allow = "celery,reports,poisoned"
+    with local_stack(data_dir=tmp_path / "data", allow_queues=allow, **FAST) as stack:
         assert stack.store is not None
         broker = redis.Redis.from_url(stack.settings.effective_broker_url)
         # The worker declared its queues; now the key that routes to "poisoned" becomes a
@@ -199,6 +200,8 @@ def test_a_message_the_broker_refuses_fails_its_task_and_the_round_goes_on(
                 for n in range(3)
             ]  # fmt: skip
             normal = [client.schedule("add", n, 1, run_at=run_at) for n in range(3)]
+            # An allowed queue the app does not declare: the worker reads it too.
+            normal.append(client.schedule("add", 9, 1, run_at=run_at, queue="reports"))
             for task in normal:
                 done = client.wait_for(task.id, ["SUCCEEDED", "FAILED"], timeout=60)
                 assert done.state is TaskState.SUCCEEDED
