@@ -17,11 +17,13 @@ import pytest
 import redis
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from kombu.exceptions import OperationalError
 
 from conftest import FAST
 from schedkit.cli import main as cli_main
 from schedkit.convert import datetime_to_timestamp
 from schedkit.demo import app as demo_app
+from schedkit.dispatcher import message_refusal
 from schedkit.errors import ConfigError
 from schedkit.model import TaskState, to_micros
 from schedkit.registry import TaskRegistry, declared_queues, worker_queues
@@ -175,6 +177,34 @@ def test_a_broker_in_the_stores_database_is_refused_at_startup(
     for broker in (f"redis://localhost:{port}/1", "redis://127.0.0.1:1/0", "amqp://h//"):
         assert Settings(store_url=redis_url, broker_url=broker).effective_broker_url == broker
     assert Settings(store_url=redis_url).effective_broker_url.endswith(f":{port}/1")
+
+
+def wrapped(error: Exception) -> Exception:
+    """``error`` as kombu raises it from a publish: inside an OperationalError."""
+    try:
+        try:
+            raise error
+        except Exception as exc:
+            raise OperationalError(str(exc)) from exc
+    except OperationalError as outer:
+        return outer
+
+
+def test_only_errors_about_one_message_fail_its_task() -> None:
+    wrongtype = "Command # 1 (LLEN q) of pipeline caused error: WRONGTYPE Operation against a key"
+    reason = message_refusal(wrapped(redis.ResponseError(wrongtype)))
+    assert reason is not None
+    assert "WRONGTYPE" in reason
+    # The broker as a whole: away, full, read-only, or unknown. Never a task's fault.
+    for error in (
+        redis.ConnectionError("Connection refused"),
+        redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'"),
+        redis.ReadOnlyError("You can't write against a read only replica."),
+        OSError("broken pipe"),
+        AttributeError("'NoneType' object has no attribute 'send'"),
+    ):
+        assert message_refusal(wrapped(error)) is None, error
+        assert message_refusal(error) is None, error
 
 
 def test_a_refused_message_fails_its_task_and_the_round_goes_on(

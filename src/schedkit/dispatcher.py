@@ -2,7 +2,8 @@
 
 Each round claims atomically under a lease (several dispatchers may share a store), calls
 ``apply_async(eta=run time, task_id=schedkit id)``, then settles the claims: QUEUED for what
-the broker took, due-again for what it refused. A dispatcher that dies mid-round leaves
+the broker took, FAILED for a message the broker refused itself (``message_refusal``), and
+due-again for the rest of a round the broker could not take. A dispatcher that dies mid-round leaves
 claims whose lease lapses; the next round anywhere returns them to the due index. A
 message the broker accepted and then lost leaves its task QUEUED and never started; after the
 visibility timeout the dispatcher hands it off again (``redeliver_if_due``).
