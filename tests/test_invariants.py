@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from celery.signals import before_task_publish
 
@@ -139,7 +140,9 @@ def test_messages_handed_to_celery_are_json(redis_url: str, store: Store) -> Non
     schedules.schedule(TaskSpec("water_plants", datetime.now(UTC), ["fern"], {"litres": 2.5}))
     isolated = Celery("json-check")  # publishes by name: no tasks registered here
     assert Dispatcher(store, isolated, settings).run_once() == 1
-    (raw,) = store.redis.lrange("celery", 0, -1)
+    broker = redis.Redis.from_url(settings.effective_broker_url)
+    (raw,) = broker.lrange("celery", 0, -1)
+    broker.close()
     message = json.loads(raw)
     assert message["content-type"] == "application/json"
     assert message["headers"]["task"] == "water_plants"
@@ -169,7 +172,9 @@ def test_a_hand_off_the_broker_lost_is_handed_off_again_and_runs_once(tmp_path: 
         with stack.client() as client:
             task = client.schedule("add", 20, 22, run_at=timedelta(0))
             client.wait_for(task.id, ["QUEUED"], timeout=30)
-            assert stack.store.redis.delete("celery") == 1  # the only copy of the message
+            broker = redis.Redis.from_url(stack.settings.effective_broker_url)
+            assert broker.delete("celery") == 1  # the only copy of the message
+            broker.close()
             stack.start_worker()
             done = client.wait_for(task.id, ["SUCCEEDED", "FAILED"], timeout=60)
         assert done.state is TaskState.SUCCEEDED

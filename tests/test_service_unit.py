@@ -44,7 +44,7 @@ def spec(task: str = "water_plants", *, in_seconds: float = 3600, **fields: obje
 
 
 def test_schedule_task_returns_the_stored_task(server: pb_grpc.ScheduleServiceStub) -> None:
-    request = pb.ScheduleTaskRequest(spec=spec(idempotency_key="a", queue="garden"))
+    request = pb.ScheduleTaskRequest(spec=spec(idempotency_key="a", queue="celery"))
     request.spec.labels["team"] = "green"
     response = unary(server, "ScheduleTask", request)
     assert isinstance(response, pb.ScheduleTaskResponse)
@@ -52,7 +52,7 @@ def test_schedule_task_returns_the_stored_task(server: pb_grpc.ScheduleServiceSt
     assert response.task.state == pb.TASK_STATE_SCHEDULED
     assert list(response.task.spec.args) == ["fern"]
     assert response.task.spec.labels["team"] == "green"
-    assert response.task.spec.queue == "garden"
+    assert response.task.spec.queue == "celery"
     again = unary(server, "ScheduleTask", request)
     assert isinstance(again, pb.ScheduleTaskResponse)
     assert again.outcome == pb.SCHEDULE_OUTCOME_EXISTING

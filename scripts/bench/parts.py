@@ -10,14 +10,13 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import redis
 from common import HERE, PYTHON, wait_until
 
 from schedkit.embedded import RedisServer, free_port
-from schedkit.settings import Settings
+from schedkit.settings import Settings, broker_url_beside
 from schedkit.stack import Stack, local_settings
 
 
@@ -43,8 +42,9 @@ def fresh_prefix() -> str:
 @contextlib.contextmanager
 def schedkit_stack(url: str, *, worker: bool = False, **overrides: object) -> Iterator[Stack]:
     """schedkit's server and dispatcher (and optionally its worker) on the bench's Redis."""
+    # The broker is left unset: another database of the bench's Redis, apart from the plain
+    # Celery runs' queue in the URL's own database.
     settings: Settings = local_settings(store_url=url, prefix=fresh_prefix(), **overrides)
-    settings = replace(settings, broker_url=url)
     stack = Stack(settings, worker=worker, worker_log=os.devnull)
     with stack:
         if worker:
@@ -144,7 +144,9 @@ def celery_worker(url: str, *, concurrency: int = 2) -> Iterator[subprocess.Pope
 
 
 def flush_celery_queue(url: str) -> None:
-    """Drop the plain Celery queue and its unacked messages between runs."""
-    client = redis.Redis.from_url(url)
-    client.delete("celery", "unacked", "unacked_index")
-    client.close()
+    """Drop the Celery queue and its unacked messages between runs: the plain Celery runs'
+    (in ``url``'s database) and schedkit's (its broker, the database beside it)."""
+    for database in (url, broker_url_beside(url)):
+        client = redis.Redis.from_url(database)
+        client.delete("celery", "unacked", "unacked_index")
+        client.close()

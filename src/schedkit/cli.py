@@ -132,7 +132,10 @@ def _settings(options: argparse.Namespace) -> Settings:
         "metrics_addr",
         "log_format",
     )
-    return Settings.from_env(**{n: getattr(options, n, None) for n in names})
+    settings = Settings.from_env(**{n: getattr(options, n, None) for n in names})
+    # Refuse a broker in the store's database before anything starts (ConfigError).
+    _ = settings.effective_broker_url
+    return settings
 
 
 def _wait_for_signal() -> None:
@@ -174,7 +177,8 @@ def _serve(options: argparse.Namespace) -> None:
     store = _store(settings)
     app = load_app(settings.app)
     broker = Broker(app, settings.effective_broker_url)
-    schedules = Schedules(store, TaskRegistry(app, settings.allow_tasks), settings, broker=broker)
+    registry = TaskRegistry(app, settings.allow_tasks, settings.allow_queues)
+    schedules = Schedules(store, registry, settings, broker=broker)
     server = Server(schedules).start()
     metrics = _metrics_server(settings, store)
     print(f"schedkit server on {server.address}", flush=True)

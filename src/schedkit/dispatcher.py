@@ -2,7 +2,8 @@
 
 Each round claims atomically under a lease (several dispatchers may share a store), calls
 ``apply_async(eta=run time, task_id=schedkit id)``, then settles the claims: QUEUED for what
-the broker took, due-again for what it refused. A dispatcher that dies mid-round leaves
+the broker took, FAILED for a message the broker refused itself (``message_refusal``), and
+due-again for the rest of a round the broker could not take. A dispatcher that dies mid-round leaves
 claims whose lease lapses; the next round anywhere returns them to the due index. A
 message the broker accepted and then lost leaves its task QUEUED and never started; after the
 visibility timeout the dispatcher hands it off again (``redeliver_if_due``).
@@ -17,8 +18,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 from celery import Celery
-from kombu.exceptions import OperationalError
+from celery.exceptions import QueueNotFound
+from kombu.exceptions import EncodeError, OperationalError
 
 from schedkit.broker import Broker
 from schedkit.errors import Unavailable
@@ -66,15 +69,14 @@ class Dispatcher:
         if not claimed:
             return 0
         handed: list[str] = []
+        refused: list[tuple[str, str]] = []  # (id, reason): messages the broker refused
         try:
-            with self.broker.producer() as producer:
-                for task in claimed:
-                    self._hand_off(task, producer)
+            for task in claimed:
+                reason = self._try_hand_off(task)
+                if reason is None:
                     handed.append(task.id)
-                    log.debug(
-                        "handed off",
-                        extra={"task_id": task.id, "task": task.task, "eta": task.run_at},
-                    )
+                else:
+                    refused.append((task.id, reason))
         except Exception as exc:
             # OperationalError and OSError are the broker being away; kombu also raises
             # AttributeError from a channel whose connection broke. Either way the rest of
@@ -82,19 +84,45 @@ class Dispatcher:
             expected = isinstance(exc, OperationalError | OSError)
             log.warning(
                 "broker refused hand-off after %d of %d tasks: %s",
-                len(handed),
+                len(handed) + len(refused),
                 len(claimed),
                 exc,
                 exc_info=not expected,
-                extra={"released": len(claimed) - len(handed)},
+                extra={"released": len(claimed) - len(handed) - len(refused)},
             )
             self.broker.reset()
         finally:
+            settled = len(handed) + len(refused)
             self.store.mark_queued(handed, now=self.clock())
-            self.store.release([t.id for t in claimed[len(handed) :]], now=self.clock())
+            self.store.fail_refused(refused, now=self.clock())
+            self.store.release([t.id for t in claimed[settled:]], now=self.clock())
         if handed:
             log.info("handed off %d tasks", len(handed), extra={"handed": len(handed)})
         return len(handed)
+
+    def _try_hand_off(self, task: Claimed) -> str | None:
+        """Hand one task off: None when the broker took it, the reason when it refused this
+        message itself. Any other error (the broker away) propagates and ends the round."""
+        try:
+            with self.broker.producer() as producer:
+                self._hand_off(task, producer)
+        except Exception as exc:
+            reason = message_refusal(exc)
+            if reason is None:
+                raise
+            # Handing it off again would fail the same way, and releasing it would block
+            # every later round: the task fails, the rest of the round goes on. The failed
+            # publish may have left the channel broken, so the next one starts afresh.
+            log.error(
+                "the broker refused the message of task %s: %s",
+                task.id,
+                reason,
+                extra={"task_id": task.id, "task": task.task, "queue": task.queue},
+            )
+            self.broker.reset()
+            return reason
+        log.debug("handed off", extra={"task_id": task.id, "task": task.task, "eta": task.run_at})
+        return None
 
     def _hand_off(self, task: Claimed, producer: Any) -> None:
         options: dict[str, Any] = {
@@ -188,3 +216,35 @@ class Dispatcher:
                 self.store.nudge()
             self._thread.join(timeout)
             self._thread = None
+
+
+#: Longest reason kept in a refused task's error field.
+_MAX_REASON = 500
+
+
+def message_refusal(exc: BaseException) -> str | None:
+    """Why the broker refused one message itself, or None when the error may concern the
+    broker as a whole (away, full, read-only, unknown), which must never fail a task.
+
+    Only errors known to be about this message count: a Redis queue key that is not a list
+    (WRONGTYPE), a message larger than Redis takes, a message that cannot be encoded, a queue
+    the app cannot route to. kombu wraps the Redis error in an OperationalError, so the
+    causes are read too.
+    """
+    seen = 0
+    link: BaseException | None = exc
+    while link is not None and seen < 8:
+        if isinstance(link, redis.ResponseError) and _is_message_error(str(link)):
+            return f"the broker refused the message: {str(link)[:_MAX_REASON]}"
+        if isinstance(link, EncodeError | QueueNotFound):
+            return f"the message could not be sent: {type(link).__name__}: {link}"[:_MAX_REASON]
+        link = link.__cause__ or link.__context__
+        seen += 1
+    return None
+
+
+def _is_message_error(text: str) -> bool:
+    """True for Redis replies about the key or value of one command, not the server."""
+    # A pipeline's error reads "Command # 1 (LLEN q) of pipeline caused error: WRONGTYPE …".
+    reply = text.rpartition("caused error: ")[2]
+    return reply.startswith("WRONGTYPE") or "exceeds maximum allowed size" in reply

@@ -32,7 +32,7 @@ from schedkit.embedded import RedisServer, free_port
 from schedkit.errors import SchedkitError
 from schedkit.model import TaskSpec, TaskState, task_id_for
 from schedkit.relay import SilentRelay
-from schedkit.settings import Settings
+from schedkit.settings import Settings, broker_url_beside
 from schedkit.stack import Stack, local_settings
 from schedkit.store import Store
 from schedkit.timetable import load_timetable
@@ -358,7 +358,7 @@ def store_partitioned_and_healed(rows: int, base: Path | None = None) -> Counts:
         # The broker stays reachable: only schedkit's way to its store is cut.
         settings = local_settings(
             store_url=relay.url,
-            broker_url=redis_server.url,
+            broker_url=broker_url_beside(redis_server.url),
             store_timeout=PARTITION_STORE_TIMEOUT,
             visibility_timeout=10.0,
             **FAST,

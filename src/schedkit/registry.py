@@ -1,4 +1,5 @@
-"""Which Celery tasks may be scheduled: registered in the app and allowed by the pattern."""
+"""Which Celery tasks may be scheduled (registered in the app and allowed by the pattern), and
+which queues they may name (allowed, so some worker consumes them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,14 +40,63 @@ def load_app(reference: str) -> Celery:
 
 _UNKNOWN: Any = object()
 _MAX_VERDICTS = 4096
+#: How much of a refused name an error repeats: enough to recognise it, never a whole
+#: hostile payload.
+_SHOWN_CHARS = 64
+
+
+def declared_queues(app: Celery) -> set[str]:
+    """The queues ``app``'s workers consume unless told otherwise, and those its simple
+    routes (a mapping, or a list of mappings, of task pattern to queue) send to."""
+    conf = app.conf
+    queues = {_queue_name(q) for q in conf.task_queues or ()} - {""}
+    if not queues:
+        queues = {conf.task_default_queue}
+    routes = conf.task_routes
+    tables = [routes] if isinstance(routes, Mapping) else list(routes or ())
+    for table in tables:
+        if isinstance(table, Mapping):  # router functions and classes are not read
+            queues.update(_queue_name(route) for route in table.values())
+    return queues - {""}
+
+
+def _queue_name(item: Any) -> str:
+    """The queue a task_queues entry or a route names ('' when it names none)."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Mapping):
+        return _queue_name(item.get("queue", ""))
+    name = getattr(item, "name", "")  # a kombu Queue
+    return name if isinstance(name, str) else ""
+
+
+def allowed_queues(app: Celery, allow: str = "") -> frozenset[str]:
+    """The queue names a task may ask for: ``allow`` (comma separated), else the declared."""
+    names = {q.strip() for q in allow.split(",") if q.strip()}
+    return frozenset(names or declared_queues(app))
+
+
+def worker_queues(app: Celery, allow: str = "") -> list[str]:
+    """What a worker must consume: every allowed queue, and the declared ones that tasks
+    without a queue are routed to."""
+    return sorted(allowed_queues(app, allow) | declared_queues(app))
+
+
+def shown(name: str) -> str:
+    """``name`` quoted for an error message, cut to a short prefix."""
+    if len(name) <= _SHOWN_CHARS:
+        return repr(name)
+    return f"{name[:_SHOWN_CHARS]!r}… ({len(name)} chars)"
 
 
 class TaskRegistry:
     """The tasks of one Celery app that schedkit lets callers schedule."""
 
-    def __init__(self, app: Celery, allow: str = "*") -> None:
+    def __init__(self, app: Celery, allow: str = "*", allow_queues: str = "") -> None:
         self.app = app
         self._patterns = [p.strip() for p in allow.split(",") if p.strip()] or ["*"]
+        self._allow_queues = allow_queues
+        self._queues: frozenset[str] | None = None  # read from the app on first use
         self._signatures: dict[str, inspect.Signature | None] = {}
         self._verdicts: dict[tuple[str, int, tuple[str, ...]], tuple[str, str] | None] = {}
 
@@ -99,6 +150,31 @@ class TaskRegistry:
                 f"arguments {message}" if field == "args" else f"{field_prefix}{field}: {message}",
                 violations=(FieldViolation(f"{field_prefix}{field}", message),),
             )
+
+    def queues(self) -> frozenset[str]:
+        """The queue names a task may ask for (besides none: the default routing)."""
+        if self._queues is None:
+            self._queues = allowed_queues(self.app, self._allow_queues)
+        return self._queues
+
+    def check_queue(self, queue: str, *, field_prefix: str) -> None:
+        """Raise InvalidArgument unless ``queue`` is empty or allowed.
+
+        A queue is a key in a Redis broker: one no worker reads parks its tasks for ever, and
+        one that is not a list breaks every hand-off to it.
+        """
+        if not queue or queue in self.queues():
+            return
+        close = difflib.get_close_matches(queue[:_SHOWN_CHARS], self.queues(), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        message = (
+            f"queue {shown(queue)} is not allowed: no worker is known to consume it "
+            f"(SCHEDKIT_ALLOW_QUEUES){hint}"
+        )
+        raise InvalidArgument(
+            f"{field_prefix}queue: {message}",
+            violations=(FieldViolation(f"{field_prefix}queue", message),),
+        )
 
     def _problem(
         self, name: str, args: list[Any], kwargs: dict[str, Any]

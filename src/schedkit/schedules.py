@@ -257,6 +257,7 @@ class Schedules:
         kwargs_json = dumps(spec.kwargs) if spec.kwargs else ""
         try:
             self.registry.check(spec.task, spec.args, spec.kwargs, field_prefix=prefix)
+            self.registry.check_queue(spec.queue, field_prefix=prefix)
         except InvalidArgument as exc:
             return exc
         size = len(args_json or "[]") + len(kwargs_json or "{}")

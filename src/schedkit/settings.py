@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 
 def _default_data_dir() -> Path:
@@ -24,7 +25,8 @@ class Settings:
     store_url: str = ""
     #: Seconds a store call waits for Redis to connect or answer before it fails (0: no limit).
     store_timeout: float = 10.0
-    #: Celery broker URL; empty means the store's Redis.
+    #: Celery broker URL; empty means another database of the store's Redis (see
+    #: :func:`broker_url_beside`). Never the store's own database.
     broker_url: str = ""
     #: The Celery app as ``module:attribute``, as ``celery -A`` takes it.
     app: str = "schedkit.demo:app"
@@ -50,6 +52,9 @@ class Settings:
     max_batch: int = 5000
     #: fnmatch pattern(s), comma separated, of task names that may be scheduled.
     allow_tasks: str = "*"
+    #: Queue names, comma separated, a task may name; empty: the queues the Celery app
+    #: declares (task_queues, else task_default_queue, plus simple task_routes).
+    allow_queues: str = ""
     #: Finished tasks are forgotten this many seconds after they finish.
     retention: float = 7 * 24 * 3600.0
     #: How many state changes the event stream keeps for WatchTasks.
@@ -109,8 +114,8 @@ class Settings:
         return replace(settings, **given) if given else settings
 
     def with_store(self, store_url: str) -> Settings:
-        """Return a copy pointing at a running store (and broker, unless one is set)."""
-        return replace(self, store_url=store_url, broker_url=self.broker_url or store_url)
+        """Return a copy pointing at a running store; an unset broker follows it."""
+        return replace(self, store_url=store_url)
 
     def tokens(self) -> tuple[str, ...]:
         """Every accepted token: ``token`` and the lines of ``token_file``."""
@@ -133,8 +138,21 @@ class Settings:
 
     @property
     def effective_broker_url(self) -> str:
-        """The broker Celery should use: the explicit one, else the store's Redis."""
-        return self.broker_url or self.store_url
+        """The broker Celery should use: the explicit one, else another database of the
+        store's Redis. Raise ConfigError when an explicit one is the store's database."""
+        if not self.broker_url:
+            return broker_url_beside(self.store_url) if self.store_url else ""
+        if self.store_url and same_redis_database(self.store_url, self.broker_url):
+            from schedkit.errors import ConfigError
+
+            raise ConfigError(
+                f"the broker ({_safe(self.broker_url)}) is the store's Redis database "
+                f"({_safe(self.store_url)}): queue names would be keys beside the store's, so "
+                "a task's queue could overwrite or block schedkit's own data. Leave "
+                "SCHEDKIT_BROKER_URL (--broker) empty to use another database of the same "
+                "Redis, or point it at another database (for example /1) or server"
+            )
+        return self.broker_url
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:
@@ -157,3 +175,64 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
 
         raise ConfigError(f"SCHEDKIT_{name.upper()}={raw!r} is not a valid {kind_name}") from exc
     return raw
+
+
+#: The Redis URL schemes whose database schedkit can read and change.
+_REDIS_SCHEMES = ("redis", "rediss")
+
+
+def _database(url: str) -> int:
+    """The database number of a redis:// URL: ``?db=`` first, then the path, else 0."""
+    parts = urlsplit(url)
+    raw = dict(parse_qsl(parts.query)).get("db") or parts.path.strip("/") or "0"
+    try:
+        return int(raw)
+    except ValueError as exc:
+        from schedkit.errors import ConfigError
+
+        raise ConfigError(f"{_safe(url)} does not name a Redis database number") from exc
+
+
+def _server(url: str) -> tuple[str, int]:
+    """(host, port) of a redis:// URL, with every loopback name as one."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "localhost").lower()
+    if host in ("localhost", "::1") or host.startswith("127."):
+        host = "loopback"
+    return host, parts.port or 6379
+
+
+def broker_url_beside(store_url: str) -> str:
+    """The default broker of a store: the same Redis server, another database.
+
+    Database n pairs with n ^ 1 (0 with 1, 2 with 3, ...): always another database, and
+    within the 16 every Redis has unless told otherwise.
+    """
+    parts = urlsplit(store_url)
+    if parts.scheme not in _REDIS_SCHEMES:
+        from schedkit.errors import ConfigError
+
+        raise ConfigError(
+            f"cannot derive a broker from the store URL {_safe(store_url)}: set "
+            "SCHEDKIT_BROKER_URL (--broker) to a Redis database other than the store's"
+        )
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "db"])
+    path = f"/{_database(store_url) ^ 1}"
+    return urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
+
+
+def same_redis_database(first: str, second: str) -> bool:
+    """True when two URLs name the same database of the same Redis server."""
+    schemes = {urlsplit(first).scheme, urlsplit(second).scheme}
+    if not schemes <= set(_REDIS_SCHEMES):
+        return False  # another broker (amqp://...) cannot share the store's key space
+    return _server(first) == _server(second) and _database(first) == _database(second)
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -80,6 +80,7 @@ class Stack:
 
     def _start(self, wait_for_worker: float | None) -> None:
         settings = self.settings
+        _ = settings.effective_broker_url  # a broker in the store's database: ConfigError now
         if not settings.store_url:
             self.redis = RedisServer(
                 data_dir=settings.data_dir / "redis", appendfsync=settings.appendfsync
@@ -101,7 +102,7 @@ class Stack:
             )
             self._supervisor.start()
         self.dispatcher = Dispatcher(self.store, self.app, settings, broker=self.broker).start()
-        registry = TaskRegistry(self.app, settings.allow_tasks)
+        registry = TaskRegistry(self.app, settings.allow_tasks, settings.allow_queues)
         schedules = Schedules(self.store, registry, settings, broker=self.broker)
         self.server = Server(schedules).start()
         if settings.metrics_port:
@@ -127,6 +128,8 @@ class Stack:
             "SCHEDKIT_PREFIX": self.settings.prefix,
             "SCHEDKIT_VISIBILITY_TIMEOUT": str(self.settings.visibility_timeout),
             "SCHEDKIT_LOG_FORMAT": self.settings.log_format,
+            # The worker consumes every queue a task may name (worker_queues).
+            "SCHEDKIT_ALLOW_QUEUES": self.settings.allow_queues,
         }
         output = open(self.worker_log, "ab") if self.worker_log else None  # noqa: SIM115
         # A session of its own: Ctrl-C reaches schedkit up, which stops the parts in order.

@@ -405,6 +405,13 @@ class Store:
         if task_ids:
             self._run("handed", "release", *task_ids, now=now)
 
+    def fail_refused(self, refused: Sequence[tuple[str, str]], now: datetime | None = None) -> None:
+        """The broker refused these (id, reason) messages themselves: FAILED, claim settled,
+        the reason as each task's error."""
+        if refused:
+            pairs = [value for pair in refused for value in pair]
+            self._run("handed", "failed", *pairs, now=now)
+
     def redeliver(
         self, *, stale_seconds: float, limit: int = 1000, now: datetime | None = None
     ) -> list[str]:

@@ -9,7 +9,7 @@ from celery.signals import setup_logging
 
 from schedkit.hook import install
 from schedkit.logs import configure
-from schedkit.registry import load_app
+from schedkit.registry import load_app, worker_queues
 from schedkit.settings import Settings
 
 
@@ -36,10 +36,13 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
     return app
 
 
-def worker_argv(settings: Settings, *, concurrency: int, pool: str = "prefork") -> list[str]:
-    """The ``celery worker`` arguments schedkit uses."""
+def worker_argv(
+    settings: Settings, *, concurrency: int, pool: str = "prefork", queues: list[str] | None = None
+) -> list[str]:
+    """The ``celery worker`` arguments schedkit uses; ``queues`` become ``-Q``."""
     return [
         "worker",
+        *([f"--queues={','.join(queues)}"] if queues else []),
         "--loglevel=INFO",
         f"--concurrency={concurrency}",
         f"--pool={pool}",
@@ -58,4 +61,6 @@ def run_worker(settings: Settings, *, concurrency: int, pool: str = "prefork") -
         configure(settings.log_format)
 
     setup_logging.connect(own_logging, weak=False)
-    app.worker_main(worker_argv(settings, concurrency=concurrency, pool=pool))
+    # Every queue a task may name, so an accepted queue is never one nobody reads.
+    queues = worker_queues(app, settings.allow_queues)
+    app.worker_main(worker_argv(settings, concurrency=concurrency, pool=pool, queues=queues))

@@ -1,9 +1,14 @@
--- Settle claims after a hand-off attempt. ARGV[4] 'queued' or 'release', then ids.
--- queued: the broker has the message; release: it does not, so the task is due again now.
+-- Settle claims after a hand-off attempt. ARGV[4] 'queued', 'release' or 'failed'.
+-- queued: the broker has the message; release: it does not, so the task is due again now;
+-- for both, ids follow. failed: the broker refused this message itself (not the broker being
+-- away), so handing it off again would fail the same way: pairs of id and reason follow, and
+-- each task ends FAILED, finished now (retention purges it), with the reason as its error.
 -- A task cancelled or started meanwhile keeps its state.
 local verdict = ARGV[4]
-local handed = 0
-for i = 5, #ARGV do
+local step = 1
+if verdict == 'failed' then step = 2 end
+local handed, failed = 0, 0
+for i = 5, #ARGV, step do
   local id = ARGV[i]
   if redis.call('ZREM', claims, id) == 1 then
     local state, run = unpack(redis.call('HMGET', tkey(id), 's', 'r'))
@@ -12,6 +17,10 @@ for i = 5, #ARGV do
         move(id, 'SCHEDULED', 'QUEUED', run)
         redis.call('HSET', tkey(id), 'qt', now)
         handed = handed + 1
+      elseif verdict == 'failed' then
+        move(id, 'SCHEDULED', 'FAILED', run)
+        redis.call('HSET', tkey(id), 'ft', now, 'err', ARGV[i + 1])
+        failed = failed + 1
       else
         redis.call('ZADD', skey('SCHEDULED'), run, id)
       end
@@ -19,4 +28,5 @@ for i = 5, #ARGV do
   end
 end
 count('handed', handed)
+count('finished:FAILED', failed)
 return 0
