@@ -116,29 +116,11 @@ class Schedules:
             raise result.error
         return result
 
-    def schedule_and_get(self, spec: TaskSpec) -> tuple[TaskRecord, Outcome]:
-        """Schedule one task and return the stored task; raise the error if it is refused.
-
-        A created task is known without reading it back (one store round trip, not two):
-        its record is the spec at the store's millisecond precision, SCHEDULED, created now.
-        """
-        now = self.clock()
-        result = self.schedule_batch([spec], now=now)[0]
-        if result.error is not None:
-            raise result.error
-        if result.outcome is not Outcome.CREATED:
-            return self.store.get(result.id), result.outcome
-        stored = replace(
-            spec,
-            run_at=from_millis(to_millis(spec.run_at)),
-            expires_after=None
-            if spec.expires_after is None
-            else timedelta(milliseconds=int(spec.expires_after.total_seconds() * 1000)),
+    def prepare_one(self, spec: TaskSpec, now: datetime) -> PreparedBatch:
+        """A batch of one task, checked and encoded: the first half of a ScheduleTask."""
+        return self.prepare_rows(
+            TaskRows.of_specs([spec]), fields=BatchFields.of_prefix("spec."), now=now
         )
-        record = TaskRecord(
-            result.id, stored, TaskState.SCHEDULED, created_at=from_millis(to_millis(now))
-        )
-        return record, result.outcome
 
     def schedule_batch(
         self,
@@ -217,6 +199,10 @@ class Schedules:
         stored = self.store.schedule_new(
             batch.new, window_seconds=self.settings.handoff_window, now=batch.now
         )
+        return self.settle(batch, stored)
+
+    def settle(self, batch: PreparedBatch, stored: list[ScheduleResult]) -> list[ScheduleResult]:
+        """Every row's result, in row order, from what the store said of the accepted rows."""
         if log.isEnabledFor(logging.DEBUG):
             for result in stored:
                 if result.outcome is Outcome.CREATED:
@@ -402,6 +388,19 @@ class Schedules:
     def task_types(self) -> list[TaskType]:
         """The tasks that may be scheduled."""
         return self.registry.task_types()
+
+
+def created_record(spec: TaskSpec, task_id: str, now: datetime) -> TaskRecord:
+    """The record the store holds for ``spec`` just created at ``now``: the spec at the
+    store's millisecond precision, SCHEDULED (so a caller need not read it back)."""
+    stored = replace(
+        spec,
+        run_at=from_millis(to_millis(spec.run_at)),
+        expires_after=None
+        if spec.expires_after is None
+        else timedelta(milliseconds=int(spec.expires_after.total_seconds() * 1000)),
+    )
+    return TaskRecord(task_id, stored, TaskState.SCHEDULED, created_at=from_millis(to_millis(now)))
 
 
 def wanted_changes(query: TaskQuery, changes: Sequence[StateChange]) -> list[StateChange]:

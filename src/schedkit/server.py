@@ -26,6 +26,7 @@ from schedkit.interceptors import ErrorInterceptor
 from schedkit.schedules import Schedules
 from schedkit.service import ScheduleService
 from schedkit.settings import Settings
+from schedkit.store_async import AsyncStore
 from schedkit.streams import StreamGuard, StreamLimits
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
@@ -112,8 +113,9 @@ class Server:
             + 2 * settings.max_open_streams
             + MAX_WAITING_CALLS,
         )
-        self.feed = ChangeFeed(self._schedules.store)
-        servicer = ScheduleService(self._schedules, self._executor, self.feed)
+        self._store = AsyncStore(self._schedules.store)
+        self.feed = ChangeFeed(self._store)
+        servicer = ScheduleService(self._schedules, self._executor, self._store, self.feed)
         pb_grpc.add_ScheduleServiceServicer_to_server(servicer, self._grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
@@ -161,6 +163,7 @@ class Server:
         await self.health.enter_graceful_shutdown()
         await self._grpc.stop(grace)
         await self.feed.close()
+        await self._store.close()
 
     async def _set_health(self, *, serving: bool) -> None:
         status = (

@@ -22,8 +22,15 @@ from schedkit.convert import (
 )
 from schedkit.errors import InvalidArgument, SchedkitError
 from schedkit.model import Outcome, ScheduleResult, TaskRows, TaskSpec
-from schedkit.schedules import MAX_LABELS, BatchFields, PreparedBatch, Schedules
+from schedkit.schedules import (
+    MAX_LABELS,
+    BatchFields,
+    PreparedBatch,
+    Schedules,
+    created_record,
+)
 from schedkit.store import TaskQuery
+from schedkit.store_async import AsyncStore
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 from schedkit.watch import ChangeFeed
@@ -46,9 +53,12 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
     through ``feed`` (redis-py's asyncio client).
     """
 
-    def __init__(self, schedules: Schedules, executor: Executor, feed: ChangeFeed) -> None:
+    def __init__(
+        self, schedules: Schedules, executor: Executor, store: AsyncStore, feed: ChangeFeed
+    ) -> None:
         self.schedules = schedules
         self._executor = executor
+        self._store = store
         self._feed = feed
         # Column templates already converted, shared by all streams (see rows_from_columns).
         self._known_templates: dict[bytes, TaskSpec] = {}
@@ -60,10 +70,23 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
     async def ScheduleTask(
         self, request: pb.ScheduleTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ScheduleTaskResponse:
-        """Schedule one task."""
+        """Schedule one task: checked on the loop (one spec is microseconds), stored awaited."""
         spec = spec_from_proto(request.spec)
-        task, outcome = await self._call(self.schedules.schedule_and_get, spec)
-        return pb.ScheduleTaskResponse(task=task_to_proto(task), outcome=outcome_to_proto(outcome))
+        now = self.schedules.clock()
+        batch = self.schedules.prepare_one(spec, now)
+        stored = await self._store.schedule_new(
+            batch.new, window_seconds=self.schedules.settings.handoff_window, now=now
+        )
+        result = self.schedules.settle(batch, stored)[0]
+        if result.error is not None:
+            raise result.error
+        if result.outcome is Outcome.CREATED:
+            task = created_record(spec, result.id, now)
+        else:
+            task = await self._store.get(result.id)
+        return pb.ScheduleTaskResponse(
+            task=task_to_proto(task), outcome=outcome_to_proto(result.outcome)
+        )
 
     async def ScheduleTasks(
         self,

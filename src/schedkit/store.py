@@ -31,7 +31,7 @@ from schedkit.model import (
     to_millis,
     utc_now,
 )
-from schedkit.record import NewTasks, decode
+from schedkit.record import NewTasks, Row, decode
 
 if TYPE_CHECKING:
     from schedkit.settings import Settings
@@ -110,10 +110,15 @@ def store_errors() -> Iterator[None]:
         raise
 
 
-def _load_script(client: redis.Redis, name: str) -> Any:
+def script_text(name: str) -> str:
+    """The Lua source of script ``name``, after the prelude every script shares."""
     package = resources.files("schedkit") / "lua"
     prelude = (package / "prelude.lua").read_text()
-    return client.register_script(prelude + "\n" + (package / f"{name}.lua").read_text())
+    return prelude + "\n" + (package / f"{name}.lua").read_text()
+
+
+def _load_script(client: redis.Redis, name: str) -> Any:
+    return client.register_script(script_text(name))
 
 
 #: Seconds a store call waits for Redis to take a connection or to answer before it fails
@@ -146,7 +151,7 @@ class Store:
         # Blocking reads wait on purpose: they get a pool whose read timeout allows for it.
         self._waiting = waiting or client
         self.keys = Keys(prefix)
-        self._history = history
+        self.history = history
         self._scripts = {name: _load_script(client, name) for name in SCRIPTS}
 
     @classmethod
@@ -199,8 +204,7 @@ class Store:
             self._waiting.close()
 
     def _run(self, name: str, *args: Any, client: Any = None, now: datetime | None = None) -> Any:
-        now_ms = to_millis(now or utc_now())
-        argv = [self.keys.prefix, self._history, now_ms, *args]
+        argv = script_argv(self.keys.prefix, self.history, now, *args)
         with store_errors():
             return self._scripts[name](keys=[], args=argv, client=client)
 
@@ -227,30 +231,11 @@ class Store:
         self, batch: NewTasks, *, window_seconds: float, now: datetime | None = None
     ) -> list[ScheduleResult]:
         """Store a batch of new tasks in one round trip, results in row order."""
-        rows = batch.rows
-        if not rows:
+        if not batch.rows:
             return []
-        payload = orjson.dumps(
-            [
-                batch.templates,
-                [(r.id, r.fingerprint, str(r.run_ms), r.template, r.key) for r in rows],
-                str(batch.created_ms),
-            ]
-        )
+        payload = schedule_payload(batch)
         verdicts = self._run("schedule", int(window_seconds * 1000), payload, now=now)
-        results = []
-        for row, verdict in zip(rows, verdicts, strict=True):
-            if verdict == 1:
-                results.append(ScheduleResult(row.id, Outcome.CREATED))
-            elif verdict == 2:
-                results.append(ScheduleResult(row.id, Outcome.EXISTING))
-            else:
-                error = AlreadyExists(
-                    f"idempotency key {row.key!r} already names task {row.id} with different "
-                    "content; use a new key to schedule something else"
-                )
-                results.append(ScheduleResult(row.id, Outcome.REJECTED, error))
-        return results
+        return schedule_results(batch.rows, verdicts)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -321,7 +306,7 @@ class Store:
         hi = str(to_millis(query.run_before)) if query.run_before else ""
         calls = [
             [
-                self.keys.prefix, self._history, to_millis(utc_now()), state.value, lo, hi,
+                self.keys.prefix, self.history, to_millis(utc_now()), state.value, lo, hi,
                 cursor_score, cursor_id, page_size, budget, query.task, labels,
             ]
             for state in states
@@ -500,6 +485,39 @@ def changes_of(reply: Any) -> list[StateChange]:
             for task_id in fields["id"].split(" "):
                 changes.append(StateChange(str(cursor), task_id, state, at))
     return changes
+
+
+def schedule_payload(batch: NewTasks) -> bytes:
+    """The schedule script's batch argument: [templates, rows, created ms] as JSON."""
+    return orjson.dumps(
+        [
+            batch.templates,
+            [(r.id, r.fingerprint, str(r.run_ms), r.template, r.key) for r in batch.rows],
+            str(batch.created_ms),
+        ]
+    )
+
+
+def schedule_results(rows: Sequence[Row], verdicts: Sequence[int]) -> list[ScheduleResult]:
+    """Each row's result from the schedule script's verdicts, in row order."""
+    results = []
+    for row, verdict in zip(rows, verdicts, strict=True):
+        if verdict == 1:
+            results.append(ScheduleResult(row.id, Outcome.CREATED))
+        elif verdict == 2:
+            results.append(ScheduleResult(row.id, Outcome.EXISTING))
+        else:
+            error = AlreadyExists(
+                f"idempotency key {row.key!r} already names task {row.id} with different "
+                "content; use a new key to schedule something else"
+            )
+            results.append(ScheduleResult(row.id, Outcome.REJECTED, error))
+    return results
+
+
+def script_argv(prefix: str, history: int, now: datetime | None, *args: Any) -> list[Any]:
+    """A script's ARGV: what prelude.lua reads first (prefix, history, clock), then ``args``."""
+    return [prefix, history, to_millis(now or utc_now()), *args]
 
 
 def _pairs(flat: Sequence[str]) -> Iterator[tuple[str, str]]:
