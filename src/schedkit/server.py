@@ -143,7 +143,6 @@ class Server:
 
     async def _start(self) -> None:
         await self._grpc.start()
-        self.feed.start()
         await self._set_health(serving=True)
         self._store_watch = asyncio.create_task(self._watch_store(), name="schedkit-health")
 

@@ -2,8 +2,10 @@
 
 One reader per server blocks on the event stream and wakes every watcher when something is
 appended; each watcher then reads the entries after its own cursor without blocking, so a
-thousand watchers hold one blocked Redis connection, not a thousand. A watcher also reads
-every few seconds unwoken, so a store that stops answering surfaces as UNAVAILABLE.
+thousand watchers hold one blocked Redis connection, not a thousand. The reader runs only
+while someone watches: every scheduled task appends to the stream, and following it for
+nobody would cost each call a round trip. A watcher also reads every few seconds unwoken, so
+a store that stops answering surfaces as UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from schedkit.errors import Unavailable
 from schedkit.model import TaskRecord
@@ -41,11 +44,8 @@ class ChangeFeed:
         )
         self._appended = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._watchers = 0
         self._closing = False
-
-    def start(self) -> None:
-        """Start following the stream (call from the loop that runs the watchers)."""
-        self._reader = asyncio.create_task(self._follow_tail(), name="schedkit-change-feed")
 
     async def close(self) -> None:
         """Stop the reader and release its connection."""
@@ -66,6 +66,18 @@ class ChangeFeed:
         self, query: TaskQuery, cursor: str
     ) -> AsyncIterator[tuple[TaskRecord, StateChange]]:
         """(task, change) for every change after ``cursor`` that ``query`` selects, for ever."""
+        self._watchers += 1
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._follow_tail(), name="schedkit-change-feed")
+        try:
+            async for found in self._follow(query, cursor):
+                yield found
+        finally:
+            self._watchers -= 1
+
+    async def _follow(
+        self, query: TaskQuery, cursor: str
+    ) -> AsyncIterator[tuple[TaskRecord, StateChange]]:
         while True:
             appended = self._appended  # taken before reading: a later append sets it
             changes = await self._store.events_after(cursor)
@@ -81,20 +93,20 @@ class ChangeFeed:
                 yield found
 
     async def _follow_tail(self) -> None:
-        """Wake the watchers whenever the stream grows; outlive any store outage."""
+        """Wake the watchers whenever the stream grows, while there are any; outlive any
+        store outage."""
         backoff = 0.5
         cursor = ""
         events = self._store.keys.events
-        while not self._closing:
+        while self._watchers and not self._closing:
             try:
                 cursor = cursor or await self.latest()
                 with store_errors():
-                    reply = await self._tail.xread(
+                    reply: Any = await self._tail.xread(
                         {events: cursor}, count=1, block=int(TAIL_BLOCK_SECONDS * 1000)
                     )
                 if reply:
-                    # Skip to the newest entry: watchers read what they need themselves.
-                    cursor = await self.latest()
+                    cursor = str(reply[0][1][-1][0])  # watchers read the entries themselves
                     self._wake()
                 backoff = 0.5
             except Unavailable as exc:
