@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from schedkit.errors import ConfigError, FieldViolation, InvalidArgument
+from schedkit.errors import ConfigError, FieldViolation, InvalidArgument, excerpt
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ def load_app(reference: str) -> Celery:
 
 _UNKNOWN: Any = object()
 _MAX_VERDICTS = 4096
+# Verdicts are kept only for calls whose task and keyword names are this short in all, so the
+# verdict cache stays small whatever callers send; a longer task name has no close matches.
+_MAX_SHAPE_CHARS = 1024
+_MAX_PROBLEM_CHARS = 256
 
 
 class TaskRegistry:
@@ -89,7 +93,8 @@ class TaskRegistry:
         problem = self._verdicts.get(shape, _UNKNOWN)
         if problem is _UNKNOWN:
             problem = self._problem(name, args, kwargs)
-            if problem is None or problem[0] == "args":
+            small = len(name) + sum(map(len, kwargs)) <= _MAX_SHAPE_CHARS
+            if small and (problem is None or problem[0] == "args"):
                 if len(self._verdicts) >= _MAX_VERDICTS:
                     self._verdicts.clear()
                 self._verdicts[shape] = problem
@@ -107,11 +112,16 @@ class TaskRegistry:
         if not name:
             return "task", "required: a task name"
         if not self.allowed(name):
-            close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+            close = (
+                difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+                if len(name) <= _MAX_SHAPE_CHARS
+                else []
+            )
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             return (
                 "task",
-                f"unknown task {name!r}: not registered in the Celery app or not allowed{hint}",
+                f"unknown task {excerpt(name)!r}: not registered in the Celery app or not "
+                f"allowed{hint}",
             )
         signature = self._signature(name)
         if signature is None:
@@ -119,7 +129,8 @@ class TaskRegistry:
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:
-            return "args", f"do not fit {name}{signature}: {exc}"
+            # The TypeError names a keyword the caller sent, which may be of any length.
+            return "args", f"do not fit {name}{signature}: {excerpt(str(exc), _MAX_PROBLEM_CHARS)}"
         return None
 
     def _signature(self, name: str) -> inspect.Signature | None:
