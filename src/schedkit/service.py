@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from schedkit.cache import TemplateCache
 from schedkit.convert import (
     datetime_to_timestamp,
     outcome_to_proto,
@@ -36,7 +37,7 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
     def __init__(self, schedules: Schedules) -> None:
         self.schedules = schedules
         # Column templates already converted, shared by all streams (see rows_from_columns).
-        self._known_templates: dict[bytes, TaskSpec] = {}
+        self._known_templates = TemplateCache.for_settings(schedules.settings)
 
     def ScheduleTask(
         self, request: pb.ScheduleTaskRequest, context: grpc.ServicerContext
