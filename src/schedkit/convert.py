@@ -32,6 +32,7 @@ from schedkit.v1 import schedule_service_pb2 as pb
 #: holding kwargs 34 objects deep (each object costs three message levels); 24 leaves margin
 #: for clients that nest the task deeper or count differently.
 MAX_NESTING = 24
+_MILLISECOND = timedelta(milliseconds=1)
 #: The largest Duration protobuf defines: 10,000 years.
 MAX_DURATION_SECONDS = 315_576_000_000
 
@@ -104,8 +105,11 @@ def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.", *, template: bool =
         except InvalidArgument as exc:
             violations.extend(exc.violations)
         else:
-            if expires_after <= timedelta(0):
-                violations.append(FieldViolation(f"{prefix}expires_after", "must be positive"))
+            if expires_after < _MILLISECOND:
+                # The store keeps whole milliseconds: less would be stored as no time at all.
+                violations.append(
+                    FieldViolation(f"{prefix}expires_after", "must be positive, at least 1 ms")
+                )
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     try:
