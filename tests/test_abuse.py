@@ -249,7 +249,14 @@ def test_a_megabyte_id_is_not_found_with_a_short_message(served: Served) -> None
 @pytest.mark.parametrize(
     ("seconds", "nanos"),
     # Each of these once read as a positive timedelta and was stored.
-    [(5, -1), (3, -999_999_999), (0, 1_000_000_000), (2, -1_000_000_000), (10**12, 0)],
+    [
+        (5, -1),
+        (3, -999_999_999),
+        (0, 1_000_000_000),
+        (2, -1_000_000_000),
+        (10**12, 0),
+        (0, 999_000),  # positive, but under the millisecond the store keeps
+    ],
 )
 def test_an_invalid_duration_is_refused_naming_the_field(
     served: Served, seconds: int, nanos: int
