@@ -91,6 +91,8 @@ def serving() -> Iterator[Serving]:
                 process.kill()
                 process.wait()
             reader.join(10)
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 def _template_batch(template: pb.TaskSpec, templates: int = 1) -> pb.ScheduleTasksRequest:
