@@ -268,3 +268,12 @@ def test_every_accepted_column_row_reads_back_from_the_store(
 def test_the_latest_run_time_is_the_last_millisecond_of_9999() -> None:
     assert from_millis(to_millis(LATEST)) == datetime(9999, 12, 31, 23, 59, 59, 999000, UTC)
     assert to_millis(LATEST + timedelta(microseconds=1)) > to_millis(LATEST)
+
+
+def test_a_task_nested_past_the_limit_by_an_older_server_still_reads_on_a_client() -> None:
+    deep: Any = "é"
+    for level in range(MAX_NESTING + 5):
+        deep = [deep] if level % 2 else {"n": deep}
+    spec = TaskSpec("nap", LATEST, kwargs={"seconds": deep})
+    message = pb.Task(id="rolder", spec=spec_to_proto(spec), state=pb.TASK_STATE_SCHEDULED)
+    assert task_from_proto(message).spec.kwargs == json_form(spec.kwargs)

@@ -65,12 +65,19 @@ def datetime_to_timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     )
 
 
-def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.", *, template: bool = False) -> TaskSpec:
+def spec_from_proto(
+    msg: pb.TaskSpec,
+    prefix: str = "spec.",
+    *,
+    template: bool = False,
+    max_nesting: int = MAX_NESTING,
+) -> TaskSpec:
     """A TaskSpec from its message; every problem is a FieldViolation under ``prefix``.
 
     On the hot path of every ScheduleTasks batch: fields are read directly (no json_format),
     and the common case builds no violation list.
     A ``template`` of TaskColumns has no run time or key of its own (rows carry them).
+    ``max_nesting`` bounds how deep args and kwargs may nest (see MAX_NESTING).
     """
     violations: list[FieldViolation] = []
     task = msg.task.strip()
@@ -112,14 +119,16 @@ def spec_from_proto(msg: pb.TaskSpec, prefix: str = "spec.", *, template: bool =
                 )
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
+    # _from_value counts levels up to MAX_NESTING; args and kwargs are level 1, their items 2.
+    start = 2 + MAX_NESTING - max_nesting
     try:
         if msg.HasField("args"):
-            args = [_from_value(v, 2) for v in msg.args.values]
+            args = [_from_value(v, start) for v in msg.args.values]
     except _NotJson as exc:
         violations.append(FieldViolation(f"{prefix}args", str(exc)))
     try:
         if msg.HasField("kwargs"):
-            kwargs = {k: _from_value(v, 2) for k, v in msg.kwargs.fields.items()}
+            kwargs = {k: _from_value(v, start) for k, v in msg.kwargs.fields.items()}
     except _NotJson as exc:
         violations.append(FieldViolation(f"{prefix}kwargs", str(exc)))
     if violations:
@@ -252,9 +261,11 @@ class _NotJson(ValueError):
 
 _NOT_FINITE = "NaN and infinity are not JSON"
 _TOO_DEEP = (
-    f"nested more than {MAX_NESTING} lists or objects deep (counting this one); "
-    "clients could not read the task back"
+    f"nested more than {MAX_NESTING} lists or objects deep (args and kwargs themselves are "
+    "the first); clients could not read the task back"
 )
+# Deeper than protobuf parses (100 message levels): no nesting limit of schedkit's own.
+_ANY_NESTING = 1000
 
 
 def _from_value(value: struct_pb2.Value, depth: int) -> Any:
@@ -341,7 +352,8 @@ def task_to_proto(record: TaskRecord) -> pb.Task:
 def task_from_proto(msg: pb.Task) -> TaskRecord:
     """A TaskRecord from its message (client side)."""
 
-    spec = spec_from_proto(msg.spec)
+    # Whatever parsed is read, nested as deep as it is: tasks stored before MAX_NESTING too.
+    spec = spec_from_proto(msg.spec, max_nesting=_ANY_NESTING)
     return TaskRecord(
         id=msg.id,
         spec=spec,
