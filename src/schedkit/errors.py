@@ -118,6 +118,16 @@ _BY_CODE: dict[grpc.StatusCode, type[SchedkitError]] = {
 }
 
 
+#: How much of a caller's text an error message repeats: enough to recognise it, never so
+#: much that the error outgrows the message limit (a 1 MB label name echoed back would).
+EXCERPT_CHARS = 64
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` itself when short, else its first ``limit`` characters and an ellipsis."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
+
+
 def error_class_for(code: grpc.StatusCode) -> type[SchedkitError]:
     """The schedkit error class a gRPC status code maps back to (SchedkitError if none)."""
     return _BY_CODE.get(code, SchedkitError)

@@ -7,7 +7,7 @@ import enum
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,10 +61,6 @@ class TaskSpec:
     expires_after: timedelta | None = None
 
 
-# Templates kept converted and checked; a timetable has a few thousand distinct ones at most.
-MAX_KNOWN_TEMPLATES = 20_000
-
-
 @dataclass(frozen=True)
 class TaskRows:
     """A batch in column form: row ``i`` is ``templates[template[i]]`` run at ``run_micros[i]``
@@ -82,6 +78,9 @@ class TaskRows:
     # True when equal templates arrive as the same object batch after batch (a converter
     # keeps them): their checks are then kept by identity too.
     reused: bool = False
+    # Called with a template's number once every check of it passed: a converter keeps only
+    # such templates, so what callers send and the server refuses is never held.
+    keep: Callable[[int], None] | None = None
 
     def __len__(self) -> int:
         return len(self.template)
@@ -193,6 +192,12 @@ MIN_SECONDS = -62135596800
 MAX_SECONDS = 253402300799
 MIN_MICROS = MIN_SECONDS * 1_000_000
 MAX_MICROS = MAX_SECONDS * 1_000_000 + 999_999
+# The store keeps milliseconds, rounding halves up: the latest run time that still rounds to
+# a millisecond of the year 9999 (9999-12-31T23:59:59.999499Z), so every stored time reads
+# back as a datetime (and a Timestamp).
+MAX_RUN_MICROS = MAX_SECONDS * 1_000_000 + 999_499
+LATEST_RUN_TIME = "9999-12-31T23:59:59.999Z"
+RUN_TIME_TOO_LATE = f"after {LATEST_RUN_TIME}, the latest time the store (in milliseconds) holds"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 

@@ -32,6 +32,9 @@ from schedkit.model import (
 __all__ = ["NewTasks", "Row", "Template", "decode", "dumps", "encode_template", "template_row"]
 
 
+_MILLISECOND = timedelta(milliseconds=1)
+
+
 class Template(NamedTuple):
     """What rows sharing a spec store alike: the hash fields but run time, key and creation
     time, and the fingerprinted text around the run time."""
@@ -94,7 +97,8 @@ def encode_template(
     if labels_json:
         fields += ["l", labels_json]
     if spec.expires_after is not None:
-        fields += ["x", str(int(spec.expires_after.total_seconds() * 1000))]
+        # Integer arithmetic: total_seconds() * 1000 is 28.999… for 29 ms.
+        fields += ["x", str(spec.expires_after // _MILLISECOND)]
     head, tail = fingerprint_frame(
         spec.task,
         args_json,

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 
-from schedkit.errors import ConfigError, FieldViolation, InvalidArgument
+from schedkit.errors import EXCERPT_CHARS, ConfigError, FieldViolation, InvalidArgument, excerpt
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,10 @@ def load_app(reference: str) -> Celery:
 
 _UNKNOWN: Any = object()
 _MAX_VERDICTS = 4096
-#: How much of a refused name an error repeats: enough to recognise it, never a whole
-#: hostile payload.
-_SHOWN_CHARS = 64
+# Verdicts are kept only for calls whose task and keyword names are this short in all, so the
+# verdict cache stays small whatever callers send; a longer task name has no close matches.
+_MAX_SHAPE_CHARS = 1024
+_MAX_PROBLEM_CHARS = 256
 
 
 def declared_queues(app: Celery) -> set[str]:
@@ -80,13 +81,6 @@ def worker_queues(app: Celery, allow: str = "") -> list[str]:
     """What a worker must consume: every allowed queue, and the declared ones that tasks
     without a queue are routed to."""
     return sorted(allowed_queues(app, allow) | declared_queues(app))
-
-
-def shown(name: str) -> str:
-    """``name`` quoted for an error message, cut to a short prefix."""
-    if len(name) <= _SHOWN_CHARS:
-        return repr(name)
-    return f"{name[:_SHOWN_CHARS]!r}… ({len(name)} chars)"
 
 
 class TaskRegistry:
@@ -140,7 +134,8 @@ class TaskRegistry:
         problem = self._verdicts.get(shape, _UNKNOWN)
         if problem is _UNKNOWN:
             problem = self._problem(name, args, kwargs)
-            if problem is None or problem[0] == "args":
+            small = len(name) + sum(map(len, kwargs)) <= _MAX_SHAPE_CHARS
+            if small and (problem is None or problem[0] == "args"):
                 if len(self._verdicts) >= _MAX_VERDICTS:
                     self._verdicts.clear()
                 self._verdicts[shape] = problem
@@ -165,10 +160,10 @@ class TaskRegistry:
         """
         if not queue or queue in self.queues():
             return
-        close = difflib.get_close_matches(queue[:_SHOWN_CHARS], self.queues(), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(queue[:EXCERPT_CHARS], self.queues(), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         message = (
-            f"queue {shown(queue)} is not allowed: no worker is known to consume it "
+            f"queue {excerpt(queue)!r} is not allowed: no worker is known to consume it "
             f"(SCHEDKIT_ALLOW_QUEUES){hint}"
         )
         raise InvalidArgument(
@@ -183,11 +178,16 @@ class TaskRegistry:
         if not name:
             return "task", "required: a task name"
         if not self.allowed(name):
-            close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+            close = (
+                difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+                if len(name) <= _MAX_SHAPE_CHARS
+                else []
+            )
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             return (
                 "task",
-                f"unknown task {name!r}: not registered in the Celery app or not allowed{hint}",
+                f"unknown task {excerpt(name)!r}: not registered in the Celery app or not "
+                f"allowed{hint}",
             )
         signature = self._signature(name)
         if signature is None:
@@ -195,7 +195,8 @@ class TaskRegistry:
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:
-            return "args", f"do not fit {name}{signature}: {exc}"
+            # The TypeError names a keyword the caller sent, which may be of any length.
+            return "args", f"do not fit {name}{signature}: {excerpt(str(exc), _MAX_PROBLEM_CHARS)}"
         return None
 
     def _signature(self, name: str) -> inspect.Signature | None:

@@ -14,17 +14,20 @@ from datetime import datetime, timedelta
 from celery import Celery
 
 from schedkit.broker import Broker
+from schedkit.cache import ENTRY_OVERHEAD, ByteBoundedLRU
 from schedkit.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    excerpt,
 )
 from schedkit.model import (
-    MAX_KNOWN_TEMPLATES,
     MAX_MICROS,
+    MAX_RUN_MICROS,
     MIN_MICROS,
+    RUN_TIME_TOO_LATE,
     Outcome,
     ScheduleResult,
     TaskRecord,
@@ -51,6 +54,8 @@ MAX_LABEL_VALUE = 256
 MAX_KEY = 512
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+# The budget of checked and encoded templates kept by identity (see Schedules._prepare).
+TEMPLATE_ENCODINGS_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,9 @@ class Schedules:
         self.registry = registry
         self.settings = settings
         self.clock = clock
-        self._templates: dict[int, tuple[TaskSpec, Template]] = {}
+        self._templates: ByteBoundedLRU[int, tuple[TaskSpec, Template]] = ByteBoundedLRU(
+            TEMPLATE_ENCODINGS_BYTES
+        )
 
     @property
     def app(self) -> Celery:
@@ -171,14 +178,12 @@ class Schedules:
         ):
             template = prepared[number]
             if template is None:
-                template = prepared[number] = self._prepare(
-                    rows.templates[number], fields, number, reused=rows.reused
-                )
+                template = prepared[number] = self._prepare(rows, fields, number)
             run_ms = (micros + 500) // 1000  # model.millis_of_micros, inlined on the hot path
             if (
                 type(template) is Template
                 and floor_ms <= run_ms
-                and MIN_MICROS <= micros <= MAX_MICROS
+                and MIN_MICROS <= micros <= MAX_RUN_MICROS
                 and len(key) <= MAX_KEY
             ):
                 results.append(None)
@@ -217,13 +222,12 @@ class Schedules:
             results[index] = result
         return [r for r in results if r is not None]
 
-    def _prepare(
-        self, spec: TaskSpec | Exception, fields: BatchFields, number: int, *, reused: bool
-    ) -> Template | Exception:
+    def _prepare(self, rows: TaskRows, fields: BatchFields, number: int) -> Template | Exception:
         """A template's encoding, or the error naming what no row of it may have."""
+        spec = rows.templates[number]
         if isinstance(spec, Exception):
             return spec
-        if not reused:
+        if not rows.reused:
             return self._check_template(spec, fields.template.format(number))
         known = self._templates.get(id(spec))
         if known is not None and known[0] is spec:
@@ -232,23 +236,25 @@ class Schedules:
         if isinstance(template, Template):
             # Kept by identity, with the spec itself so the id stays its: callers that
             # convert equal templates to one object (rows_from_columns) skip the checks.
-            if len(self._templates) >= MAX_KNOWN_TEMPLATES:
-                self._templates.clear()
-            self._templates[id(spec)] = (spec, template)
+            cost = sum(map(len, template.fields)) + len(template.head) + len(template.tail)
+            self._templates.put(id(spec), (spec, template), 2 * cost + ENTRY_OVERHEAD)
+            if rows.keep is not None:
+                rows.keep(number)
         return template
 
     def _check_template(self, spec: TaskSpec, prefix: str) -> Template | InvalidArgument:
         """Check and encode what a template's rows share, or the error naming its field."""
         args_json = dumps(spec.args) if spec.args else ""
         kwargs_json = dumps(spec.kwargs) if spec.kwargs else ""
-        try:
-            self.registry.check(spec.task, spec.args, spec.kwargs, field_prefix=prefix)
-            self.registry.check_queue(spec.queue, field_prefix=prefix)
-        except InvalidArgument as exc:
-            return exc
         size = len(args_json or "[]") + len(kwargs_json or "{}")
         if size <= self.settings.max_args_bytes and _labels_fit(spec.labels):
+            try:
+                self.registry.check(spec.task, spec.args, spec.kwargs, field_prefix=prefix)
+                self.registry.check_queue(spec.queue, field_prefix=prefix)
+            except InvalidArgument as exc:
+                return exc
             return encode_template(spec, args_json, kwargs_json)
+        # Sizes first: the registry keeps verdicts by keyword names, which must be small.
         violations: list[FieldViolation] = []
         if size > self.settings.max_args_bytes:
             violations.append(
@@ -265,7 +271,7 @@ class Schedules:
             if not name or len(name) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
                 violations.append(
                     FieldViolation(
-                        f"{prefix}labels[{name!r}]",
+                        f"{prefix}labels[{excerpt(name)!r}]",
                         f"label names take 1 to {MAX_LABEL_KEY} chars, values up to "
                         f"{MAX_LABEL_VALUE}",
                     )
@@ -292,6 +298,8 @@ class Schedules:
         tolerance_ms = int(self.settings.past_tolerance * 1000)
         if not MIN_MICROS <= micros <= MAX_MICROS:
             violations.append(FieldViolation(run_field, "not a valid timestamp (years 1 to 9999)"))
+        elif micros > MAX_RUN_MICROS:
+            violations.append(FieldViolation(run_field, RUN_TIME_TOO_LATE))
         elif millis_of_micros(micros) < now_ms - tolerance_ms:
             ago = timedelta(milliseconds=now_ms - millis_of_micros(micros))
             violations.append(
@@ -338,7 +346,7 @@ class Schedules:
             raise InvalidArgument.for_field("id", "required: a task id")
         verdict, previous = self.store.cancel(task_id, now=self.clock())
         if verdict == "missing":
-            raise NotFound(f"no task with id {task_id!r}")
+            raise NotFound(f"no task with id {excerpt(task_id)!r}")
         if verdict == "refused":
             assert previous is not None
             raise FailedPrecondition(
@@ -398,7 +406,7 @@ def created_record(spec: TaskSpec, task_id: str, now: datetime) -> TaskRecord:
         run_at=from_millis(to_millis(spec.run_at)),
         expires_after=None
         if spec.expires_after is None
-        else timedelta(milliseconds=int(spec.expires_after.total_seconds() * 1000)),
+        else timedelta(milliseconds=spec.expires_after // _MILLISECOND),
     )
     return TaskRecord(task_id, stored, TaskState.SCHEDULED, created_at=from_millis(to_millis(now)))
 
@@ -432,6 +440,9 @@ def _matches_besides_state(query: TaskQuery, record: TaskRecord) -> bool:
         run_after=query.run_after,
         run_before=query.run_before,
     ).matches(record)
+
+
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def _labels_fit(labels: Mapping[str, str]) -> bool:

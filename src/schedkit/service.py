@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from schedkit.cache import TemplateCache
 from schedkit.convert import (
     datetime_to_timestamp,
     outcome_to_proto,
@@ -61,7 +62,7 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
         self._store = store
         self._feed = feed
         # Column templates already converted, shared by all streams (see rows_from_columns).
-        self._known_templates: dict[bytes, TaskSpec] = {}
+        self._known_templates = TemplateCache.for_settings(schedules.settings)
 
     async def _call(self, function: Callable[..., R], *args: Any) -> R:
         """``function(*args)`` on the store executor."""
@@ -115,7 +116,12 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
         try:
             while (batch := await prepared.get()) is not _End:
                 if isinstance(batch, BaseException):
-                    raise batch
+                    try:
+                        raise batch
+                    finally:
+                        # This frame would hold the error and its traceback this frame: a
+                        # cycle that keeps a refused batch in memory until the collector runs.
+                        del batch
                 assert isinstance(batch, PreparedBatch)
                 results = await self._call(self.schedules.store_prepared, batch)
                 yield pb.ScheduleTasksResponse(results=[_result_to_proto(r) for r in results])

@@ -10,6 +10,7 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,9 +20,11 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import redis
 
-from schedkit.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from schedkit.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, excerpt
 from schedkit.keys import Keys
 from schedkit.model import (
+    MAX_MICROS,
+    MIN_MICROS,
     Outcome,
     ScheduleResult,
     TaskRecord,
@@ -243,7 +246,7 @@ class Store:
         """The task with this id, or NotFound."""
         record = self.get_many([task_id])[0]
         if record is None:
-            raise NotFound(f"no task with id {task_id!r}")
+            raise NotFound(f"no task with id {excerpt(task_id)!r}")
         return record
 
     def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
@@ -508,8 +511,8 @@ def schedule_results(rows: Sequence[Row], verdicts: Sequence[int]) -> list[Sched
             results.append(ScheduleResult(row.id, Outcome.EXISTING))
         else:
             error = AlreadyExists(
-                f"idempotency key {row.key!r} already names task {row.id} with different "
-                "content; use a new key to schedule something else"
+                f"idempotency key {excerpt(row.key)!r} already names task {row.id} with "
+                "different content; use a new key to schedule something else"
             )
             results.append(ScheduleResult(row.id, Outcome.REJECTED, error))
     return results
@@ -528,14 +531,24 @@ def _make_token(score: float, task_id: str) -> str:
     return base64.urlsafe_b64encode(f"{int(score)}:{task_id}".encode()).decode()
 
 
+# A page token is base64 of "<run time ms>:<task id>", as _make_token writes it. The run time
+# is the score of a task in a state index, so in the store's range; ids are short and plain.
+_TOKEN = re.compile(r"(-?[0-9]{1,16}):([A-Za-z0-9_-]{1,64})")
+_MAX_TOKEN_CHARS = 128
+_MIN_SCORE = MIN_MICROS // 1000
+_MAX_SCORE = MAX_MICROS // 1000 + 1
+
+
 def _parse_token(token: str) -> tuple[str, str]:
+    # Checked whole here: whatever reaches page.lua must be a number Redis reads as a score.
     if not token:
         return "", ""
-    try:
-        score, task_id = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
-        int(score)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+    match = None
+    if len(token) <= _MAX_TOKEN_CHARS:
+        with contextlib.suppress(ValueError, binascii.Error, UnicodeDecodeError):
+            match = _TOKEN.fullmatch(base64.urlsafe_b64decode(token.encode("ascii")).decode())
+    if match is None or not _MIN_SCORE <= int(match[1]) <= _MAX_SCORE:
         raise InvalidArgument.for_field(
             "page_token", "not a token this server issued; pass next_page_token unchanged"
-        ) from exc
-    return score, task_id
+        )
+    return str(int(match[1])), match[2]
