@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from schedkit import faults
+sys.path.insert(0, str(Path(__file__).resolve().parent / "drills"))
+
+import faults  # scripts/drills: outside the shipped package
 
 DRILLS: dict[str, Callable[[argparse.Namespace], faults.Counts]] = {
     "server-kill": lambda o: faults.server_killed_mid_stream(o.rows, o.workdir),

@@ -11,12 +11,12 @@ from typing import Any
 import grpc
 import pytest
 
-from schedkit.client import Client
+from schedkit.client.client import Client
 from schedkit.demo import app as demo_app
-from schedkit.registry import TaskRegistry
-from schedkit.schedules import Schedules
+from schedkit.dispatch.registry import TaskRegistry
+from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
-from schedkit.store import Store
+from schedkit.store.store import Store
 from schedkit.testing import LocalStack, local_stack, redis_server
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 

@@ -22,9 +22,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from schedkit.convert import datetime_to_timestamp
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.wire.convert import datetime_to_timestamp
 
 # Fewer than a connection may carry at once (SCHEDKIT_MAX_STREAMS_PER_CALLER): every stream
 # reaches the server instead of waiting in the client.

@@ -15,18 +15,18 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from schedkit.client import Client
-from schedkit.convert import MAX_NESTING
+from schedkit.client.client import Client
 from schedkit.demo import app as demo_app
+from schedkit.dispatch.registry import TaskRegistry
 from schedkit.model import MAX_SECONDS, task_id_for
-from schedkit.registry import TaskRegistry
-from schedkit.schedules import Schedules
-from schedkit.server import Server
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.settings import Settings
-from schedkit.store import Store
+from schedkit.store.store import Store
 from schedkit.testing import redis_server
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.wire.convert import MAX_NESTING
 
 MB = 1024 * 1024
 # An error message repeats at most a short excerpt of what was sent.

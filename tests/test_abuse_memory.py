@@ -17,7 +17,7 @@ import grpc
 import psutil
 import pytest
 
-from schedkit.embedded import free_port
+from schedkit.runtime.embedded import free_port
 from schedkit.testing import redis_server
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc

@@ -24,7 +24,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from conftest import ARTIFACTS, FAST
-from schedkit.embedded import free_port
+from schedkit.runtime.embedded import free_port
 from schedkit.testing import LocalStack, local_stack
 
 ROOT = Path(__file__).resolve().parent.parent

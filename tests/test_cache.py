@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schedkit.cache import ByteBoundedLRU, TemplateCache
-from schedkit.convert import rows_from_columns
 from schedkit.errors import InvalidArgument
 from schedkit.model import Outcome, TaskSpec, to_micros
-from schedkit.schedules import Schedules
+from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
 from schedkit.v1 import schedule_service_pb2 as pb
+from schedkit.wire.cache import ByteBoundedLRU, TemplateCache
+from schedkit.wire.convert import rows_from_columns
 
 
 def test_entries_past_the_budget_evict_the_least_recently_used() -> None:

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
-from schedkit.client import Client
-from schedkit.convert import datetime_to_timestamp
+from schedkit.client.client import Client
 from schedkit.model import Outcome, TaskSpec, task_id_for, to_micros
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.wire.convert import datetime_to_timestamp
 
 CREATED, REJECTED = pb.SCHEDULE_OUTCOME_CREATED, pb.SCHEDULE_OUTCOME_REJECTED
 

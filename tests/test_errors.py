@@ -9,8 +9,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from schedkit.client import Client
-from schedkit.convert import datetime_to_timestamp
+from schedkit.client.client import Client
+from schedkit.dispatch.registry import TaskRegistry
 from schedkit.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -19,14 +19,14 @@ from schedkit.errors import (
     Unavailable,
 )
 from schedkit.model import Outcome, TaskSpec
-from schedkit.registry import TaskRegistry
-from schedkit.schedules import Schedules
-from schedkit.server import Server
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.settings import Settings
-from schedkit.store import Store
+from schedkit.store.store import Store
 from schedkit.testing import LocalStack
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.wire.convert import datetime_to_timestamp
 
 
 def violations(error: grpc.RpcError) -> dict[str, str]:
@@ -209,7 +209,7 @@ def test_unexpected_errors_are_internal_with_a_reference_never_unknown(
 
 def test_store_down_is_unavailable(settings: Settings) -> None:
     from schedkit.demo import app
-    from schedkit.embedded import free_port
+    from schedkit.runtime.embedded import free_port
 
     down = Store.from_url(f"redis://127.0.0.1:{free_port()}/0")
     server = Server(Schedules(down, TaskRegistry(app), settings), listen="127.0.0.1:0").start()

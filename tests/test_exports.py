@@ -60,9 +60,26 @@ def test_notebook_names_are_pinned_and_stay_out_of_the_core_import() -> None:
 def test_workers_and_servers_do_not_load_pandas() -> None:
     """pandas costs a worker tens of MB; only timetable code may import it."""
     code = (
-        "import sys, schedkit, schedkit.worker, schedkit.server, schedkit.stack;"
+        "import sys, schedkit, schedkit.dispatch.worker, schedkit.service.server;"
+        "import schedkit.runtime.stack;"
         "print('pandas' in sys.modules)"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
     assert callable(schedkit.read_timetable)  # still there, imported on first use
+
+
+def test_the_client_loads_neither_celery_pandas_nor_redis() -> None:
+    """A notebook or script that only schedules pays for gRPC, not for the server side."""
+    probe = (
+        "import sys, schedkit\n"
+        "client = schedkit.Client\n"
+        "heavy = ('celery', 'kombu', 'redis', 'pandas', 'schedkit.service', 'schedkit.store')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
+    assert schedkit.Stack.__name__ == "Stack"  # the heavy names are still there, on first use
+    assert callable(schedkit.install)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from schedkit import faults
+import faults  # scripts/drills
 
 # Whole stacks start, crash and recover here; on a busy two-core machine that takes minutes.
 pytestmark = pytest.mark.timeout(400)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from schedkit.client import Client
-from schedkit.frames import TASK_COLUMNS
+from schedkit.client.client import Client
+from schedkit.timetable.frames import TASK_COLUMNS
 
 
 def _label() -> dict[str, str]:

@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schedkit.demo import app as demo_app
+from schedkit.dispatch.registry import TaskRegistry
 from schedkit.model import task_id_for
-from schedkit.registry import TaskRegistry
-from schedkit.schedules import Schedules
-from schedkit.server import Server
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.settings import Settings
-from schedkit.store import Store
+from schedkit.store.store import Store
 from schedkit.testing import redis_server
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc

@@ -16,15 +16,15 @@ import redis
 from celery import Celery
 from celery.signals import before_task_publish
 
-from schedkit.client import Client
+from schedkit.client.client import Client
 from schedkit.demo import app as demo_app
 from schedkit.demo import runs
-from schedkit.dispatcher import Dispatcher
+from schedkit.dispatch.dispatcher import Dispatcher
+from schedkit.dispatch.registry import TaskRegistry
 from schedkit.model import TaskSpec, TaskState
-from schedkit.registry import TaskRegistry
-from schedkit.schedules import Schedules
+from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
-from schedkit.store import Store
+from schedkit.store.store import Store
 from schedkit.testing import LocalStack, local_stack
 
 FINAL = ["SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"]
@@ -87,7 +87,7 @@ def test_a_dispatcher_killed_after_claiming_is_recovered(own_stack: LocalStack) 
         ids = [r.id for r in client.schedule_many(specs)]
         crashing = (
             "import os, sys\n"
-            "from schedkit.store import Store\n"
+            "from schedkit.store.store import Store\n"
             "claimed = Store.from_url(sys.argv[1]).claim("
             "window_seconds=30, lease_seconds=2, limit=100)\n"
             "print(len(claimed), flush=True)\n"

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schedkit.client import Client
+from schedkit.client.client import Client
 from schedkit.errors import InvalidArgument, ResourceExhausted
 from schedkit.model import Outcome, TaskSpec, TaskState
-from schedkit.schedules import MAX_LABELS, MAX_PAGE_SIZE, Schedules
-from schedkit.server import Server
-from schedkit.service import MAX_FILTER_IDS
+from schedkit.service.schedules import MAX_LABELS, MAX_PAGE_SIZE, Schedules
+from schedkit.service.server import Server
+from schedkit.service.servicer import MAX_FILTER_IDS
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from conftest import ARTIFACTS
-from schedkit.client import Client
+from schedkit.client.client import Client
 from schedkit.notebook import ScheduleBuilder, ScheduleInspector, timeline
 from schedkit.testing import LocalStack
 

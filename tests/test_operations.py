@@ -13,14 +13,14 @@ from celery import Celery
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from schedkit.dispatcher import Dispatcher
-from schedkit.embedded import free_port
+from schedkit.dispatch.dispatcher import Dispatcher
 from schedkit.logs import JsonFormatter, KeyValueFormatter
-from schedkit.metrics import StoreCollector, serve_metrics
 from schedkit.model import TaskSpec, TaskState
-from schedkit.schedules import Schedules
+from schedkit.runtime.embedded import free_port
+from schedkit.runtime.metrics import StoreCollector, serve_metrics
+from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
-from schedkit.store import Store
+from schedkit.store.store import Store
 from schedkit.testing import local_stack
 
 FAST = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}
@@ -113,7 +113,12 @@ def test_metrics_endpoint_on_a_chosen_port(store: Store) -> None:
 
 def record(**extra: object) -> logging.LogRecord:
     made = logging.makeLogRecord(
-        {"name": "schedkit.dispatcher", "levelname": "INFO", "msg": "handed off %d", "args": (1,)}
+        {
+            "name": "schedkit.dispatch.dispatcher",
+            "levelname": "INFO",
+            "msg": "handed off %d",
+            "args": (1,),
+        }
     )
     made.__dict__.update(extra)
     return made
@@ -121,7 +126,7 @@ def record(**extra: object) -> logging.LogRecord:
 
 def test_key_value_logs_carry_the_task_id() -> None:
     line = KeyValueFormatter().format(record(task_id="abc123", task="add", note="two words"))
-    assert "INFO schedkit.dispatcher: handed off 1" in line
+    assert "INFO schedkit.dispatch.dispatcher: handed off 1" in line
     assert "task_id=abc123 task=add" in line
     assert 'note="two words"' in line
 
@@ -137,7 +142,7 @@ def test_the_dispatcher_logs_each_hand_off_with_its_task_id(
     schedules: Schedules, store: Store, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     result = schedules.schedule(TaskSpec("add", datetime.now(UTC), [1, 2]))
-    with caplog.at_level(logging.DEBUG, logger="schedkit.dispatcher"):
+    with caplog.at_level(logging.DEBUG, logger="schedkit.dispatch.dispatcher"):
         Dispatcher(store, Celery("log-check"), settings).run_once()
     assert [getattr(r, "task_id", None) for r in caplog.records if r.msg == "handed off"] == [
         result.id

@@ -21,19 +21,19 @@ from kombu.exceptions import OperationalError
 
 from conftest import FAST
 from schedkit.cli import main as cli_main
-from schedkit.convert import datetime_to_timestamp
 from schedkit.demo import app as demo_app
-from schedkit.dispatcher import message_refusal
+from schedkit.dispatch.dispatcher import message_refusal
+from schedkit.dispatch.registry import TaskRegistry, declared_queues, worker_queues
 from schedkit.errors import ConfigError
 from schedkit.model import TaskState, to_micros
-from schedkit.registry import TaskRegistry, declared_queues, worker_queues
-from schedkit.schedules import Schedules
-from schedkit.server import Server
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.settings import Settings
-from schedkit.store import Store
+from schedkit.store.store import Store
 from schedkit.testing import LocalStack, local_stack
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.wire.convert import datetime_to_timestamp
 
 REJECTED = pb.SCHEDULE_OUTCOME_REJECTED
 HINT = "did you mean reports?"

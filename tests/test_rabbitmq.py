@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from schedkit import faults
+import faults  # scripts/drills
 from schedkit.demo import runs
 from schedkit.model import TaskSpec, TaskState
 from schedkit.testing import local_stack

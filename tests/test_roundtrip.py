@@ -16,15 +16,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from schedkit.convert import (
-    MAX_NESTING,
-    rows_from_columns,
-    spec_from_proto,
-    spec_to_proto,
-    task_from_proto,
-    task_to_proto,
-)
 from schedkit.demo import app as demo_app
+from schedkit.dispatch.registry import TaskRegistry
 from schedkit.errors import InvalidArgument
 from schedkit.model import (
     EPOCH,
@@ -38,12 +31,25 @@ from schedkit.model import (
     to_micros,
     to_millis,
 )
-from schedkit.registry import TaskRegistry
-from schedkit.schedules import MAX_KEY, MAX_LABEL_KEY, MAX_LABEL_VALUE, Schedules, created_record
+from schedkit.service.schedules import (
+    MAX_KEY,
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    Schedules,
+    created_record,
+)
 from schedkit.settings import Settings
-from schedkit.store import Store
+from schedkit.store.store import Store
 from schedkit.testing import redis_server
 from schedkit.v1 import schedule_service_pb2 as pb
+from schedkit.wire.convert import (
+    MAX_NESTING,
+    rows_from_columns,
+    spec_from_proto,
+    spec_to_proto,
+    task_from_proto,
+    task_to_proto,
+)
 
 ROUND_TRIP = settings(
     max_examples=int(os.environ.get("ROUND_TRIP_EXAMPLES", "200")),

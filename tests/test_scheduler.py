@@ -21,15 +21,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from schedkit.client import Client
-from schedkit.embedded import free_port
+from schedkit.client.client import Client
+from schedkit.dispatch.registry import TaskRegistry
 from schedkit.model import TaskRecord, TaskState
-from schedkit.registry import TaskRegistry
+from schedkit.runtime.embedded import free_port
 from schedkit.scheduler import main
-from schedkit.schedules import Schedules
-from schedkit.server import Server
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.testing import LocalStack, local_stack
-from schedkit.timetable import load_timetable
+from schedkit.timetable.table import load_timetable
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "timetable.csv"
 FAST = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}

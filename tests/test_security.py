@@ -14,14 +14,14 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from schedkit.auth import check_exposure, is_loopback
 from schedkit.cli import main as cli_main
-from schedkit.client import Client
+from schedkit.client.client import Client
 from schedkit.errors import ConfigError, Unauthenticated, Unavailable
 from schedkit.model import TaskSpec, TaskState
 from schedkit.scheduler import main as scheduler_main
-from schedkit.schedules import Schedules
-from schedkit.server import Server
+from schedkit.service.auth import check_exposure, is_loopback
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.settings import Settings
 
 TOKEN = "correct-horse-battery-staple"

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
-from schedkit.convert import datetime_to_timestamp
-from schedkit.schedules import Schedules
-from schedkit.server import Server
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.wire.convert import datetime_to_timestamp
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schedkit.client import Client
+from schedkit.client.client import Client
 from schedkit.demo import runs
 from schedkit.errors import AlreadyExists
 from schedkit.model import Outcome, TaskSpec, TaskState

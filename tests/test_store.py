@@ -11,8 +11,8 @@ import pytest
 
 from schedkit.errors import AlreadyExists, InvalidArgument
 from schedkit.model import Outcome, TaskSpec, TaskState, task_id_for
-from schedkit.schedules import Schedules
-from schedkit.store import Store, TaskQuery
+from schedkit.service.schedules import Schedules
+from schedkit.store.store import Store, TaskQuery
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
 

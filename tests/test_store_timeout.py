@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from relay import SilentRelay
 
-from schedkit.embedded import free_port
 from schedkit.errors import Unavailable
 from schedkit.model import TaskState
-from schedkit.relay import SilentRelay
-from schedkit.store import MAX_BLOCK_SECONDS, Store
+from schedkit.runtime.embedded import free_port
+from schedkit.store.store import MAX_BLOCK_SECONDS, Store
 
 TIMEOUT = 0.5
 

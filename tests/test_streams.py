@@ -25,14 +25,14 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from schedkit.client import Client
-from schedkit.convert import datetime_to_timestamp
+from schedkit.client.client import Client
 from schedkit.errors import ConfigError, ResourceExhausted
-from schedkit.schedules import Schedules
-from schedkit.server import Server
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.settings import Settings
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.wire.convert import datetime_to_timestamp
 
 TOKEN = "stream-bounds-token"
 HOLDER = Path(__file__).with_name("hold_streams.py")

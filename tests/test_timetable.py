@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import schedkit
 from schedkit.errors import ConfigError, InvalidArgument, SchedkitError
-from schedkit.timetable import Timetable, load_timetable, read_frame
+from schedkit.timetable.table import Timetable, load_timetable, read_frame
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "timetable.csv"
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)

@@ -136,7 +136,7 @@ def machine() -> str:
 
 def redis_executable() -> str:
     """The redis-server the bench and schedkit's embedded mode use."""
-    from schedkit.embedded import find_redis_server
+    from schedkit.runtime.embedded import find_redis_server
 
     return find_redis_server()
 

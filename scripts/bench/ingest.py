@@ -20,7 +20,7 @@ from memory import settled_rss
 from parts import flush_celery_queue, schedkit_stack, seed_api
 
 from schedkit.model import TaskState
-from schedkit.stack import Stack
+from schedkit.runtime.stack import Stack
 
 
 def schedkit_ingest(report: Report, sizes: Sizes, url: str, workdir: Path) -> None:
@@ -106,7 +106,7 @@ def parked_measures(
 
 def Stack_client(stack: Stack) -> Any:
     """A client of the stack's server."""
-    from schedkit.client import Client
+    from schedkit.client.client import Client
 
     return Client.connect(stack.address)
 

@@ -12,7 +12,7 @@ import redis
 from common import Report, Result, Sizes, future, percentile
 from parts import flush_celery_queue, seed_api, server_process
 
-from schedkit.client import Client
+from schedkit.client.client import Client
 from schedkit.model import TaskSpec
 
 

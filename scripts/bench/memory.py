@@ -27,7 +27,7 @@ def settled_rss(pid: int) -> int:
 def schedkit_worker_memory(report: Report, sizes: Sizes, url: str) -> None:
     """The worker's RSS idle, then with ``eta_tasks`` tasks parked (the worker never sees
     them: the growth is what parked work costs a worker)."""
-    from schedkit.client import Client
+    from schedkit.client.client import Client
 
     with schedkit_stack(url, worker=True) as stack:
         assert stack.worker is not None

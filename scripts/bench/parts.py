@@ -15,9 +15,9 @@ from pathlib import Path
 import redis
 from common import HERE, PYTHON, wait_until
 
-from schedkit.embedded import RedisServer, free_port
+from schedkit.runtime.embedded import RedisServer, free_port
+from schedkit.runtime.stack import Stack, local_settings
 from schedkit.settings import Settings, broker_url_beside
-from schedkit.stack import Stack, local_settings
 
 
 @contextlib.contextmanager

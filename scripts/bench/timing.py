@@ -67,7 +67,7 @@ def schedkit_handoff(report: Report, sizes: Sizes, url: str) -> None:
 
 def stack_client(stack: object) -> object:
     """A client of the stack's server (typed loosely: the bench is not type-checked)."""
-    from schedkit.client import Client
+    from schedkit.client.client import Client
 
     return Client.connect(stack.address)  # type: ignore[attr-defined]
 

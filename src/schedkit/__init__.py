@@ -1,12 +1,15 @@
 """schedkit: run Celery tasks at a given time, durably, from a timetable, a notebook or gRPC.
 
-The public names are listed in ``__all__``; a test pins the list. ``read_timetable`` is
-imported on first use: it needs pandas, which workers and servers should not load.
+The public names are listed in ``__all__``; a test pins the list. ``import schedkit`` loads
+the client and the vocabulary only: ``Stack`` and ``install`` (Celery, Redis, the server) and
+``read_timetable`` (pandas) are imported on first use, so a client or a notebook that only
+schedules never loads them.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from schedkit.client import Client, Scheduled
+from schedkit.client.client import Client, Scheduled
 from schedkit.errors import (
     AlreadyExists,
     ConfigError,
@@ -19,14 +22,20 @@ from schedkit.errors import (
     Unauthenticated,
     Unavailable,
 )
-from schedkit.hook import install
-from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState
-from schedkit.registry import TaskType
+from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState, TaskType
 from schedkit.settings import Settings
-from schedkit.stack import Stack
 
 if TYPE_CHECKING:
-    from schedkit.timetable import read_timetable
+    from schedkit.dispatch.hook import install
+    from schedkit.runtime.stack import Stack
+    from schedkit.timetable.table import read_timetable
+
+# Heavy names, by the module that defines them: imported when first read.
+_ON_FIRST_USE = {
+    "Stack": "schedkit.runtime.stack",
+    "install": "schedkit.dispatch.hook",
+    "read_timetable": "schedkit.timetable.table",
+}
 
 __all__ = [
     "AlreadyExists",
@@ -55,8 +64,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "read_timetable":
-        from schedkit.timetable import read_timetable
-
-        return read_timetable
-    raise AttributeError(f"module 'schedkit' has no attribute {name!r}")
+    """Import ``Stack``, ``install`` and ``read_timetable`` when first read."""
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'schedkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

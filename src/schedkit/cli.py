@@ -17,18 +17,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from schedkit.broker import Broker
-from schedkit.dispatcher import Dispatcher
+from schedkit.dispatch.broker import Broker
+from schedkit.dispatch.dispatcher import Dispatcher
+from schedkit.dispatch.registry import TaskRegistry, load_app
+from schedkit.dispatch.worker import run_worker
 from schedkit.errors import SchedkitError
 from schedkit.logs import LOG_FORMATS, configure
-from schedkit.metrics import MetricsServer, serve_metrics
-from schedkit.registry import TaskRegistry, load_app
-from schedkit.schedules import Schedules
-from schedkit.server import Server
+from schedkit.runtime.metrics import MetricsServer, serve_metrics
+from schedkit.runtime.stack import Stack
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.settings import Settings
-from schedkit.stack import Stack
-from schedkit.store import Store
-from schedkit.worker import run_worker
+from schedkit.store.store import Store
 
 log = logging.getLogger("schedkit")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from celery import Celery, Task
 
-from schedkit.hook import install
+from schedkit.dispatch.hook import install
 from schedkit.model import utc_now
-from schedkit.store import Store
+from schedkit.store.store import Store
 
 log = logging.getLogger(__name__)
 

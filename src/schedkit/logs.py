@@ -33,7 +33,7 @@ def _quote(value: Any) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``2026-01-01T08:00:00.000+00:00 INFO schedkit.dispatcher: message task_id=… n=3``."""
+    """``2026-01-01T08:00:00.000+00:00 INFO schedkit.dispatch.dispatcher: handed task_id=…``."""
 
     def format(self, record: logging.LogRecord) -> str:
         """One line (plus a traceback if any)."""

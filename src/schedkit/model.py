@@ -233,3 +233,12 @@ def from_millis(millis: int) -> datetime:
 def utc_now() -> datetime:
     """Now, tz-aware UTC."""
     return datetime.now(tz=UTC)
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """A schedulable task: its name, Python signature and first docstring line."""
+
+    name: str
+    signature: str
+    doc: str

@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from schedkit.batches import column_batches
-from schedkit.client import DEFAULT_TARGET, Client
+from schedkit.client.client import DEFAULT_TARGET, Client
 from schedkit.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -37,15 +36,15 @@ from schedkit.errors import (
 )
 from schedkit.model import Outcome, ScheduleResult, TaskState, task_id_for
 from schedkit.settings import Settings
-from schedkit.timetable import (
+from schedkit.timetable.batches import column_batches
+from schedkit.timetable.table import (
     FORMATS,
-    PAST_POLICIES,
     RECURRING_KEY_PREFIX,
     SOURCE_LABEL,
     Timetable,
     load_timetable,
 )
-from schedkit.timeutil import DST_POLICIES
+from schedkit.timeutil import DST_POLICIES, PAST_POLICIES
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 # Server-side field names of a TaskSpec, as timetable columns.

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from schedkit.client import Client
-from schedkit.embedded import RedisServer
-from schedkit.stack import Stack, local_settings
+from schedkit.client.client import Client
+from schedkit.runtime.embedded import RedisServer
+from schedkit.runtime.stack import Stack, local_settings
 
 
 class LocalStack(Stack):

@@ -15,6 +15,9 @@ from schedkit.errors import InvalidArgument
 
 DstPolicy = Literal["raise", "shift", "earliest", "latest"]
 DST_POLICIES: tuple[str, ...] = ("raise", "shift", "earliest", "latest")
+#: What a timetable does with a run time already past: skip it, run it now, or refuse.
+PastPolicy = Literal["skip", "run", "error"]
+PAST_POLICIES: tuple[str, ...] = ("skip", "run", "error")
 
 
 def zone(name: str | tzinfo | None, field: str = "tz") -> tzinfo:

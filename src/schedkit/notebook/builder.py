@@ -1,6 +1,6 @@
 """The schedule builder: a form that fills a draft timetable and schedules it.
 
-The draft is a timetable DataFrame (the columns of :mod:`schedkit.timetable`), so a row
+The draft is a timetable DataFrame (the columns of :mod:`schedkit.timetable.table`), so a row
 added with the form, a row of a DataFrame passed in, and a row of a CSV file are checked and
 scheduled by the same code: each new row goes through the timetable checks before it is
 added, and "Schedule" hands the whole draft to :meth:`schedkit.Client.schedule_frame`.
@@ -17,8 +17,9 @@ from zoneinfo import ZoneInfo
 import ipywidgets as widgets
 import pandas as pd
 
-from schedkit.client import Client
+from schedkit.client.client import Client
 from schedkit.errors import InvalidArgument
+from schedkit.model import TaskType
 from schedkit.notebook._common import (
     Feedback,
     error_html,
@@ -30,8 +31,7 @@ from schedkit.notebook._common import (
     signature_from_text,
     zone_names,
 )
-from schedkit.registry import TaskType
-from schedkit.timetable import check_timetable
+from schedkit.timetable.table import check_timetable
 
 #: Columns of a row added with the form.
 DRAFT_COLUMNS = (

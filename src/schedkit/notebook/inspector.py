@@ -17,9 +17,8 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from schedkit.client import Client
+from schedkit.client.client import Client
 from schedkit.errors import SchedkitError
-from schedkit.frames import tasks_frame
 from schedkit.model import TaskState
 from schedkit.notebook._common import (
     TABLE_STYLE,
@@ -34,6 +33,7 @@ from schedkit.notebook._common import (
     short_json,
     zone_names,
 )
+from schedkit.timetable.frames import tasks_frame
 
 TABLE_COLUMNS = ("state", "task", "run_at", "labels", "id", "lateness", "result or error")
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from schedkit.errors import Unavailable
 from schedkit.model import TaskRecord
-from schedkit.schedules import matching_changes, wanted_changes
-from schedkit.store import StateChange, TaskQuery, store_errors
-from schedkit.store_async import AsyncStore, async_client
+from schedkit.service.schedules import matching_changes, wanted_changes
+from schedkit.store.aio import AsyncStore, async_client
+from schedkit.store.store import StateChange, TaskQuery, store_errors
 
 log = logging.getLogger(__name__)
 

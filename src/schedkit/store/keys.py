@@ -1,6 +1,6 @@
 """Every Redis key schedkit writes, in one place: the whole data model on one screen.
 
-``{prefix}:t:{id}``        hash   one task record (fields: see ``schedkit.record``)
+``{prefix}:t:{id}``        hash   one task record (fields: see ``schedkit.store.record``)
 ``{prefix}:state:{STATE}`` zset   task ids in that state, scored by run time (ms since epoch);
                                   ``state:SCHEDULED`` is the due-time index the dispatcher claims
 ``{prefix}:claims``        zset   ids claimed by a dispatcher, scored by lease deadline (ms)

@@ -7,9 +7,9 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging
 
-from schedkit.hook import install
+from schedkit.dispatch.hook import install
+from schedkit.dispatch.registry import load_app, worker_queues
 from schedkit.logs import configure
-from schedkit.registry import load_app, worker_queues
 from schedkit.settings import Settings
 
 

@@ -8,21 +8,12 @@ import fnmatch
 import importlib
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
 from schedkit.errors import EXCERPT_CHARS, ConfigError, FieldViolation, InvalidArgument, excerpt
-
-
-@dataclass(frozen=True)
-class TaskType:
-    """A schedulable task: its name, Python signature and first docstring line."""
-
-    name: str
-    signature: str
-    doc: str
+from schedkit.model import TaskType
 
 
 def load_app(reference: str) -> Celery:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from schedkit.errors import ConfigError
 from schedkit.settings import Settings
+from schedkit.wire.metadata import METADATA_KEY, read_pem
 
-METADATA_KEY = "authorization"
 # Health and reflection answer without a token: probes and API discovery carry no secrets.
 OPEN_SERVICES = (
     "/grpc.health.v1.Health/",
@@ -106,41 +105,6 @@ def authorization_headers(metadata: Sequence[tuple[str, str | bytes]] | None) ->
     ]
 
 
-class _AddHeader(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds the bearer header to every call (plain and TLS channels alike)."""
-
-    def __init__(self, token: str) -> None:
-        self._header = (METADATA_KEY, f"Bearer {token}")
-
-    def _details(self, details: Any) -> Any:
-        metadata = [*(details.metadata or ()), self._header]
-        return details._replace(metadata=metadata)
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
-
-
-def _read(path: str | Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the TLS {what} {path}: {exc}") from exc
-
-
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials from tls_cert/tls_key (and tls_ca for mTLS), or None for plaintext."""
     if not settings.tls_cert and not settings.tls_key:
@@ -149,30 +113,12 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         return None
     if not (settings.tls_cert and settings.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key (SCHEDKIT_TLS_CERT/_KEY)")
-    pair = [(_read(settings.tls_key, "key"), _read(settings.tls_cert, "certificate"))]
+    pair = [(read_pem(settings.tls_key, "key"), read_pem(settings.tls_cert, "certificate"))]
     if settings.tls_ca:
         return grpc.ssl_server_credentials(
-            pair, root_certificates=_read(settings.tls_ca, "CA"), require_client_auth=True
+            pair, root_certificates=read_pem(settings.tls_ca, "CA"), require_client_auth=True
         )
     return grpc.ssl_server_credentials(pair)
-
-
-def channel_credentials(
-    *, ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None
-) -> grpc.ChannelCredentials:
-    """Client TLS: trust ``ca`` (system roots when None); present cert/key for mTLS."""
-    if bool(cert) != bool(key):
-        raise ConfigError("a client certificate needs both tls_cert and tls_key")
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(ca, "CA") if ca else None,
-        private_key=_read(key, "key") if key else None,
-        certificate_chain=_read(cert, "certificate") if cert else None,
-    )
-
-
-def header_interceptor(token: str) -> _AddHeader:
-    """A client interceptor that sends the bearer token on every call."""
-    return _AddHeader(token)
 
 
 def is_loopback(listen: str) -> bool:

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 from celery import Celery
 
-from schedkit.broker import Broker
-from schedkit.cache import ENTRY_OVERHEAD, ByteBoundedLRU
+from schedkit.dispatch.broker import Broker
+from schedkit.dispatch.registry import TaskRegistry
 from schedkit.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -34,6 +34,7 @@ from schedkit.model import (
     TaskRows,
     TaskSpec,
     TaskState,
+    TaskType,
     from_micros,
     from_millis,
     millis_of_micros,
@@ -41,10 +42,10 @@ from schedkit.model import (
     to_millis,
     utc_now,
 )
-from schedkit.record import NewTasks, Row, Template, dumps, encode_template, template_row
-from schedkit.registry import TaskRegistry, TaskType
 from schedkit.settings import Settings
-from schedkit.store import StateChange, Store, TaskQuery
+from schedkit.store.record import NewTasks, Row, Template, dumps, encode_template, template_row
+from schedkit.store.store import StateChange, Store, TaskQuery
+from schedkit.wire.cache import ENTRY_OVERHEAD, ByteBoundedLRU
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,22 @@ from typing import Any, TypeVar
 
 import grpc
 
-from schedkit.cache import TemplateCache
-from schedkit.convert import (
+from schedkit.errors import InvalidArgument, SchedkitError
+from schedkit.model import Outcome, ScheduleResult, TaskRows, TaskSpec
+from schedkit.service.schedules import (
+    MAX_LABELS,
+    BatchFields,
+    PreparedBatch,
+    Schedules,
+    created_record,
+)
+from schedkit.service.watch import ChangeFeed
+from schedkit.store.aio import AsyncStore
+from schedkit.store.store import TaskQuery
+from schedkit.v1 import schedule_service_pb2 as pb
+from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.wire.cache import TemplateCache
+from schedkit.wire.convert import (
     datetime_to_timestamp,
     outcome_to_proto,
     rows_from_columns,
@@ -21,23 +35,9 @@ from schedkit.convert import (
     task_type_to_proto,
     timestamp_to_datetime,
 )
-from schedkit.errors import InvalidArgument, SchedkitError
-from schedkit.model import Outcome, ScheduleResult, TaskRows, TaskSpec
-from schedkit.schedules import (
-    MAX_LABELS,
-    BatchFields,
-    PreparedBatch,
-    Schedules,
-    created_record,
-)
-from schedkit.store import TaskQuery
-from schedkit.store_async import AsyncStore
-from schedkit.v1 import schedule_service_pb2 as pb
-from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
-from schedkit.watch import ChangeFeed
+from schedkit.wire.metadata import WATCHING_HEADER
 
 R = TypeVar("R")
-WATCHING_HEADER = "schedkit-watching"
 SPEC_FIELDS = BatchFields.of_prefix("specs[{}].")
 # Watching more tasks by id than this is better done by label.
 MAX_FILTER_IDS = 10_000

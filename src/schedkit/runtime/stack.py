@@ -18,16 +18,16 @@ from types import TracebackType
 
 from celery import Celery
 
-from schedkit.broker import Broker
-from schedkit.dispatcher import Dispatcher
-from schedkit.embedded import RedisServer
+from schedkit.dispatch.broker import Broker
+from schedkit.dispatch.dispatcher import Dispatcher
+from schedkit.dispatch.registry import TaskRegistry, load_app
 from schedkit.errors import Unavailable
-from schedkit.metrics import MetricsServer, serve_metrics
-from schedkit.registry import TaskRegistry, load_app
-from schedkit.schedules import Schedules
-from schedkit.server import Server
+from schedkit.runtime.embedded import RedisServer
+from schedkit.runtime.metrics import MetricsServer, serve_metrics
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.settings import Settings
-from schedkit.store import Store
+from schedkit.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -25,17 +25,17 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from relay import SilentRelay
 
-from schedkit.client import Client
+from schedkit.client.client import Client
 from schedkit.demo import runs
-from schedkit.embedded import RedisServer, free_port
 from schedkit.errors import SchedkitError
 from schedkit.model import TaskSpec, TaskState, task_id_for
-from schedkit.relay import SilentRelay
+from schedkit.runtime.embedded import RedisServer, free_port
+from schedkit.runtime.stack import Stack, local_settings
 from schedkit.settings import Settings, broker_url_beside
-from schedkit.stack import Stack, local_settings
-from schedkit.store import Store
-from schedkit.timetable import load_timetable
+from schedkit.store.store import Store
+from schedkit.timetable.table import load_timetable
 
 FAST: dict[str, Any] = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}
 # The partition drill's store timeout: short, so its calls fail quickly (default 10 s).

@@ -46,7 +46,7 @@ from prometheus_client.registry import Collector
 
 from schedkit.errors import Unavailable
 from schedkit.model import TaskState, to_millis, utc_now
-from schedkit.store import Store, store_errors
+from schedkit.store.store import Store, store_errors
 
 log = logging.getLogger(__name__)
 

@@ -41,24 +41,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 
 from schedkit.errors import ConfigError, FieldViolation, InvalidArgument
 from schedkit.model import utc_now
-from schedkit.recurrence import (
+from schedkit.timetable.recurrence import (
     RecurrenceError,
     check_cron,
     expand_cron,
     expand_every,
     parse_every,
 )
-from schedkit.timeutil import DST_POLICIES, DstPolicy, localize, zone
+from schedkit.timeutil import DST_POLICIES, PAST_POLICIES, DstPolicy, PastPolicy, localize, zone
 
-PastPolicy = Literal["skip", "run", "error"]
-PAST_POLICIES: tuple[str, ...] = ("skip", "run", "error")
 Source = str | Path | IO[str] | IO[bytes] | pd.DataFrame
 
 REQUIRED = ("task", "run_at")

@@ -23,11 +23,11 @@ from celery import Celery
 from celery.exceptions import QueueNotFound
 from kombu.exceptions import EncodeError, OperationalError
 
-from schedkit.broker import Broker
+from schedkit.dispatch.broker import Broker
 from schedkit.errors import Unavailable
 from schedkit.model import utc_now
 from schedkit.settings import Settings
-from schedkit.store import Claimed, Store
+from schedkit.store.store import Claimed, Store
 
 log = logging.getLogger(__name__)
 

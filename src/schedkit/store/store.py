@@ -21,7 +21,6 @@ import orjson
 import redis
 
 from schedkit.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, excerpt
-from schedkit.keys import Keys
 from schedkit.model import (
     MAX_MICROS,
     MIN_MICROS,
@@ -34,7 +33,8 @@ from schedkit.model import (
     to_millis,
     utc_now,
 )
-from schedkit.record import NewTasks, Row, decode
+from schedkit.store.keys import Keys
+from schedkit.store.record import NewTasks, Row, decode
 
 if TYPE_CHECKING:
     from schedkit.settings import Settings
@@ -115,7 +115,7 @@ def store_errors() -> Iterator[None]:
 
 def script_text(name: str) -> str:
     """The Lua source of script ``name``, after the prelude every script shares."""
-    package = resources.files("schedkit") / "lua"
+    package = resources.files("schedkit.store") / "lua"
     prelude = (package / "prelude.lua").read_text()
     return prelude + "\n" + (package / f"{name}.lua").read_text()
 

@@ -2,7 +2,7 @@
 
 Scheduling one task, reading tasks and reading the event stream run on the server's event
 loop, so a call waiting for Redis holds no thread and costs no hand-over between threads.
-The scripts, the payload and the replies are :mod:`schedkit.store`'s own: this module only
+The scripts, the payload and the replies are :mod:`schedkit.store.store`'s own: this module only
 awaits them. Everything else (batches, pages, cancels) stays on the synchronous store.
 """
 
@@ -16,8 +16,8 @@ import redis.asyncio
 
 from schedkit.errors import NotFound
 from schedkit.model import ScheduleResult, TaskRecord
-from schedkit.record import NewTasks, decode
-from schedkit.store import (
+from schedkit.store.record import NewTasks, decode
+from schedkit.store.store import (
     StateChange,
     Store,
     changes_of,

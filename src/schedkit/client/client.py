@@ -22,14 +22,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from schedkit.auth import channel_credentials, header_interceptor
-from schedkit.convert import (
-    datetime_to_timestamp,
-    outcome_from_proto,
-    spec_to_proto,
-    state_to_proto,
-    task_from_proto,
-)
+from schedkit.client.auth import channel_credentials, header_interceptor
 from schedkit.errors import (
     FieldViolation,
     InvalidArgument,
@@ -37,21 +30,26 @@ from schedkit.errors import (
     Unavailable,
     error_class_for,
 )
-from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState
-from schedkit.registry import TaskType
+from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState, TaskType
 from schedkit.settings import Settings
 from schedkit.timeutil import DstPolicy, to_instant
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.wire.convert import (
+    datetime_to_timestamp,
+    outcome_from_proto,
+    spec_to_proto,
+    state_to_proto,
+    task_from_proto,
+)
+from schedkit.wire.metadata import WATCHING_HEADER
 
 if TYPE_CHECKING:  # pandas only when a DataFrame method is called: workers never load it
     import pandas as pd
 
-    from schedkit.timetable import PastPolicy
+    from schedkit.timeutil import PastPolicy
 
 T = TypeVar("T")
-# Sent by the server once a watch has its starting point (schedkit.service.WATCHING_HEADER).
-WATCHING_HEADER = "schedkit-watching"
 DEFAULT_TARGET = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = Settings.max_message_bytes
 # A stream whose server answers no batch for this long is given up (see schedule_batches).
@@ -383,7 +381,7 @@ class Client:
             run_before=run_before,
             page_size=min(limit, 1000) if limit else 500,
         )
-        from schedkit import frames
+        from schedkit.timetable import frames
 
         return frames.tasks_frame(itertools.islice(records, limit), tz=tz)
 
@@ -399,7 +397,7 @@ class Client:
     ) -> pd.DataFrame:
         """Schedule a timetable DataFrame; return its runs with ``id``, ``outcome``,
         ``column`` and ``error``, one row per run (bad rows included, never raised)."""
-        from schedkit import frames
+        from schedkit.timetable import frames
 
         return frames.schedule_frame(
             self, frame, tz=tz, dst=dst, past=past, horizon=horizon, source=source

@@ -20,17 +20,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from schedkit.auth import TokenInterceptor, check_exposure, server_credentials
 from schedkit.errors import Unavailable
-from schedkit.interceptors import ErrorInterceptor
-from schedkit.schedules import Schedules
-from schedkit.service import ScheduleService
+from schedkit.service.auth import TokenInterceptor, check_exposure, server_credentials
+from schedkit.service.interceptors import ErrorInterceptor
+from schedkit.service.schedules import Schedules
+from schedkit.service.servicer import ScheduleService
+from schedkit.service.streams import StreamGuard, StreamLimits
+from schedkit.service.watch import ChangeFeed
 from schedkit.settings import Settings
-from schedkit.store_async import AsyncStore
-from schedkit.streams import StreamGuard, StreamLimits
+from schedkit.store.aio import AsyncStore
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
-from schedkit.watch import ChangeFeed
 
 log = logging.getLogger(__name__)
 

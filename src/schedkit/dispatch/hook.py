@@ -20,9 +20,9 @@ from celery.exceptions import Ignore
 
 from schedkit.errors import ConfigError, Unavailable
 from schedkit.model import TaskState
-from schedkit.record import dumps
 from schedkit.settings import Settings
-from schedkit.store import Store
+from schedkit.store.record import dumps
+from schedkit.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """DataFrames both ways: schedule a timetable frame, and read tasks back as a frame.
 
 ``Client.schedule_frame`` and ``Client.tasks_frame`` call these. A frame to schedule is a
-timetable (see :mod:`schedkit.timetable`): it goes through the same reader and checks as a
+timetable (see :mod:`schedkit.timetable.table`): it goes through the same reader and checks as a
 CSV file, so a frame and a file with the same cells schedule the same tasks.
 """
 
@@ -15,11 +15,11 @@ import pandas as pd
 
 from schedkit.errors import AlreadyExists
 from schedkit.model import TaskRecord, task_id_for
-from schedkit.timetable import PastPolicy, load_timetable
-from schedkit.timeutil import DstPolicy, zone
+from schedkit.timetable.table import load_timetable
+from schedkit.timeutil import DstPolicy, PastPolicy, zone
 
 if TYPE_CHECKING:
-    from schedkit.client import Client
+    from schedkit.client.client import Client
 
 #: Columns of :func:`tasks_frame`, in order.
 TASK_COLUMNS = (
@@ -107,8 +107,8 @@ def schedule_frame(
     row of outcome ``invalid`` or ``rejected``.
     """
     # The scheduler CLI owns the run -> message conversion and the error -> column mapping.
-    from schedkit.batches import column_batches
     from schedkit.scheduler import column_and_reason
+    from schedkit.timetable.batches import column_batches
 
     table = load_timetable(frame, tz=tz, dst=dst, past=past, horizon=horizon, source=source)
     runs = table.runs.copy()

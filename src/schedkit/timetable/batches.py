@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from schedkit.client import Batch, checked_spec_to_proto
+from schedkit.client.client import Batch, checked_spec_to_proto
 from schedkit.errors import SchedkitError
 from schedkit.model import EPOCH, TaskSpec
 from schedkit.v1 import schedule_service_pb2 as pb

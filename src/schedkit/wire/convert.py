@@ -9,7 +9,6 @@ from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from schedkit.cache import TemplateCache
 from schedkit.errors import FieldViolation, InvalidArgument
 from schedkit.model import (
     EPOCH,
@@ -22,10 +21,11 @@ from schedkit.model import (
     TaskRows,
     TaskSpec,
     TaskState,
+    TaskType,
     to_micros,
 )
-from schedkit.registry import TaskType
 from schedkit.v1 import schedule_service_pb2 as pb
+from schedkit.wire.cache import TemplateCache
 
 #: How deep args and kwargs may nest, counting the args list or kwargs object itself. A Python
 #: protobuf client (upb, depth limit 100) cannot parse a ListTasksResponse or WatchTasksResponse

@@ -1,0 +1,1 @@
+"""Process wiring: the embedded Redis, the whole stack in one process tree, metrics."""
