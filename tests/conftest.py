@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent import futures
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import pytest
 from schedkit.client.client import Client
 from schedkit.demo import app as demo_app
 from schedkit.dispatch.registry import TaskRegistry
+from schedkit.model import Outcome, ScheduleResult, TaskRows, TaskSpec
 from schedkit.service.schedules import Schedules
+from schedkit.service.servicer import SPEC_FIELDS
 from schedkit.settings import Settings
 from schedkit.store.store import Store
 from schedkit.testing import LocalStack, local_stack, redis_server
@@ -103,3 +106,20 @@ def settings(redis_url: str) -> Settings:
 def schedules(store: Store, settings: Settings) -> Schedules:
     """The use case over the demo app's tasks and this test's store (no worker)."""
     return Schedules(store, TaskRegistry(demo_app), settings)
+
+
+def schedule_specs(
+    schedules: Schedules, specs: Sequence[TaskSpec], *, now: datetime | None = None
+) -> list[ScheduleResult]:
+    """Schedule ``specs`` as the server's ScheduleTasks does: prepare the batch, then store it."""
+    prepared = schedules.prepare_rows(TaskRows.of_specs(specs), fields=SPEC_FIELDS, now=now)
+    return schedules.store_prepared(prepared)
+
+
+def schedule_ids(
+    schedules: Schedules, specs: Sequence[TaskSpec], *, now: datetime | None = None
+) -> list[str]:
+    """The ids of ``specs``, scheduled through :func:`schedule_specs`; each must be created."""
+    results = schedule_specs(schedules, specs, now=now)
+    assert [r.outcome for r in results] == [Outcome.CREATED] * len(specs), results
+    return [r.id for r in results]

@@ -73,9 +73,9 @@ def test_only_templates_that_pass_every_check_are_kept(schedules: Schedules) -> 
     unknown = _template("no_such_task", 1)
     unbound = _template("add", 1, 2, 3)  # converts, but the registry refuses it
     big = _template("add", "x" * (schedules.settings.max_args_bytes + 1), 1)  # too large
-    results = schedules.schedule_rows(
-        rows_from_columns(_batch(good, unknown, unbound, big), known=cache)
-    )
+    # As ScheduleTasks takes a batch of columns: convert, prepare, store.
+    rows = rows_from_columns(_batch(good, unknown, unbound, big), known=cache)
+    results = schedules.store_prepared(schedules.prepare_rows(rows))
     assert [r.outcome for r in results] == [Outcome.CREATED] + [Outcome.REJECTED] * 3
     assert len(cache) == 1
     assert cache.get(good.SerializeToString(deterministic=True)) is not None

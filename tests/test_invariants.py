@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 from celery.signals import before_task_publish
 
+from conftest import schedule_ids
 from schedkit.client.client import Client
 from schedkit.demo import app as demo_app
 from schedkit.demo import runs
@@ -137,7 +138,9 @@ def test_accepted_survives_redis_killed_with_fsync_always(tmp_path: Path) -> Non
 def test_messages_handed_to_celery_are_json(redis_url: str, store: Store) -> None:
     settings = Settings(store_url=redis_url, **FAST)
     schedules = Schedules(store, TaskRegistry(demo_app), settings)
-    schedules.schedule(TaskSpec("water_plants", datetime.now(UTC), ["fern"], {"litres": 2.5}))
+    schedule_ids(
+        schedules, [TaskSpec("water_plants", datetime.now(UTC), ["fern"], {"litres": 2.5})]
+    )
     isolated = Celery("json-check")  # publishes by name: no tasks registered here
     assert Dispatcher(store, isolated, settings).run_once() == 1
     broker = redis.Redis.from_url(settings.effective_broker_url)
@@ -154,12 +157,12 @@ def test_messages_handed_to_celery_are_json(redis_url: str, store: Store) -> Non
 def test_hand_off_that_the_broker_refuses_is_retried_later(store: Store, redis_url: str) -> None:
     settings = Settings(store_url=redis_url, broker_url="redis://127.0.0.1:1/0", **FAST)
     schedules = Schedules(store, TaskRegistry(demo_app), settings)
-    result = schedules.schedule(TaskSpec("add", datetime.now(UTC), [1, 2]))
+    (task_id,) = schedule_ids(schedules, [TaskSpec("add", datetime.now(UTC), [1, 2])])
     # Port 1 on loopback: nothing listens, so every publish is refused at once.
     dispatcher = Dispatcher(store, Celery("broken-broker"), settings)
     assert dispatcher.run_once() == 0
-    assert store.get(result.id).state is TaskState.SCHEDULED
-    assert store.redis.zscore(store.keys.state("SCHEDULED"), result.id) is not None
+    assert store.get(task_id).state is TaskState.SCHEDULED
+    assert store.redis.zscore(store.keys.state("SCHEDULED"), task_id) is not None
     assert store.redis.zcard(store.keys.claims) == 0
 
 

@@ -13,6 +13,7 @@ from celery import Celery
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import schedule_ids
 from schedkit.dispatch.dispatcher import Dispatcher
 from schedkit.logs import JsonFormatter, KeyValueFormatter
 from schedkit.model import TaskSpec, TaskState
@@ -77,7 +78,7 @@ def test_dispatcher_lag_shows_overdue_work_and_clears_once_handed_off(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store))
     ten_ago = datetime.now(UTC) - timedelta(seconds=10)
-    schedules.schedule(TaskSpec("add", ten_ago, [1, 2]))
+    schedule_ids(schedules, [TaskSpec("add", ten_ago, [1, 2])])
     assert sample(registry, "schedkit_dispatcher_lag_seconds") >= 10
     assert sample(registry, "schedkit_tasks_parked") == 1
     assert Dispatcher(store, Celery("lag-check"), settings).run_once() == 1
@@ -89,9 +90,9 @@ def test_dispatcher_lag_shows_overdue_work_and_clears_once_handed_off(
 def test_duplicate_starts_are_refused_and_counted(schedules: Schedules, store: Store) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store))
-    result = schedules.schedule(TaskSpec("add", datetime.now(UTC), [1, 2]))
-    assert store.start(result.id) == "started"
-    assert store.start(result.id) == "duplicate:STARTED"
+    (task_id,) = schedule_ids(schedules, [TaskSpec("add", datetime.now(UTC), [1, 2])])
+    assert store.start(task_id) == "started"
+    assert store.start(task_id) == "duplicate:STARTED"
     assert sample(registry, "schedkit_starts_refused_total", reason="duplicate") == 1
     assert sample(registry, "schedkit_tasks_started_total") == 1
 
@@ -141,9 +142,9 @@ def test_json_logs_are_one_object_per_line() -> None:
 def test_the_dispatcher_logs_each_hand_off_with_its_task_id(
     schedules: Schedules, store: Store, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    result = schedules.schedule(TaskSpec("add", datetime.now(UTC), [1, 2]))
+    (task_id,) = schedule_ids(schedules, [TaskSpec("add", datetime.now(UTC), [1, 2])])
     with caplog.at_level(logging.DEBUG, logger="schedkit.dispatch.dispatcher"):
         Dispatcher(store, Celery("log-check"), settings).run_once()
     assert [getattr(r, "task_id", None) for r in caplog.records if r.msg == "handed off"] == [
-        result.id
+        task_id
     ]

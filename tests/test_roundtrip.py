@@ -269,7 +269,7 @@ def test_every_accepted_column_row_reads_back_from_the_store(
         idempotency_keys=[spec.key],
     )
     rows = rows_from_columns(pb.TaskColumns.FromString(columns.SerializeToString()))
-    (result,) = schedules.schedule_rows(rows)
+    (result,) = schedules.store_prepared(schedules.prepare_rows(rows))  # as ScheduleTasks does
     refused = refusal(spec)
     if refused is not None:
         assert isinstance(result.error, InvalidArgument)

@@ -9,7 +9,7 @@ import pytest
 from schedkit.client.client import Client
 from schedkit.demo import runs
 from schedkit.errors import AlreadyExists
-from schedkit.model import Outcome, TaskSpec, TaskState
+from schedkit.model import FINAL_STATES, Outcome, TaskSpec, TaskState
 from schedkit.testing import LocalStack
 
 FINAL = ["SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"]
@@ -119,7 +119,7 @@ def test_watch_sees_every_state_in_order(client: Client) -> None:
     for change in changes:
         if change.id == task.id:
             watched.append(change.state)
-            if change.state.is_final:
+            if change.state in FINAL_STATES:
                 break
     changes.close()
     assert watched == [

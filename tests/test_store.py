@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from conftest import schedule_ids, schedule_specs
+from schedkit.client.client import Client
 from schedkit.errors import AlreadyExists, InvalidArgument
-from schedkit.model import Outcome, TaskSpec, TaskState, task_id_for
+from schedkit.model import Outcome, TaskSpec, TaskState
 from schedkit.service.schedules import Schedules
-from schedkit.store.store import Store, TaskQuery
+from schedkit.service.server import Server
+from schedkit.service.watch import ChangeFeed
+from schedkit.store.aio import AsyncStore
+from schedkit.store.store import StateChange, Store, TaskQuery
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
 
@@ -21,27 +26,30 @@ def spec(n: int = 0, *, key: str = "", at: datetime = T0, **extra: object) -> Ta
     return TaskSpec("add", at + timedelta(seconds=n), [n, 1], key=key, **extra)  # type: ignore[arg-type]
 
 
-def put(store: Store, specs: list[TaskSpec], now: datetime = T0 - timedelta(hours=1)) -> list[str]:
-    results = store.schedule([(task_id_for(s.key), s) for s in specs], window_seconds=3, now=now)
-    assert all(r.outcome is Outcome.CREATED for r in results)
-    return [r.id for r in results]
+BEFORE = T0 - timedelta(hours=1)  # when the tests' tasks are scheduled: all in the future
 
 
-def test_same_key_same_content_is_existing_and_other_content_is_refused(store: Store) -> None:
+def put(schedules: Schedules, specs: list[TaskSpec], now: datetime = BEFORE) -> list[str]:
+    return schedule_ids(schedules, specs, now=now)
+
+
+def test_same_key_same_content_is_existing_and_other_content_is_refused(
+    schedules: Schedules, store: Store
+) -> None:
     first = spec(key="water-1")
-    (task_id,) = put(store, [first])
-    again = store.schedule([(task_id_for("water-1"), first)], window_seconds=3)
+    (task_id,) = put(schedules, [first])
+    again = schedule_specs(schedules, [first], now=BEFORE)
     assert again[0].outcome is Outcome.EXISTING
     assert again[0].id == task_id
     changed = spec(5, key="water-1")
-    refused = store.schedule([(task_id_for("water-1"), changed)], window_seconds=3)
+    refused = schedule_specs(schedules, [changed], now=BEFORE)
     assert refused[0].outcome is Outcome.REJECTED
     assert isinstance(refused[0].error, AlreadyExists)
     assert store.get(task_id).spec.run_at == first.run_at  # not overwritten
 
 
-def test_claim_takes_only_the_window_and_never_twice(store: Store) -> None:
-    ids = put(store, [spec(n) for n in range(10)])
+def test_claim_takes_only_the_window_and_never_twice(schedules: Schedules, store: Store) -> None:
+    ids = put(schedules, [spec(n) for n in range(10)])
     claimed = store.claim(window_seconds=4.5, lease_seconds=30, limit=100, now=T0)
     assert [c.id for c in claimed] == ids[:5]  # run times T0..T0+4s
     assert store.claim(window_seconds=4.5, lease_seconds=30, limit=100, now=T0) == []
@@ -50,9 +58,9 @@ def test_claim_takes_only_the_window_and_never_twice(store: Store) -> None:
     assert {store.get(i).state for i in ids[5:]} == {TaskState.SCHEDULED}
 
 
-def test_lapsed_claim_returns_to_the_due_index(store: Store) -> None:
+def test_lapsed_claim_returns_to_the_due_index(schedules: Schedules, store: Store) -> None:
     """A dispatcher that claims and then dies: after the lease, another one claims again."""
-    (task_id,) = put(store, [spec()])
+    (task_id,) = put(schedules, [spec()])
     assert [c.id for c in store.claim(window_seconds=1, lease_seconds=10, limit=9, now=T0)] == [
         task_id
     ]
@@ -64,8 +72,8 @@ def test_lapsed_claim_returns_to_the_due_index(store: Store) -> None:
     ]
 
 
-def test_release_makes_a_task_due_again(store: Store) -> None:
-    (task_id,) = put(store, [spec()])
+def test_release_makes_a_task_due_again(schedules: Schedules, store: Store) -> None:
+    (task_id,) = put(schedules, [spec()])
     store.claim(window_seconds=1, lease_seconds=60, limit=9, now=T0)
     store.release([task_id], now=T0)
     assert [c.id for c in store.claim(window_seconds=1, lease_seconds=60, limit=9, now=T0)] == [
@@ -73,8 +81,10 @@ def test_release_makes_a_task_due_again(store: Store) -> None:
     ]
 
 
-def test_start_is_refused_when_cancelled_or_already_started(store: Store) -> None:
-    a, b = put(store, [spec(0), spec(1)])
+def test_start_is_refused_when_cancelled_or_already_started(
+    schedules: Schedules, store: Store
+) -> None:
+    a, b = put(schedules, [spec(0), spec(1)])
     store.claim(window_seconds=5, lease_seconds=60, limit=9, now=T0)
     store.mark_queued([a, b], now=T0)
     assert store.start(a, now=T0) == "started"
@@ -84,16 +94,20 @@ def test_start_is_refused_when_cancelled_or_already_started(store: Store) -> Non
     assert store.start("not-a-schedkit-id", now=T0) == "unmanaged"
 
 
-def test_a_claimed_task_may_start_before_it_is_marked_queued(store: Store) -> None:
-    (task_id,) = put(store, [spec()])
+def test_a_claimed_task_may_start_before_it_is_marked_queued(
+    schedules: Schedules, store: Store
+) -> None:
+    (task_id,) = put(schedules, [spec()])
     store.claim(window_seconds=1, lease_seconds=60, limit=9, now=T0)
     assert store.start(task_id, now=T0) == "started"
     store.mark_queued([task_id], now=T0)  # the dispatcher settles late: must not go back
     assert store.get(task_id).state is TaskState.STARTED
 
 
-def test_cancel_is_refused_once_started_and_idempotent_when_cancelled(store: Store) -> None:
-    a, b = put(store, [spec(0), spec(1)])
+def test_cancel_is_refused_once_started_and_idempotent_when_cancelled(
+    schedules: Schedules, store: Store
+) -> None:
+    a, b = put(schedules, [spec(0), spec(1)])
     store.claim(window_seconds=5, lease_seconds=60, limit=9, now=T0)
     store.start(a, now=T0)
     assert store.cancel(a, now=T0) == ("refused", TaskState.STARTED)
@@ -102,8 +116,8 @@ def test_cancel_is_refused_once_started_and_idempotent_when_cancelled(store: Sto
     assert store.cancel("nope", now=T0)[0] == "missing"
 
 
-def test_expired_tasks_are_not_handed_off(store: Store) -> None:
-    (task_id,) = put(store, [spec(expires_after=timedelta(seconds=10))])
+def test_expired_tasks_are_not_handed_off(schedules: Schedules, store: Store) -> None:
+    (task_id,) = put(schedules, [spec(expires_after=timedelta(seconds=10))])
     late = T0 + timedelta(seconds=11)
     assert store.claim(window_seconds=1, lease_seconds=60, limit=9, now=late) == []
     record = store.get(task_id)
@@ -111,8 +125,8 @@ def test_expired_tasks_are_not_handed_off(store: Store) -> None:
     assert record.finished_at == late
 
 
-def test_finish_records_result_only_for_started_tasks(store: Store) -> None:
-    (task_id,) = put(store, [spec()])
+def test_finish_records_result_only_for_started_tasks(schedules: Schedules, store: Store) -> None:
+    (task_id,) = put(schedules, [spec()])
     assert not store.finish(task_id, TaskState.SUCCEEDED, result="2", now=T0)
     store.claim(window_seconds=1, lease_seconds=60, limit=9, now=T0)
     store.start(task_id, now=T0)
@@ -126,11 +140,13 @@ def test_finish_records_result_only_for_started_tasks(store: Store) -> None:
     )
 
 
-def test_pages_cover_every_task_once_in_run_time_order_with_ties(store: Store) -> None:
+def test_pages_cover_every_task_once_in_run_time_order_with_ties(
+    schedules: Schedules, store: Store
+) -> None:
     rng = random.Random(7)
     # Many tasks share run times (timetables do), across several states.
     specs = [spec(rng.randrange(5), key=f"k{i}") for i in range(120)]
-    ids = put(store, specs)
+    ids = put(schedules, specs)
     store.claim(window_seconds=2.5, lease_seconds=60, limit=30, now=T0)
     store.mark_queued(ids, now=T0)
     for task_id in ids[::7]:
@@ -146,9 +162,9 @@ def test_pages_cover_every_task_once_in_run_time_order_with_ties(store: Store) -
     assert seen == sorted(seen)
 
 
-def test_filters_by_state_task_label_and_time(store: Store) -> None:
+def test_filters_by_state_task_label_and_time(schedules: Schedules, store: Store) -> None:
     ids = put(
-        store,
+        schedules,
         [spec(n, key=f"f{n}", labels={"team": "green" if n % 2 else "blue"}) for n in range(20)],
     )
     store.cancel(ids[3], now=T0)
@@ -164,9 +180,11 @@ def test_filters_by_state_task_label_and_time(store: Store) -> None:
     assert store.page(TaskQuery(task="water_plants"), page_size=100) == ([], "")
 
 
-def test_a_sparse_filter_pages_on_without_losing_tasks(store: Store) -> None:
+def test_a_sparse_filter_pages_on_without_losing_tasks(schedules: Schedules, store: Store) -> None:
     """A filter that matches rarely returns short pages with a token, never skips a match."""
-    ids = put(store, [spec(n, key=f"s{n}", labels={"hit": str(n % 50 == 0)}) for n in range(400)])
+    ids = put(
+        schedules, [spec(n, key=f"s{n}", labels={"hit": str(n % 50 == 0)}) for n in range(400)]
+    )
     found: list[str] = []
     token = ""
     for _ in range(100):
@@ -179,10 +197,14 @@ def test_a_sparse_filter_pages_on_without_losing_tasks(store: Store) -> None:
     assert found == ids[::50]
 
 
-def test_a_filter_behind_many_other_tasks_still_fills_the_page(store: Store) -> None:
+def test_a_filter_behind_many_other_tasks_still_fills_the_page(
+    schedules: Schedules, store: Store
+) -> None:
     """Matches that sit after more non-matches than one scan budget come back in one call."""
-    put(store, [spec(n, key=f"early{n}") for n in range(90)])
-    late = put(store, [spec(100 + n, key=f"late{n}", labels={"team": "late"}) for n in range(4)])
+    put(schedules, [spec(n, key=f"early{n}") for n in range(90)])
+    late = put(
+        schedules, [spec(100 + n, key=f"late{n}", labels={"team": "late"}) for n in range(4)]
+    )
     query = TaskQuery(labels=(("team", "late"),))
     one_round, token = store.page(query, page_size=4, scan_budget=30, max_rounds=1)
     assert (one_round, bool(token)) == ([], True)  # the budget stops a single round short
@@ -196,15 +218,19 @@ def test_garbage_page_token_names_the_field(store: Store) -> None:
     assert caught.value.violations[0].field == "page_token"
 
 
-def test_purge_forgets_only_tasks_finished_before_the_cutoff(store: Store) -> None:
-    old, recent, parked = put(store, [spec(0), spec(1), spec(2)])
+def test_purge_forgets_only_tasks_finished_before_the_cutoff(
+    schedules: Schedules, store: Store
+) -> None:
+    old, recent, parked = put(schedules, [spec(0), spec(1), spec(2)])
     store.cancel(old, now=T0)
     store.cancel(recent, now=T0 + timedelta(days=3))
     assert store.purge(finished_before=T0 + timedelta(days=1)) == 1
     assert [r.id for r in store.get_many([old, recent, parked]) if r] == [recent, parked]
 
 
-def test_parked_task_costs_at_most_400_bytes_of_redis_memory(store: Store) -> None:
+def test_parked_task_costs_at_most_400_bytes_of_redis_memory(
+    schedules: Schedules, store: Store
+) -> None:
     """The design budget for parked tasks, measured on a timetable-like task with a key."""
     count = 20_000
     before = int(store.redis.info("memory")["used_memory"])
@@ -219,7 +245,7 @@ def test_parked_task_costs_at_most_400_bytes_of_redis_memory(store: Store) -> No
             )
             for n in range(start, start + 1000)
         ]
-        put(store, batch)
+        put(schedules, batch)
     store.redis.xtrim(store.keys.events, maxlen=0)  # the bounded event log is not per task
     after = int(store.redis.info("memory")["used_memory"])
     per_task = (after - before) / count
@@ -227,38 +253,86 @@ def test_parked_task_costs_at_most_400_bytes_of_redis_memory(store: Store) -> No
     assert per_task <= 400
 
 
-def test_watch_reports_each_change_with_its_own_state_when_read_together(
-    schedules: Schedules, store: Store
-) -> None:
-    """Changes that land between two reads of the stream share one (final) record."""
-    (task_id,) = put(store, [spec(key="watched")])
-    deadline = time.monotonic() + 10  # the watch ends by itself rather than hang the test
-    changes = schedules.watch(
-        TaskQuery(ids=frozenset({task_id})), is_active=lambda: time.monotonic() < deadline
-    )
+def advance(store: Store, task_id: str) -> None:
+    """Take a task through QUEUED, STARTED and SUCCEEDED, as dispatcher and worker would."""
     assert [c.id for c in store.claim(window_seconds=3, lease_seconds=60, limit=5, now=T0)] == [
         task_id
     ]
     store.mark_queued([task_id], now=T0)
     assert store.start(task_id, now=T0) == "started"
     assert store.finish(task_id, TaskState.SUCCEEDED, result="2", now=T0)
-    states = [record.state for record, _ in itertools.islice(changes, 3)]
+
+
+def test_watch_reports_each_change_with_its_own_state_when_read_together(
+    schedules: Schedules, store: Store
+) -> None:
+    """Changes that land between two reads of the stream share one (final) record."""
+    (task_id,) = put(schedules, [spec(key="watched")])
+
+    async def watch() -> list[TaskState]:
+        # The server's change feed, its cursor taken before the changes: its first read
+        # takes all three together.
+        aio = AsyncStore(store)
+        feed = ChangeFeed(aio)
+        changes = feed.follow(TaskQuery(ids=frozenset({task_id})), await feed.latest())
+        advance(store, task_id)
+        try:
+            return [(await anext(changes))[0].state for _ in range(3)]
+        finally:
+            await changes.aclose()
+            await feed.close()
+            await aio.close()
+
+    states = asyncio.run(asyncio.wait_for(watch(), timeout=10))
     assert states == [TaskState.QUEUED, TaskState.STARTED, TaskState.SUCCEEDED]
 
 
-def test_a_batch_is_one_event_per_hundred_tasks_and_each_task_a_change(store: Store) -> None:
-    ids = put(store, [spec(n) for n in range(250)])
+def test_a_watch_over_the_server_reports_every_change_of_the_task(
+    schedules: Schedules, store: Store
+) -> None:
+    (task_id,) = put(schedules, [spec(key="watched")])
+    server = Server(schedules, listen="127.0.0.1:0").start()
+    try:
+        with Client.connect(server.address) as client:
+            changes = client.watch(ids=[task_id], timeout=10)
+            advance(store, task_id)
+            states = [record.state for record in itertools.islice(changes, 3)]
+            changes.close()
+    finally:
+        server.stop(0)
+    assert states == [TaskState.QUEUED, TaskState.STARTED, TaskState.SUCCEEDED]
+
+
+def events_after(store: Store, cursor: str) -> list[StateChange]:
+    """The changes after ``cursor``, read as the server's change feed reads them."""
+
+    async def read() -> list[StateChange]:
+        aio = AsyncStore(store)
+        try:
+            return await aio.events_after(cursor)
+        finally:
+            await aio.close()
+
+    return asyncio.run(read())
+
+
+def test_a_batch_is_one_event_per_hundred_tasks_and_each_task_a_change(
+    schedules: Schedules, store: Store
+) -> None:
+    ids = put(schedules, [spec(n) for n in range(250)])
     assert store.redis.xlen(store.keys.events) == 3  # 100 + 100 + 50 ids
-    changes = store.events("0-0", block_ms=0)
+    changes = events_after(store, "0-0")
     assert [c.task_id for c in changes] == ids
     assert {c.state for c in changes} == {TaskState.SCHEDULED}
     # Resuming after an entry's cursor skips all of its tasks, and only those.
-    after_first = store.events(changes[99].cursor, block_ms=0)
+    after_first = events_after(store, changes[99].cursor)
     assert [c.task_id for c in after_first] == ids[100:]
 
 
-def test_redeliver_makes_due_again_only_long_queued_unstarted_tasks(store: Store) -> None:
-    lost, recent, started = put(store, [spec(0), spec(1), spec(2)])
+def test_redeliver_makes_due_again_only_long_queued_unstarted_tasks(
+    schedules: Schedules, store: Store
+) -> None:
+    lost, recent, started = put(schedules, [spec(0), spec(1), spec(2)])
     store.claim(window_seconds=3, lease_seconds=60, limit=5, now=T0 + timedelta(seconds=3))
     store.mark_queued([lost, started], now=T0)
     store.mark_queued([recent], now=T0 + timedelta(seconds=40))

@@ -43,11 +43,10 @@ def finishes(call: Callable[[], Any], within: float) -> Any:
     [
         lambda store: store.ping(),
         lambda store: store.count(TaskState.SCHEDULED),
-        # Blocking reads get the longest block on top of the timeout, and no more.
-        lambda store: store.events("0-0", block_ms=60_000),
+        # A blocking read gets the longest block on top of the timeout, and no more.
         lambda store: store.wait_for_work(60.0),
     ],
-    ids=["ping", "count", "events", "wait_for_work"],
+    ids=["ping", "count", "wait_for_work"],
 )
 def test_a_silent_store_fails_a_call_within_its_timeout_then_recovers(
     relay: SilentRelay, call: Callable[[Store], Any]
