@@ -27,11 +27,6 @@ class TaskState(enum.StrEnum):
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"
 
-    @property
-    def is_final(self) -> bool:
-        """True once nothing more will happen to the task."""
-        return self in FINAL_STATES
-
 
 FINAL_STATES = frozenset(
     {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED}

@@ -37,7 +37,7 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
 
 
 def worker_argv(
-    settings: Settings, *, concurrency: int, pool: str = "prefork", queues: list[str] | None = None
+    *, concurrency: int, pool: str = "prefork", queues: list[str] | None = None
 ) -> list[str]:
     """The ``celery worker`` arguments schedkit uses; ``queues`` become ``-Q``."""
     return [
@@ -63,4 +63,4 @@ def run_worker(settings: Settings, *, concurrency: int, pool: str = "prefork") -
     setup_logging.connect(own_logging, weak=False)
     # Every queue a task may name, so an accepted queue is never one nobody reads.
     queues = worker_queues(app, settings.allow_queues)
-    app.worker_main(worker_argv(settings, concurrency=concurrency, pool=pool, queues=queues))
+    app.worker_main(worker_argv(concurrency=concurrency, pool=pool, queues=queues))

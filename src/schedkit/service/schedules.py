@@ -1,4 +1,5 @@
-"""The schedules use case: validate, store, read, cancel and watch tasks.
+"""The schedules use case: validate, store, read and cancel tasks, and pick the state
+changes a watch reports (the server's change feed, service/watch.py, follows the stream).
 
 Independent of gRPC: the servicer converts messages and calls this; tests and embedding code
 can call it directly.
@@ -117,42 +118,11 @@ class Schedules:
         """The Celery app whose tasks are scheduled."""
         return self.registry.app
 
-    def schedule(self, spec: TaskSpec) -> ScheduleResult:
-        """Schedule one task; raise the error if it is refused."""
-        result = self.schedule_batch([spec])[0]
-        if result.error is not None:
-            raise result.error
-        return result
-
     def prepare_one(self, spec: TaskSpec, now: datetime) -> PreparedBatch:
         """A batch of one task, checked and encoded: the first half of a ScheduleTask."""
         return self.prepare_rows(
             TaskRows.of_specs([spec]), fields=BatchFields.of_prefix("spec."), now=now
         )
-
-    def schedule_batch(
-        self,
-        specs: Sequence[TaskSpec | Exception],
-        *,
-        field_prefix: str = "spec.",
-        now: datetime | None = None,
-    ) -> list[ScheduleResult]:
-        """Schedule many in one store round trip; an Exception item stays a rejection in place.
-
-        ``field_prefix`` may hold ``{}`` for the item's index, as in ``specs[{}].``.
-        """
-        fields = BatchFields.of_prefix(field_prefix)
-        return self.schedule_rows(TaskRows.of_specs(specs), fields=fields, now=now)
-
-    def schedule_rows(
-        self,
-        rows: TaskRows,
-        *,
-        fields: BatchFields = COLUMN_FIELDS,
-        now: datetime | None = None,
-    ) -> list[ScheduleResult]:
-        """Schedule a batch in column form in one store round trip, results in row order."""
-        return self.store_prepared(self.prepare_rows(rows, fields=fields, now=now))
 
     def prepare_rows(
         self,
@@ -371,28 +341,6 @@ class Schedules:
                 exc_info=True,
                 extra={"task_id": task_id},
             )
-
-    def watch(
-        self, query: TaskQuery, *, is_active: Callable[[], bool], block_ms: int = 1000
-    ) -> Iterator[tuple[TaskRecord, StateChange]]:
-        """(task, change) for state changes from the moment of this call, while ``is_active()``.
-
-        The starting point is taken now, not on first iteration, so a caller can signal
-        "watching" before anything else happens.
-        """
-        return self._follow(self.store.latest_event(), query, is_active, block_ms)
-
-    def _follow(
-        self, cursor: str, query: TaskQuery, is_active: Callable[[], bool], block_ms: int
-    ) -> Iterator[tuple[TaskRecord, StateChange]]:
-        while is_active():
-            changes = self.store.events(cursor, block_ms=block_ms)
-            if not changes:
-                continue
-            cursor = changes[-1].cursor
-            wanted = wanted_changes(query, changes)
-            records = self.store.get_many([c.task_id for c in wanted])
-            yield from matching_changes(query, wanted, records)
 
     def task_types(self) -> list[TaskType]:
         """The tasks that may be scheduled."""

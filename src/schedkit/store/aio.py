@@ -101,7 +101,11 @@ class AsyncStore:
         return str(newest[0][0]) if newest else "0-0"
 
     async def events_after(self, cursor: str, *, count: int = 500) -> list[StateChange]:
-        """Up to ``count`` changes after ``cursor``, without waiting for any."""
+        """Up to ``count`` changes after ``cursor``, without waiting for any.
+
+        Changes of one entry share its cursor: resuming after it skips them all, so callers
+        take an entry's changes together (one read always returns whole entries).
+        """
         with store_errors():
             reply = await self.redis.xread({self.keys.events: cursor}, count=count)
         return changes_of(reply)

@@ -11,7 +11,7 @@ error, ``tb`` traceback.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -26,7 +26,6 @@ from schedkit.model import (
     fingerprint_frame,
     fingerprint_of,
     from_millis,
-    to_millis,
 )
 
 __all__ = ["NewTasks", "Row", "Template", "decode", "dumps", "encode_template", "template_row"]
@@ -63,16 +62,6 @@ class NewTasks:
     templates: list[list[str]]
     rows: list[Row]
     created_ms: int
-
-    @classmethod
-    def of(cls, items: Sequence[tuple[str, TaskSpec]], created_ms: int) -> NewTasks:
-        """(id, spec) pairs, each spec its own template."""
-        templates = [encode_template(spec) for _, spec in items]
-        rows = [
-            template_row(template, task_id, spec.key, to_millis(spec.run_at), number)
-            for number, (template, (task_id, spec)) in enumerate(zip(templates, items, strict=True))
-        ]
-        return cls([t.fields for t in templates], rows, created_ms)
 
 
 def encode_template(

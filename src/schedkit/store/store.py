@@ -27,7 +27,6 @@ from schedkit.model import (
     Outcome,
     ScheduleResult,
     TaskRecord,
-    TaskSpec,
     TaskState,
     from_millis,
     to_millis,
@@ -217,18 +216,6 @@ class Store:
             self.redis.ping()
 
     # -- scheduling -------------------------------------------------------------------------
-
-    def schedule(
-        self,
-        items: Sequence[tuple[str, TaskSpec]],
-        *,
-        window_seconds: float,
-        now: datetime | None = None,
-    ) -> list[ScheduleResult]:
-        """Store (id, spec) pairs in one round trip; report created / existing / conflict."""
-        now = now or utc_now()
-        batch = NewTasks.of(items, to_millis(now))
-        return self.schedule_new(batch, window_seconds=window_seconds, now=now)
 
     def schedule_new(
         self, batch: NewTasks, *, window_seconds: float, now: datetime | None = None
@@ -453,28 +440,6 @@ class Store:
         """Cancel a task not yet started: returns (verdict, state before)."""
         verdict, previous = self._run("cancel", task_id, now=now)
         return verdict, TaskState(previous) if previous else None
-
-    # -- watching ---------------------------------------------------------------------------
-
-    def latest_event(self) -> str:
-        """The cursor of the newest event, to watch from now on."""
-        with store_errors():
-            newest = self.redis.xrevrange(self.keys.events, count=1)
-        return str(newest[0][0]) if newest else "0-0"
-
-    def events(self, after: str, *, block_ms: int, count: int = 500) -> list[StateChange]:
-        """State changes after ``after``, waiting up to ``block_ms`` for the first one.
-
-        Changes of one entry share its cursor: resuming after it skips them all, so callers
-        take an entry's changes together (one read always returns whole entries).
-        """
-        with store_errors():
-            reply: Any = self._waiting.xread(
-                {self.keys.events: after},
-                count=count,
-                block=min(block_ms or _MAX_BLOCK_MS, _MAX_BLOCK_MS),  # 0 would be for ever
-            )
-        return changes_of(reply)
 
 
 def changes_of(reply: Any) -> list[StateChange]:
