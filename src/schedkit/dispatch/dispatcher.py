@@ -23,6 +23,7 @@ from celery import Celery
 from celery.exceptions import QueueNotFound
 from kombu.exceptions import EncodeError, OperationalError
 
+from schedkit.backoff import Backoff
 from schedkit.dispatch.broker import Broker
 from schedkit.errors import Unavailable
 from schedkit.model import utc_now
@@ -181,26 +182,25 @@ class Dispatcher:
 
     def run(self) -> None:
         """Loop until :meth:`stop`: hand off, then sleep until work is due or nudged."""
-        backoff = 0.5
+        backoff = Backoff()  # 0.5 s, doubling up to 10 s, until a round goes through
         while not self._stop.is_set():
             try:
                 handed = self.run_once()
                 self.purge_if_due()
                 if self.redeliver_if_due():
                     continue  # they are due now
-                backoff = 0.5
+                backoff.succeeded()
                 if handed >= self.settings.claim_batch:
                     continue
                 self.store.wait_for_work(self.seconds_until_work())
-            except Unavailable as exc:
-                log.warning("store unavailable, retrying in %.1fs: %s", backoff, exc)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-            except Exception:
+            except Exception as exc:
                 # The loop must outlive any one bad round: a dead dispatcher hands off nothing.
-                log.exception("dispatcher round failed, retrying in %.1fs", backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                wait = backoff.failed()
+                if isinstance(exc, Unavailable):
+                    log.warning("store unavailable, retrying in %.1fs: %s", wait, exc)
+                else:
+                    log.exception("dispatcher round failed, retrying in %.1fs", wait)
+                self._stop.wait(wait)  # stop() ends the wait at once
 
     def start(self) -> Dispatcher:
         """Run the loop in a daemon thread."""

@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from schedkit.backoff import Backoff
 from schedkit.errors import Unavailable
 from schedkit.model import TaskRecord
 from schedkit.service.schedules import matching_changes, wanted_changes
@@ -95,7 +96,7 @@ class ChangeFeed:
     async def _follow_tail(self) -> None:
         """Wake the watchers whenever the stream grows, while there are any; outlive any
         store outage."""
-        backoff = 0.5
+        backoff = Backoff()  # 0.5 s, doubling up to 10 s, until a read goes through
         cursor = ""
         events = self._store.keys.events
         while self._watchers and not self._closing:
@@ -108,11 +109,11 @@ class ChangeFeed:
                 if reply:
                     cursor = str(reply[0][1][-1][0])  # watchers read the entries themselves
                     self._wake()
-                backoff = 0.5
+                backoff.succeeded()
             except Unavailable as exc:
-                log.warning("change feed: %s; retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                wait = backoff.failed()
+                log.warning("change feed: %s; retrying in %.1fs", exc, wait)
+                await asyncio.sleep(wait)  # close() cancels the reader, sleep included
 
     def _wake(self) -> None:
         appended, self._appended = self._appended, asyncio.Event()
