@@ -72,7 +72,28 @@ class ScheduleBuilder(widgets.VBox):
         if frame is not None:
             self._draft = frame.reset_index(drop=True).copy()
         self.results = pd.DataFrame(columns=list(RESULT_COLUMNS))
+        self._build_task_controls()
+        self._build_time_controls(tz)
+        self._build_draft_controls()
+        self._observe_controls()
+        self._check_arguments()
+        self._show_when()
+        self._show_draft()
+        super().__init__(self._layout())
+        # Stable CSS hooks for styling and for browser tests.
+        self.add_class("schedkit-builder")
+        for control, name in (
+            (self.task, "task"),
+            (self.args, "args"),
+            (self.kwargs, "kwargs"),
+            (self.labels, "labels"),
+            (self.add_button, "add"),
+            (self.schedule_button, "schedule"),
+        ):
+            control.add_class(f"schedkit-{name}")
 
+    def _build_task_controls(self) -> None:
+        """What runs: the task, its arguments and labels."""
         self.task = widgets.Dropdown(options=sorted(self.types), description="task")
         self.task_help = widgets.HTML()
         self.args = widgets.Text(
@@ -82,6 +103,10 @@ class ScheduleBuilder(widgets.VBox):
             value="{}", description="kwargs", placeholder='JSON object: {"litres": 2}', layout=_WIDE
         )
         self.arguments_check = widgets.HTML()
+        self.labels = widgets.Text(description="labels", placeholder="team=ops, env=dev")
+
+    def _build_time_controls(self, tz: str) -> None:
+        """When it runs: the first run (five minutes from now, in ``tz``) and how it repeats."""
         start = (datetime.now(ZoneInfo(tz)) + timedelta(minutes=5)).replace(
             second=0, microsecond=0, tzinfo=None
         )
@@ -96,7 +121,9 @@ class ScheduleBuilder(widgets.VBox):
         self.count = widgets.BoundedIntText(
             value=0, min=0, max=1_000_000, description="count", tooltip="0: no limit"
         )
-        self.labels = widgets.Text(description="labels", placeholder="team=ops, env=dev")
+
+    def _build_draft_controls(self) -> None:
+        """The draft and what acts on it: add, remove, schedule, and the results."""
         self.add_button = widgets.Button(description="Add", button_style="primary", icon="plus")
         self.draft_table = widgets.HTML()
         self.remove_select = widgets.SelectMultiple(description="rows", rows=4)
@@ -106,53 +133,40 @@ class ScheduleBuilder(widgets.VBox):
         )
         self.results_table = widgets.HTML()
 
+    def _observe_controls(self) -> None:
+        """Check the arguments and the run time as they are edited; act on the buttons."""
         guard = self.feedback.guard
-        self.task.observe(guard(lambda _: self._check_arguments()), names="value")
-        self.args.observe(guard(lambda _: self._check_arguments()), names="value")
-        self.kwargs.observe(guard(lambda _: self._check_arguments()), names="value")
+        for control in (self.task, self.args, self.kwargs):
+            control.observe(guard(lambda _: self._check_arguments()), names="value")
         for control in (self.run_at, self.tz):
             control.observe(guard(lambda _: self._show_when()), names="value")
         self.add_button.on_click(guard(lambda _: self.add()))
         self.remove_button.on_click(guard(lambda _: self.remove(self.remove_select.value)))
         self.schedule_button.on_click(guard(lambda _: self.schedule()))
 
-        self._check_arguments()
-        self._show_when()
-        self._show_draft()
-        super().__init__(
-            [
-                widgets.HTML("<b>New task</b>"),
-                self.task,
-                self.task_help,
-                self.args,
-                self.kwargs,
-                self.arguments_check,
-                widgets.HBox([self.run_at, self.tz]),
-                self.when,
-                widgets.HBox([self.repeat, self.rule]),
-                widgets.HBox([self.until, self.count]),
-                self.labels,
-                self.add_button,
-                widgets.HTML("<b>Draft</b>"),
-                self.draft_table,
-                widgets.HBox([self.remove_select, self.remove_button]),
-                self.schedule_button,
-                self.feedback.message,
-                self.results_table,
-                self.feedback.out,
-            ]
-        )
-        # Stable CSS hooks for styling and for browser tests.
-        self.add_class("schedkit-builder")
-        for control, name in (
-            (self.task, "task"),
-            (self.args, "args"),
-            (self.kwargs, "kwargs"),
-            (self.labels, "labels"),
-            (self.add_button, "add"),
-            (self.schedule_button, "schedule"),
-        ):
-            control.add_class(f"schedkit-{name}")
+    def _layout(self) -> list[widgets.Widget]:
+        """The form, then the draft, then the last results, top to bottom."""
+        return [
+            widgets.HTML("<b>New task</b>"),
+            self.task,
+            self.task_help,
+            self.args,
+            self.kwargs,
+            self.arguments_check,
+            widgets.HBox([self.run_at, self.tz]),
+            self.when,
+            widgets.HBox([self.repeat, self.rule]),
+            widgets.HBox([self.until, self.count]),
+            self.labels,
+            self.add_button,
+            widgets.HTML("<b>Draft</b>"),
+            self.draft_table,
+            widgets.HBox([self.remove_select, self.remove_button]),
+            self.schedule_button,
+            self.feedback.message,
+            self.results_table,
+            self.feedback.out,
+        ]
 
     # -- the draft ------------------------------------------------------------------------
 

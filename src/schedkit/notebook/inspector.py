@@ -63,7 +63,22 @@ class ScheduleInspector(widgets.VBox):
         self.refreshed = threading.Condition()
         self.refresh_count = 0
 
-        names = [t.name for t in client.task_types()]
+        self._build_filter_controls([t.name for t in client.task_types()], tz, states, limit)
+        self._build_table_controls()
+        self._observe_controls()
+        super().__init__(self._layout())
+        # Stable CSS hooks for styling and for browser tests.
+        self.add_class("schedkit-inspector")
+        self.selection.add_class("schedkit-selection")
+        self.cancel_button.add_class("schedkit-cancel")
+        self.table.add_class("schedkit-tasks")
+        self.refresh()
+        self.live.value = live
+
+    def _build_filter_controls(
+        self, names: list[str], tz: str, states: tuple[str, ...], limit: int
+    ) -> None:
+        """Which tasks are shown: state, task name, labels, run-time range and how many."""
         self.states = widgets.SelectMultiple(
             options=[s.value for s in TaskState], value=states, description="state", rows=8
         )
@@ -79,6 +94,9 @@ class ScheduleInspector(widgets.VBox):
         self.limit = widgets.BoundedIntText(value=limit, min=1, max=100_000, description="at most")
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.live = widgets.ToggleButton(value=False, description="Live", icon="play")
+
+    def _build_table_controls(self) -> None:
+        """The table, the selection in it, its details and the cancel button."""
         self.summary = widgets.HTML()
         self.table = widgets.HTML()
         self.selection = widgets.SelectMultiple(
@@ -89,42 +107,37 @@ class ScheduleInspector(widgets.VBox):
         )
         self.detail = widgets.HTML()
 
+    def _observe_controls(self) -> None:
+        """Refresh when a filter changes; act on the buttons, the selection and "Live"."""
         guard = self.feedback.guard
-        for control in (self.states, self.task, self.label, self.after, self.before, self.tz):
+        filters = (self.states, self.task, self.label, self.after, self.before, self.tz, self.limit)
+        for control in filters:
             control.observe(guard(lambda _: self.refresh()), names="value")
-        self.limit.observe(guard(lambda _: self.refresh()), names="value")
         self.refresh_button.on_click(guard(lambda _: self.refresh()))
         self.cancel_button.on_click(guard(lambda _: self.cancel_selected()))
         self.selection.observe(guard(lambda _: self.show_detail()), names="value")
         self.live.observe(guard(self._toggle_live), names="value")
 
-        super().__init__(
-            [
-                widgets.HBox(
-                    [
-                        self.states,
-                        widgets.VBox([self.task, self.label, self.after, self.before]),
-                        widgets.VBox([self.tz, self.limit, self.refresh_button, self.live]),
-                    ]
-                ),
-                self.summary,
-                self.table,
-                widgets.HBox(
-                    [
-                        widgets.VBox([self.selection, self.cancel_button, self.feedback.message]),
-                        self.detail,
-                    ]
-                ),
-                self.feedback.out,
-            ]
-        )
-        # Stable CSS hooks for styling and for browser tests.
-        self.add_class("schedkit-inspector")
-        self.selection.add_class("schedkit-selection")
-        self.cancel_button.add_class("schedkit-cancel")
-        self.table.add_class("schedkit-tasks")
-        self.refresh()
-        self.live.value = live
+    def _layout(self) -> list[widgets.Widget]:
+        """Filters across the top, then the table, then the selection beside its details."""
+        return [
+            widgets.HBox(
+                [
+                    self.states,
+                    widgets.VBox([self.task, self.label, self.after, self.before]),
+                    widgets.VBox([self.tz, self.limit, self.refresh_button, self.live]),
+                ]
+            ),
+            self.summary,
+            self.table,
+            widgets.HBox(
+                [
+                    widgets.VBox([self.selection, self.cancel_button, self.feedback.message]),
+                    self.detail,
+                ]
+            ),
+            self.feedback.out,
+        ]
 
     # -- reading ----------------------------------------------------------------------------
 
