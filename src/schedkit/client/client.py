@@ -370,7 +370,8 @@ class Client:
     ) -> pd.DataFrame:
         """Matching tasks as a DataFrame by run time, datetime columns tz-aware in ``tz``.
 
-        Columns: see :data:`schedkit.frames.TASK_COLUMNS`. ``limit`` stops after that many.
+        Columns: see :data:`schedkit.timetable.frames.TASK_COLUMNS`. ``limit`` stops after
+        that many.
         """
         records = self.tasks(
             states=states,
@@ -397,10 +398,10 @@ class Client:
         """Schedule a timetable DataFrame; return its runs with ``id``, ``outcome``,
         ``column`` and ``error``, one row per run (bad rows included, never raised)."""
         from schedkit.timetable import frames
+        from schedkit.timetable.options import TimetableOptions
 
-        return frames.schedule_frame(
-            self, frame, tz=tz, dst=dst, past=past, horizon=horizon, source=source
-        )
+        options = TimetableOptions(tz=tz, dst=dst, past=past, horizon=horizon, source=source)
+        return frames.schedule_frame(self, frame, options)
 
     def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a task that has not started; returns it, CANCELLED."""
