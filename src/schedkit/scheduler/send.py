@@ -132,7 +132,7 @@ class Sender:
         backoff = Backoff(first=0.2, factor=2.0, cap=5.0, give_up_after=retry_for)
         done = 0
         while done < len(runs):
-            failing = done
+            resumed_at = done  # the first run this connection answers
             try:
                 with self.connect() as client:
                     results = client.schedule_batches(
@@ -143,7 +143,7 @@ class Sender:
                     for result in results:
                         report.runs.record(done, result, str(keys[done]), bool(moved[done]))
                         done += 1
-                        if done == failing + 1:
+                        if done == resumed_at + 1:
                             backoff.succeeded()  # progress: the retry budget starts again
                         if self.progress is not None and done % 500 == 0:
                             self.progress.update(500)
