@@ -29,7 +29,8 @@ from schedkit.scheduler import main
 from schedkit.service.schedules import Schedules
 from schedkit.service.server import Server
 from schedkit.testing import LocalStack, local_stack
-from schedkit.timetable.table import load_timetable
+from schedkit.timetable.check import load_timetable
+from schedkit.timetable.options import TimetableOptions
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "timetable.csv"
 FAST = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}
@@ -74,7 +75,7 @@ def test_example_timetable_is_scheduled(
     out = capsys.readouterr().out
     assert "naive times read in UTC" in out
     assert "past runs: skip" in out
-    expected = load_timetable(EXAMPLE, source=source).runs
+    expected = load_timetable(EXAMPLE, TimetableOptions(source=source)).runs
     assert {t.spec.key for t in tasks_of(client, source)} == set(expected["key"])
 
 
@@ -94,7 +95,7 @@ def test_same_timetable_twice_creates_nothing_the_second_time(
     again = pd.read_csv(second)
     assert set(again["outcome"]) == {"existing"}
     assert len(tasks_of(client, source)) == 50
-    assert list(again["task_id"]) == list(pd.read_csv(first)["task_id"])
+    assert list(again["id"]) == list(pd.read_csv(first)["id"])
 
 
 def test_sync_after_deleting_a_row_cancels_exactly_that_task(
@@ -221,9 +222,18 @@ def test_bad_rows_are_reported_and_every_good_row_is_scheduled(
     assert "row 2001, args: arguments do not fit add" in out
     assert len(tasks_of(client, source)) == n - 4
     results = pd.read_csv(output)
+    # The same outcome columns as Client.schedule_frame's result.
+    columns = ["row", "run_at", "task", "key", "id", "outcome", "column", "error"]
+    assert list(results.columns) == columns
     assert (results["outcome"] == "created").sum() == n - 4
     bad = results[results["outcome"].isin(["invalid", "rejected"])]
     assert sorted(bad["row"]) == [11, 1501, 2001, 3000]
+    assert dict(zip(bad["row"], bad["column"], strict=True)) == {
+        11: "(row)",
+        1501: "run_at",
+        2001: "args",
+        3000: "task",
+    }
 
 
 def test_past_rows_are_skipped_by_default_and_said_so(
@@ -351,7 +361,7 @@ def test_server_killed_mid_stream_then_every_row_is_scheduled_once(
             assert run(*argv) == 0
         keys = [t.spec.key for t in tasks_of(client, "kill")]
         assert len(keys) == n
-        assert set(keys) == set(load_timetable(path, source="kill").runs["key"])
+        assert set(keys) == set(load_timetable(path, TimetableOptions(source="kill")).runs["key"])
 
 
 def test_every_re_reads_the_file_until_stopped(

@@ -17,7 +17,10 @@ from hypothesis import strategies as st
 
 import schedkit
 from schedkit.errors import ConfigError, InvalidArgument, SchedkitError
-from schedkit.timetable.table import Timetable, load_timetable, read_frame
+from schedkit.timetable.check import load_timetable
+from schedkit.timetable.options import TimetableOptions
+from schedkit.timetable.read import read_frame
+from schedkit.timetable.schema import Timetable
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "timetable.csv"
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -26,7 +29,7 @@ NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 def load(text: str, **options: Any) -> Timetable:
     """A timetable from CSV text, checked at a fixed ``now``."""
     options.setdefault("now", NOW)
-    return load_timetable(io.StringIO(text), **options)
+    return load_timetable(io.StringIO(text), TimetableOptions(**options))
 
 
 def errors_of(table: Timetable) -> list[tuple[int, str]]:
@@ -34,7 +37,7 @@ def errors_of(table: Timetable) -> list[tuple[int, str]]:
 
 
 def test_example_file_reads_without_errors() -> None:
-    table = load_timetable(EXAMPLE, now=NOW, source="timetable.csv")
+    table = load_timetable(EXAMPLE, TimetableOptions(now=NOW, source="timetable.csv"))
     assert table.errors == []
     assert table.warnings == []
     assert table.rows == 5
@@ -337,7 +340,7 @@ def test_other_formats(tmp_path: Path) -> None:
         {"task": ["add", "add"], "run_at": ["2026-02-01 10:00", "2026-02-01 11:00"]}
     )
     frame.to_parquet(tmp_path / "t.parquet")
-    assert len(load_timetable(tmp_path / "t.parquet", now=NOW).runs) == 2
+    assert len(load_timetable(tmp_path / "t.parquet", TimetableOptions(now=NOW)).runs) == 2
     lines = [
         json.dumps({"task": "add", "run_at": "2026-02-01 10:00", "args": [1, 2]}),
         "{not json",
@@ -345,7 +348,7 @@ def test_other_formats(tmp_path: Path) -> None:
         json.dumps({"task": "add", "run_at": "2026-02-01 11:00", "kwargs": {"y": 1}}),
     ]
     (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
-    table = load_timetable(tmp_path / "t.jsonl", now=NOW)
+    table = load_timetable(tmp_path / "t.jsonl", TimetableOptions(now=NOW))
     assert errors_of(table) == [(2, "(row)")]
     assert list(table.runs["row"]) == [1, 4]
     assert table.runs["args"].iloc[0] == [1, 2]
@@ -356,7 +359,7 @@ def test_excel_without_its_reader_says_what_to_install(tmp_path: Path) -> None:
     path = tmp_path / "t.xlsx"
     path.write_bytes(b"PK\x03\x04")
     with pytest.raises(ConfigError, match="pip install openpyxl"):
-        load_timetable(path, now=NOW)
+        load_timetable(path, TimetableOptions(now=NOW))
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -380,7 +383,7 @@ def test_a_million_rows_with_three_bad_ones(tmp_path: Path) -> None:
     frame.loc[n - 1, "task"] = ""
     path = tmp_path / "big.csv"
     frame.to_csv(path, index=False)
-    table = load_timetable(path, now=NOW)
+    table = load_timetable(path, TimetableOptions(now=NOW))
     assert errors_of(table) == [(11, "args"), (500_001, "run_at"), (n, "task")]
     assert len(table.runs) == n - 3
     assert table.runs["key"].is_unique
@@ -424,9 +427,9 @@ def test_any_table_parses_or_yields_row_errors(columns: list[str], rows: list[li
     frame = pd.DataFrame([row[: len(columns)] for row in rows], columns=columns)
     if not {"task", "run_at"} <= set(columns):  # only a table that cannot be used at all
         with pytest.raises(SchedkitError, match="missing required column"):
-            load_timetable(frame, now=NOW)
+            load_timetable(frame, TimetableOptions(now=NOW))
         return
-    table = load_timetable(frame, now=NOW, horizon=timedelta(days=2))
+    table = load_timetable(frame, TimetableOptions(now=NOW, horizon=timedelta(days=2)))
     bad = {e.row for e in table.errors}
     assert set(table.runs["row"]).isdisjoint(
         bad - {e.row for e in table.errors if "a run" in e.message}

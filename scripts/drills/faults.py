@@ -35,7 +35,8 @@ from schedkit.runtime.embedded import RedisServer, free_port
 from schedkit.runtime.stack import Stack, local_settings
 from schedkit.settings import Settings, broker_url_beside
 from schedkit.store.store import Store
-from schedkit.timetable.table import load_timetable
+from schedkit.timetable.check import load_timetable
+from schedkit.timetable.options import TimetableOptions
 
 FAST: dict[str, Any] = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}
 # The partition drill's store timeout: short, so its calls fail quickly (default 10 s).
@@ -151,7 +152,10 @@ def timetable_census(store: Store, tables: dict[str, Path]) -> tuple[int, int, i
     """(accepted, duplicates, lost) of the timetables' runs in ``store``, by task id."""
     expected: set[str] = set()
     for source, table in tables.items():
-        expected |= {task_id_for(k) for k in load_timetable(table, source=source).runs["key"]}
+        expected |= {
+            task_id_for(k)
+            for k in load_timetable(table, TimetableOptions(source=source)).runs["key"]
+        }
     present = set(store.redis.zrange(store.keys.state("SCHEDULED"), 0, -1))
     return len(expected & present), len(present - expected), len(expected - present)
 

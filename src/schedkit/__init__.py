@@ -28,13 +28,13 @@ from schedkit.settings import Settings
 if TYPE_CHECKING:
     from schedkit.dispatch.hook import install
     from schedkit.runtime.stack import Stack
-    from schedkit.timetable.table import read_timetable
+    from schedkit.timetable.check import read_timetable
 
 # Heavy names, by the module that defines them: imported when first read.
 _ON_FIRST_USE = {
     "Stack": "schedkit.runtime.stack",
     "install": "schedkit.dispatch.hook",
-    "read_timetable": "schedkit.timetable.table",
+    "read_timetable": "schedkit.timetable.check",
 }
 
 __all__ = [

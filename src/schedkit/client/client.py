@@ -25,7 +25,6 @@ from grpc_status import rpc_status
 from schedkit.client.auth import channel_credentials, header_interceptor
 from schedkit.errors import (
     FieldViolation,
-    InvalidArgument,
     SchedkitError,
     Unavailable,
     error_class_for,
@@ -35,10 +34,10 @@ from schedkit.settings import Settings
 from schedkit.timeutil import DstPolicy, to_instant
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+from schedkit.wire.batches import Batch, checked_spec_to_proto
 from schedkit.wire.convert import (
     datetime_to_timestamp,
     outcome_from_proto,
-    spec_to_proto,
     state_to_proto,
     task_from_proto,
 )
@@ -371,7 +370,8 @@ class Client:
     ) -> pd.DataFrame:
         """Matching tasks as a DataFrame by run time, datetime columns tz-aware in ``tz``.
 
-        Columns: see :data:`schedkit.frames.TASK_COLUMNS`. ``limit`` stops after that many.
+        Columns: see :data:`schedkit.timetable.frames.TASK_COLUMNS`. ``limit`` stops after
+        that many.
         """
         records = self.tasks(
             states=states,
@@ -398,10 +398,10 @@ class Client:
         """Schedule a timetable DataFrame; return its runs with ``id``, ``outcome``,
         ``column`` and ``error``, one row per run (bad rows included, never raised)."""
         from schedkit.timetable import frames
+        from schedkit.timetable.options import TimetableOptions
 
-        return frames.schedule_frame(
-            self, frame, tz=tz, dst=dst, past=past, horizon=horizon, source=source
-        )
+        options = TimetableOptions(tz=tz, dst=dst, past=past, horizon=horizon, source=source)
+        return frames.schedule_frame(self, frame, options)
 
     def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a task that has not started; returns it, CANCELLED."""
@@ -502,20 +502,6 @@ class _Progress:
                 return
 
 
-@dataclass(frozen=True)
-class Batch:
-    """One ScheduleTasks request, and per item in the caller's order the local error that kept
-    it out of the request (None for each item the request carries, in the same order)."""
-
-    request: pb.ScheduleTasksRequest
-    local_errors: list[SchedkitError | None]
-
-    @property
-    def sent(self) -> bool:
-        """Whether the request carries anything (an empty batch is not sent)."""
-        return None in self.local_errors
-
-
 # Fields that the server numbers by an item's place among the items sent.
 _NUMBERED_FIELDS = (
     "specs",
@@ -551,28 +537,6 @@ def _checked_or_error(spec: TaskSpec, index: int) -> pb.TaskSpec | SchedkitError
         return checked_spec_to_proto(spec, prefix=f"specs[{index}].")
     except SchedkitError as exc:
         return exc
-
-
-def checked_spec_to_proto(spec: TaskSpec, prefix: str = "") -> pb.TaskSpec:
-    """spec_to_proto, with client-side mistakes raised as InvalidArgument naming the field."""
-    if spec.run_at.tzinfo is None or spec.run_at.utcoffset() is None:
-        raise InvalidArgument.for_field(
-            f"{prefix}run_at", "naive datetime: give a time zone (see schedkit.timeutil)"
-        )
-    if not isinstance(spec.args, list | tuple):
-        raise InvalidArgument.for_field(
-            f"{prefix}args", f"must be a list, got {type(spec.args).__name__}"
-        )
-    if not isinstance(spec.kwargs, Mapping):
-        raise InvalidArgument.for_field(
-            f"{prefix}kwargs", f"must be an object (dict), got {type(spec.kwargs).__name__}"
-        )
-    try:
-        return spec_to_proto(spec)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument.for_field(
-            f"{prefix}args", f"args and kwargs must be JSON values: {exc}"
-        ) from exc
 
 
 def task_filter(

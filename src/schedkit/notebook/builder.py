@@ -1,6 +1,6 @@
 """The schedule builder: a form that fills a draft timetable and schedules it.
 
-The draft is a timetable DataFrame (the columns of :mod:`schedkit.timetable.table`), so a row
+The draft is a timetable DataFrame (the columns of :mod:`schedkit.timetable.schema`), so a row
 added with the form, a row of a DataFrame passed in, and a row of a CSV file are checked and
 scheduled by the same code: each new row goes through the timetable checks before it is
 added, and "Schedule" hands the whole draft to :meth:`schedkit.Client.schedule_frame`.
@@ -31,7 +31,8 @@ from schedkit.notebook._common import (
     signature_from_text,
     zone_names,
 )
-from schedkit.timetable.table import check_timetable
+from schedkit.timetable.check import check_timetable
+from schedkit.timetable.options import TimetableOptions
 
 #: Columns of a row added with the form.
 DRAFT_COLUMNS = (
@@ -201,7 +202,8 @@ class ScheduleBuilder(widgets.VBox):
     def add(self) -> None:
         """Check the form's row as a timetable row and append it to the draft."""
         row = self.row()
-        checked = check_timetable(pd.DataFrame([row]), tz=self.tz.value, past="error")
+        options = TimetableOptions(tz=self.tz.value, past="error")
+        checked = check_timetable(pd.DataFrame([row]), options)
         if checked.errors:
             raise InvalidArgument(
                 "; ".join(f"{e.column}: {e.message}" for e in checked.errors),

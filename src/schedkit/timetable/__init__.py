@@ -1,2 +1,3 @@
-"""Timetables: reading and checking them, recurrence, column batches, outcomes, frames and
-sending them to a server."""
+"""Timetables: options, schema, reading, checking cells, runs, recurrence, column batches,
+outcomes and frames. Sending is the scheduler's (:mod:`schedkit.scheduler`), never imported
+from here."""

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from schedkit.client.client import Batch, checked_spec_to_proto
 from schedkit.errors import SchedkitError
 from schedkit.model import EPOCH, TaskSpec
 from schedkit.v1 import schedule_service_pb2 as pb
+from schedkit.wire.batches import Batch, checked_spec_to_proto
 
 _NO_EXPIRY = np.iinfo(np.int64).min  # NaT as int64
 # Templates are found by the identity of the checked frame's cell objects (one object per

@@ -1,22 +1,24 @@
 """DataFrames both ways: schedule a timetable frame, and read tasks back as a frame.
 
 ``Client.schedule_frame`` and ``Client.tasks_frame`` call these. A frame to schedule is a
-timetable (see :mod:`schedkit.timetable.table`): it goes through the same reader and checks as a
+timetable (see :mod:`schedkit.timetable.schema`): it goes through the same reader and checks as a
 CSV file, so a frame and a file with the same cells schedule the same tasks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta, tzinfo
+from datetime import tzinfo
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from schedkit.errors import AlreadyExists
-from schedkit.model import TaskRecord, task_id_for
-from schedkit.timetable.table import load_timetable
-from schedkit.timeutil import DstPolicy, PastPolicy, zone
+from schedkit.model import TaskRecord
+from schedkit.timetable.batches import column_batches
+from schedkit.timetable.check import load_timetable
+from schedkit.timetable.options import TimetableOptions
+from schedkit.timetable.outcomes import RunOutcomes, outcome_rows
+from schedkit.timeutil import zone
 
 if TYPE_CHECKING:
     from schedkit.client.client import Client
@@ -43,8 +45,6 @@ TASK_COLUMNS = (
     "error",
     "traceback",
 )
-#: Columns :func:`schedule_frame` adds to the runs of a timetable.
-RESULT_COLUMNS = ("id", "outcome", "column", "error")
 _TIME_COLUMNS = ("run_at", "created_at", "queued_at", "started_at", "finished_at")
 
 
@@ -88,64 +88,25 @@ def tasks_frame(records: Iterable[TaskRecord], tz: str | tzinfo = "UTC") -> pd.D
 
 
 def schedule_frame(
-    client: Client,
-    frame: pd.DataFrame,
-    *,
-    tz: str | tzinfo = "UTC",
-    dst: DstPolicy = "raise",
-    past: PastPolicy = "skip",
-    horizon: timedelta = timedelta(days=7),
-    source: str = "",
-    batch_size: int = 1000,
+    client: Client, frame: pd.DataFrame, options: TimetableOptions, batch_size: int = 1000
 ) -> pd.DataFrame:
     """Check ``frame`` as a timetable, schedule its runs, and return one row per run.
 
     The result is indexed like ``frame`` (a recurring row's runs share its label) and has the
-    runs' columns (``row`` counts the frame's rows from 1; ``run_at`` is in ``tz``) plus
-    ``id``, ``outcome`` (created, existing, rejected, invalid or skipped_past), and for a
+    runs' columns (``row`` counts the frame's rows from 1; ``run_at`` is in ``options.tz``)
+    plus ``id``, ``outcome`` (created, existing, rejected, invalid or skipped_past), and for a
     refused row the ``column`` and ``error``. A bad row never stops the good ones: it is a
     row of outcome ``invalid`` or ``rejected``.
     """
-    # The scheduler CLI owns the run -> message conversion and the error -> column mapping.
-    from schedkit.scheduler import column_and_reason
-    from schedkit.timetable.batches import column_batches
-
-    table = load_timetable(frame, tz=tz, dst=dst, past=past, horizon=horizon, source=source)
-    runs = table.runs.copy()
-    ids, outcomes, columns, errors = [], [], [], []
+    table = load_timetable(frame, options)
+    runs = table.runs
+    outcomes = RunOutcomes.empty(len(runs))
     answers = client.schedule_batches(column_batches(runs, batch_size=batch_size))
-    for answer, key, moved in zip(answers, runs["key"], runs["moved_to_now"], strict=True):
-        if isinstance(answer.error, AlreadyExists) and moved:
-            # Moved to now on an earlier send too: same key, only the time differs.
-            ids.append(task_id_for(str(key)))
-            outcomes.append("existing")
-            columns.append("")
-            errors.append("")
-            continue
-        column, reason = column_and_reason(answer.error)
-        ids.append(answer.id)
-        outcomes.append(answer.outcome.value.lower())
-        columns.append(column)
-        errors.append(reason)
-    runs = runs.assign(id=ids, outcome=outcomes, column=columns, error=errors)
-    past_runs = table.past.assign(
-        id=[task_id_for(k) for k in table.past["key"]],
-        outcome="skipped_past",
-        column="run_at",
-        error=f"in the past (past={past!r})",
-    )
-    invalid = pd.DataFrame(
-        {
-            "row": [e.row for e in table.errors],
-            "outcome": "invalid",
-            "column": [e.column for e in table.errors],
-            "error": [e.message for e in table.errors],
-        }
-    )
-    parts = [p for p in (runs, past_runs, invalid) if len(p)]
-    result = pd.concat(parts, ignore_index=True) if parts else runs
-    result = result.sort_values("row", kind="stable", ignore_index=True)
-    result["run_at"] = pd.to_datetime(result["run_at"], utc=True).dt.tz_convert(zone(tz))
+    keys, moved = runs["key"].tolist(), runs["moved_to_now"].tolist()
+    for index, answer in enumerate(answers):
+        outcomes.record(index, answer, str(keys[index]), bool(moved[index]))
+    result = outcome_rows(table, outcomes, past_error=f"in the past (past={options.past!r})")
+    result["run_at"] = pd.to_datetime(result["run_at"], utc=True).dt.tz_convert(zone(options.tz))
     result["moved_to_now"] = result["moved_to_now"].astype("boolean")
     # An invalid row has only its number: show the task its cell named, to find it at a glance.
     names = {str(c).strip().lower(): c for c in frame.columns}
