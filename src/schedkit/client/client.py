@@ -6,11 +6,8 @@ server's message and field violations, so ``except SchedkitError`` catches all o
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import itertools
-import threading
-import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -19,15 +16,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from schedkit.client.auth import channel_credentials, header_interceptor
+from schedkit.client.status import error_from_rpc
+from schedkit.client.stream import stream_batches
 from schedkit.errors import (
-    FieldViolation,
     SchedkitError,
     Unavailable,
-    error_class_for,
 )
 from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState, TaskType
 from schedkit.settings import Settings
@@ -53,32 +48,6 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = Settings.max_message_bytes
 # A stream whose server answers no batch for this long is given up (see schedule_batches).
 DEFAULT_STALL_TIMEOUT = 60.0
-
-
-def error_from_rpc(exc: grpc.RpcError) -> SchedkitError:
-    """The schedkit error for a failed call, with BadRequest field violations decoded."""
-    code: grpc.StatusCode = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    message = (exc.details() if isinstance(exc, grpc.Call) else "") or code.name
-    violations: list[FieldViolation] = []
-    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
-    details: list[Any] = list(status.details) if status is not None else []
-    for detail in details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            violations += [
-                FieldViolation(v.field, v.description) for v in bad_request.field_violations
-            ]
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in message:
-        # gRPC's own text names neither side's setting: say which limits apply.
-        message += (
-            " (limits: the server's SCHEDKIT_MAX_MESSAGE_BYTES and Client.connect's "
-            "max_message_bytes; send smaller batches, or pass a reference to large arguments "
-            "instead of the data)"
-        )
-    error = error_class_for(code)(message, violations=tuple(violations))
-    error.code = code
-    return error
 
 
 @dataclass(frozen=True)
@@ -256,53 +225,9 @@ class Client:
         seconds (hung, or its store blocked) ends the call with Unavailable, which a caller
         may retry: re-sending keyed tasks is safe. None waits for ever.
         """
-        pending: collections.deque[Batch] = collections.deque()
-        slots = threading.Semaphore(max_in_flight)
-        finished = threading.Event()
-        progress = _Progress()
-
-        def requests() -> Iterator[pb.ScheduleTasksRequest]:
-            for batch in batches:
-                if not batch.sent:
-                    pending.append(batch)  # nothing to send: answered from its local errors
-                    continue
-                while not slots.acquire(timeout=0.5):
-                    if finished.is_set():
-                        return
-                pending.append(batch)
-                yield batch.request
-
-        def unsent() -> Iterator[ScheduleResult]:
-            while pending and not pending[0].sent:
-                for error in pending.popleft().local_errors:
-                    yield ScheduleResult("", Outcome.REJECTED, error)
-
-        responses = self._stub.ScheduleTasks(requests())
-        if stall_timeout is not None:
-            watchdog = threading.Thread(
-                target=progress.watch,
-                args=(responses, pending, finished, stall_timeout),
-                name="schedkit-stall-watch",
-                daemon=True,
-            )
-            watchdog.start()
-        try:
-            for response in responses:
-                progress.mark()
-                slots.release()
-                yield from unsent()
-                yield from _answers(pending.popleft(), response)
-            yield from unsent()
-        except grpc.RpcError as exc:
-            if progress.stalled:
-                raise Unavailable(
-                    f"the server answered no batch for {stall_timeout:g}s; gave up on this "
-                    "stream (re-sending keyed tasks is safe)"
-                ) from exc
-            raise error_from_rpc(exc) from exc
-        finally:
-            finished.set()
-            responses.cancel()
+        return stream_batches(
+            self._stub, batches, max_in_flight=max_in_flight, stall_timeout=stall_timeout
+        )
 
     # -- reading and cancelling -------------------------------------------------------------
 
@@ -468,70 +393,6 @@ class Client:
         return [TaskType(t.name, t.signature, t.doc) for t in response.task_types]
 
 
-_OUTCOMES = {
-    pb.SCHEDULE_OUTCOME_CREATED: Outcome.CREATED,
-    pb.SCHEDULE_OUTCOME_EXISTING: Outcome.EXISTING,
-}
-
-
-class _Progress:
-    """When a stream last got an answer, and a watch that cancels it once it stalls."""
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
-        self.stalled = False
-
-    def mark(self) -> None:
-        self.last = time.monotonic()
-
-    def watch(
-        self,
-        call: grpc.RpcContext,
-        pending: collections.deque[Batch],
-        finished: threading.Event,
-        timeout: float,
-    ) -> None:
-        """Cancel ``call`` when batches wait for an answer and none came for ``timeout`` s."""
-        while not finished.wait(min(1.0, timeout / 4)):
-            waiting = any(batch.sent for batch in list(pending))
-            if not waiting:
-                self.mark()  # nothing asked: the clock runs from the next request
-            elif time.monotonic() - self.last > timeout:
-                self.stalled = True
-                call.cancel()
-                return
-
-
-# Fields that the server numbers by an item's place among the items sent.
-_NUMBERED_FIELDS = (
-    "specs",
-    "columns.run_time_micros",
-    "columns.idempotency_keys",
-    "columns.template_index",
-)
-
-
-def _answers(batch: Batch, response: pb.ScheduleTasksResponse) -> Iterator[ScheduleResult]:
-    """The results of one batch in the caller's order, from its response and local errors."""
-    remote = iter(response.results)
-    sent = 0
-    for index, error in enumerate(batch.local_errors):
-        if error is not None:
-            yield ScheduleResult("", Outcome.REJECTED, error)
-            continue
-        result = next(remote)
-        outcome = _OUTCOMES.get(result.outcome)
-        if outcome is not None:  # created or existing: nothing else to read
-            yield ScheduleResult(result.id, outcome)
-        else:
-            # The server numbered only what was sent; name the caller's index.
-            field = result.error.field
-            name = next((n for n in _NUMBERED_FIELDS if field.startswith(f"{n}[{sent}]")), "")
-            renumber = (f"{name}[{sent}]", f"{name}[{index}]") if name else None
-            yield result_from_proto(result, renumber=renumber)
-        sent += 1
-
-
 def _checked_or_error(spec: TaskSpec, index: int) -> pb.TaskSpec | SchedkitError:
     try:
         return checked_spec_to_proto(spec, prefix=f"specs[{index}].")
@@ -557,24 +418,3 @@ def task_filter(
     if run_before is not None:
         msg.run_before.CopyFrom(datetime_to_timestamp(run_before))
     return msg
-
-
-def result_from_proto(
-    msg: pb.ScheduleResult, *, renumber: tuple[str, str] | None = None
-) -> ScheduleResult:
-    """A ScheduleResult from its message; a rejection carries the matching error.
-
-    ``renumber`` = (old, new) rewrites a field path prefix, such as a batch index.
-    """
-    outcome = outcome_from_proto(msg.outcome)
-    error: SchedkitError | None = None
-    if outcome is Outcome.REJECTED:
-        code = next((c for c in grpc.StatusCode if c.value[0] == msg.error.code), None)
-        cls = error_class_for(code) if code else SchedkitError
-        field, message = msg.error.field, msg.error.message
-        if renumber and field.startswith(renumber[0]):
-            field = renumber[1] + field.removeprefix(renumber[0])
-            message = message.replace(renumber[0], renumber[1])
-        violations = (FieldViolation(field, message),) if field else ()
-        error = cls(message, violations=violations)
-    return ScheduleResult(msg.id, outcome, error)
