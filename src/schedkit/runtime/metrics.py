@@ -45,14 +45,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from schedkit.errors import Unavailable
-from schedkit.model import TaskState, to_millis, utc_now
+from schedkit.model import FINAL_STATES, LATENESS_BUCKETS_MS, TaskState, to_millis, utc_now
 from schedkit.store.store import Store, store_errors
 
 log = logging.getLogger(__name__)
-
-# Upper bounds in ms; the same list is in lua/prelude.lua (late_bounds).
-LATENESS_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
-FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
 
 
 class StoreCollector(Collector):
@@ -96,8 +92,9 @@ class StoreCollector(Collector):
         finished = CounterMetricFamily(
             "schedkit_tasks_finished", "Tasks that reached a final state", labels=["state"]
         )
-        for state in FINAL_STATES:
-            finished.add_metric([state], total(f"finished:{state}"))
+        for final in TaskState:  # declaration order: the series keep one order
+            if final in FINAL_STATES:
+                finished.add_metric([final.value], total(f"finished:{final.value}"))
         yield finished
         refused = CounterMetricFamily(
             "schedkit_starts_refused", "Deliveries the worker hook refused", labels=["reason"]
