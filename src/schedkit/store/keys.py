@@ -13,11 +13,26 @@
 The task key is ``t`` rather than ``task``: every parked task pays for its key's length.
 A task id derived from an idempotency key is a hash of that key, so the task record itself is
 the idempotency index: no extra key per task.
+
+How the Lua scripts get these names (they never build one from the prefix): every script
+call passes the same ``KEYS``, :meth:`Keys.script_keys`: the fixed keys named in
+:data:`SCRIPT_KEYS` in that order, then one state index per ``TaskState`` in declaration
+order. The header ``schedkit.store.header`` renders from the same two lists gives them Lua
+names (``claims``, ``events``, ``stats``, ``wake``, ``state_keys[STATE]``). Task records are
+found inside scripts (claim, page, purge and redeliver read ids from indexes), so they cannot
+all be declared: ``ARGV[1]`` is :attr:`Keys.task_prefix`, and a script's ``tkey(id)`` appends
+the id to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from schedkit.model import TaskState
+
+#: The fixed keys of every script call, by their :class:`Keys` property (and Lua) names, in
+#: the order they open ``KEYS``; the state indexes follow.
+SCRIPT_KEYS = ("claims", "events", "stats", "wake")
 
 
 @dataclass(frozen=True)
@@ -29,6 +44,11 @@ class Keys:
     def task(self, task_id: str) -> str:
         """The hash holding one task's record."""
         return f"{self.prefix}:t:{task_id}"
+
+    @property
+    def task_prefix(self) -> str:
+        """What every task key starts with: scripts append an id to it."""
+        return self.task("")
 
     def state(self, state: str) -> str:
         """The run-time index of tasks in ``state``."""
@@ -53,3 +73,8 @@ class Keys:
     def wake(self) -> str:
         """The list dispatchers block on."""
         return f"{self.prefix}:wake"
+
+    def script_keys(self) -> list[str]:
+        """The KEYS of every script call: :data:`SCRIPT_KEYS`, then each state's index."""
+        fixed = [str(getattr(self, name)) for name in SCRIPT_KEYS]
+        return fixed + [self.state(state.value) for state in TaskState]

@@ -6,7 +6,7 @@ local state, run = unpack(redis.call('HMGET', key, 's', 'r'))
 if not run then return {'missing', ''} end
 state = state_of(state)
 if state == 'CANCELLED' then return {'already', state} end
-if state ~= 'SCHEDULED' and state ~= 'QUEUED' and state ~= 'RETRYING' then
+if not waiting_states[state] then
   return {'refused', state}
 end
 redis.call('ZREM', claims, id)

@@ -44,7 +44,7 @@ end
 emit_many(created, 'SCHEDULED')
 count('scheduled', #created)
 if due_soon then
-  redis.call('LPUSH', prefix .. ':wake', '1')
-  redis.call('LTRIM', prefix .. ':wake', 0, 0)
+  redis.call('LPUSH', wake, '1')
+  redis.call('LTRIM', wake, 0, 0)
 end
 return out

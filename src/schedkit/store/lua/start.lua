@@ -6,7 +6,7 @@ local state, run, expires_after = unpack(redis.call('HMGET', key, 's', 'r', 'x')
 if not run then return 'unmanaged' end
 state = state_of(state)
 if state == 'CANCELLED' then count('refused:cancelled'); return 'cancelled' end
-if state ~= 'SCHEDULED' and state ~= 'QUEUED' and state ~= 'RETRYING' then
+if not waiting_states[state] then
   count('refused:duplicate')
   return 'duplicate:' .. state
 end
