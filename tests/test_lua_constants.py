@@ -18,7 +18,7 @@ from schedkit.model import (
     to_millis,
 )
 from schedkit.store.header import lua_header
-from schedkit.store.keys import Keys
+from schedkit.store.keys import Keys, Stat
 from schedkit.store.record import NewTasks
 from schedkit.store.store import SCRIPTS, Store, TaskQuery, script_text
 
@@ -64,6 +64,12 @@ def test_no_lua_file_lists_final_states_bounds_or_waiting_states() -> None:
             assert len(compared) < 2, f"{name} tests a state against a list: {line.strip()}"
 
 
+def test_no_lua_file_spells_a_stats_field() -> None:
+    spelled = re.compile(r"count\('|'HINCRBY', stats, '")
+    for name, source in lua_sources().items():
+        assert not spelled.search(source), f"{name} spells a stats field: use stat.<name>"
+
+
 def test_every_state_a_lua_file_names_is_a_task_state() -> None:
     redis_words = re.compile(r"redis\.call\('[A-Z]+'|'(MAXLEN|LIMIT|WITHSCORES)'")
     for name, source in lua_sources().items():
@@ -89,6 +95,8 @@ def test_the_header_spells_the_python_constants_once_each() -> None:
     # Once in the whole header (small bounds are also KEYS positions).
     for bound in LATENESS_BUCKETS_MS:
         assert bound <= 12 or len(re.findall(rf"\b{bound}\b", header)) == 1
+    fields = _line(header, "stat")
+    assert all(fields.count(f"{s.name.lower()} = '{s.value}'") == 1 for s in Stat)
     # Every script starts with this very header.
     assert all(script_text(name).startswith(header) for name in SCRIPTS)
 

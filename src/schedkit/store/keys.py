@@ -7,8 +7,8 @@
 ``{prefix}:events``        stream state changes (id, state) that WatchTasks follows; newly
                                   scheduled tasks share entries, up to 100 ids in one
 ``{prefix}:wake``          list   a nudge: work entered the hand-off window; dispatchers BLPOP it
-``{prefix}:stats``         hash   running totals (scheduled, handed, started, finished:STATE,
-                                  start lateness buckets) that the metrics endpoint reads
+``{prefix}:stats``         hash   running totals that the metrics endpoint reads; fields:
+                                  :class:`Stat` (finished:STATE, late:BOUND, ...)
 
 The task key is ``t`` rather than ``task``: every parked task pays for its key's length.
 A task id derived from an idempotency key is a hash of that key, so the task record itself is
@@ -18,7 +18,8 @@ How the Lua scripts get these names (they never build one from the prefix): ever
 call passes the same ``KEYS``, :meth:`Keys.script_keys`: the fixed keys named in
 :data:`SCRIPT_KEYS` in that order, then one state index per ``TaskState`` in declaration
 order. The header ``schedkit.store.header`` renders from the same two lists gives them Lua
-names (``claims``, ``events``, ``stats``, ``wake``, ``state_keys[STATE]``). Task records are
+names (``claims``, ``events``, ``stats``, ``wake``, ``state_keys[STATE]``), and the stats
+fields theirs (``stat.handed``, ``stat.finished .. STATE``). Task records are
 found inside scripts (claim, page, purge and redeliver read ids from indexes), so they cannot
 all be declared: ``ARGV[1]`` is :attr:`Keys.task_prefix`, and a script's ``tkey(id)`` appends
 the id to it.
@@ -26,6 +27,7 @@ the id to it.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from schedkit.model import TaskState
@@ -33,6 +35,22 @@ from schedkit.model import TaskState
 #: The fixed keys of every script call, by their :class:`Keys` property (and Lua) names, in
 #: the order they open ``KEYS``; the state indexes follow.
 SCRIPT_KEYS = ("claims", "events", "stats", "wake")
+
+
+class Stat(enum.StrEnum):
+    """Fields of the stats hash; the Lua header names each ``stat.<member in lower case>``."""
+
+    SCHEDULED = "scheduled"
+    HANDED = "handed"
+    REDELIVERED = "redelivered"
+    STARTED = "started"
+    RETRIED = "retried"
+    FINISHED = "finished:"  # followed by the final state
+    REFUSED_CANCELLED = "refused:cancelled"
+    REFUSED_DUPLICATE = "refused:duplicate"
+    LATE = "late:"  # followed by the bucket's upper bound in ms
+    LATE_INF = "late:inf"  # later than the last bound
+    LATE_SUM_MS = "late_sum_ms"
 
 
 @dataclass(frozen=True)

@@ -12,5 +12,5 @@ end
 redis.call('ZREM', claims, id)
 move(id, state, 'CANCELLED', run)
 redis.call('HSET', key, 'ft', now, 'err', 'cancelled')
-count('finished:CANCELLED')
+count(stat.finished .. 'CANCELLED')
 return {'cancelled', state}

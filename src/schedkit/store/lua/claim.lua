@@ -18,7 +18,7 @@ for _, id in ipairs(due) do
   if expires and expires < now then
     move(id, 'SCHEDULED', 'EXPIRED', f[4])
     redis.call('HSET', tkey(id), 'ft', now, 'err', 'expired before hand-off')
-    count('finished:EXPIRED')
+    count(stat.finished .. 'EXPIRED')
   else
     redis.call('ZREM', skey('SCHEDULED'), id)
     redis.call('ZADD', claims, now + lease, id)

@@ -5,7 +5,7 @@ local key = tkey(id)
 local state, run = unpack(redis.call('HMGET', key, 's', 'r'))
 if not run or state_of(state) ~= 'STARTED' then return 0 end
 move(id, state, to, run)
-if to == 'RETRYING' then count('retried') else count('finished:' .. to) end
+if to == 'RETRYING' then count(stat.retried) else count(stat.finished .. to) end
 local fields = {}
 if to ~= 'RETRYING' then fields = {'ft', now} end
 if ARGV[6] ~= '' then table.insert(fields, 'res'); table.insert(fields, ARGV[6]) end

@@ -27,6 +27,6 @@ for i = 5, #ARGV, step do
     end
   end
 end
-count('handed', handed)
-count('finished:FAILED', failed)
+count(stat.handed, handed)
+count(stat.finished .. 'FAILED', failed)
 return 0

@@ -1,9 +1,9 @@
 -- Shared by every schedkit script, after the header schedkit.store.header renders from Python:
 -- it names KEYS (claims, events, stats, wake, state_keys[STATE]) and the constants Python
--- owns (final_states, waiting_states, late_bounds). Key names come only from Python
--- (schedkit.store.keys): never build one here. ARGV[1] the task key prefix (a task's key is it
--- and the id), ARGV[2] event history length, ARGV[3] the caller's clock in ms. Script
--- arguments start at ARGV[4].
+-- owns (final_states, waiting_states, late_bounds, and the stats fields in stat). Key names
+-- and stats fields come only from Python (schedkit.store.keys): never spell one here.
+-- ARGV[1] the task key prefix (a task's key is it and the id), ARGV[2] event history length,
+-- ARGV[3] the caller's clock in ms. Script arguments start at ARGV[4].
 local task_prefix = ARGV[1]
 local history = ARGV[2]
 local now = tonumber(ARGV[3])
@@ -16,12 +16,12 @@ end
 -- Start lateness histogram over late_bounds (upper bounds in ms, from the header).
 local function observe_lateness(ms)
   if ms < 0 then ms = 0 end
-  local bucket = 'inf'
+  local field = stat.late_inf
   for _, bound in ipairs(late_bounds) do
-    if ms <= bound then bucket = tostring(bound); break end
+    if ms <= bound then field = stat.late .. tostring(bound); break end
   end
-  redis.call('HINCRBY', stats, 'late:' .. bucket, 1)
-  redis.call('HINCRBY', stats, 'late_sum_ms', ms)
+  redis.call('HINCRBY', stats, field, 1)
+  redis.call('HINCRBY', stats, stat.late_sum_ms, ms)
 end
 
 -- A parked task has no 's' field: SCHEDULED is implied (saves bytes on every parked task).

@@ -12,5 +12,5 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', skey('QUEUED'), '-inf', now - st
     out[#out + 1] = id
   end
 end
-count('redelivered', #out)
+count(stat.redelivered, #out)
 return out

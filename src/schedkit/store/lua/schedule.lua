@@ -42,7 +42,7 @@ for first = 1, #scores, 1000 do
   redis.call('ZADD', scheduled, unpack(scores, first, math.min(first + 999, #scores)))
 end
 emit_many(created, 'SCHEDULED')
-count('scheduled', #created)
+count(stat.scheduled, #created)
 if due_soon then
   redis.call('LPUSH', wake, '1')
   redis.call('LTRIM', wake, 0, 0)
