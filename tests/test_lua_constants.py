@@ -153,3 +153,29 @@ def test_a_store_touches_only_keys_under_its_own_prefix(store: Store, redis_url:
         assert store.page(TaskQuery(), page_size=10) == ([], "")
     finally:
         other.close()
+
+
+def _calls(store: Store) -> dict[str, int]:
+    # Script calls and script loading only: commands a script runs are counted here too.
+    stats = store.redis.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    return {
+        name: calls[name]
+        for name in ("eval", "evalsha", "script|exists", "script|load")
+        if name in calls
+    }
+
+
+def test_a_batch_is_one_script_call_and_a_page_one_evalsha_per_state(store: Store) -> None:
+    soon = [TaskSpec("add", T0 + timedelta(seconds=n), [n]) for n in range(300)]
+    batch = NewTasks.of([(task_id_for(""), s) for s in soon], to_millis(T0))
+    store.schedule_new(batch, window_seconds=3, now=T0)  # loads the script
+    store.page(TaskQuery(), page_size=10)
+    store.redis.config_resetstat()
+    store.schedule_new(batch, window_seconds=3, now=T0)
+    assert _calls(store) == {"evalsha": 1}
+    store.redis.config_resetstat()
+    records, _ = store.page(TaskQuery(), page_size=10)
+    assert len(records) == 10
+    # One pipeline of one EVALSHA per state index; no SCRIPT EXISTS before it.
+    assert _calls(store) == {"evalsha": len(TaskState)}
