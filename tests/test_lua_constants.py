@@ -149,7 +149,7 @@ def test_a_store_touches_only_keys_under_its_own_prefix(store: Store, redis_url:
         assert other.purge(finished_before=T0 + timedelta(days=1)) == 2
         records, _ = other.page(TaskQuery(), page_size=10)
         assert [r.id for r in records] == [ids[2]]  # ids[1] is claimed: in no state index
-        assert all(key.startswith("other:") for key in store.redis.keys("*"))
+        assert all(str(key).startswith("other:") for key in store.redis.keys("*"))
         assert store.page(TaskQuery(), page_size=10) == ([], "")
     finally:
         other.close()
