@@ -19,7 +19,7 @@ from schedkit.model import (
 )
 from schedkit.store.header import lua_header
 from schedkit.store.keys import Keys, Stat
-from schedkit.store.record import NewTasks
+from schedkit.store.record import Field, NewTasks
 from schedkit.store.store import SCRIPTS, Store, TaskQuery, script_text
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
@@ -70,6 +70,16 @@ def test_no_lua_file_spells_a_stats_field() -> None:
         assert not spelled.search(source), f"{name} spells a stats field: use stat.<name>"
 
 
+def test_no_lua_file_spells_a_record_field() -> None:
+    stored = set(Field.names().values())
+    for name, source in lua_sources().items():
+        for line in source.splitlines():
+            if "'XADD'" in line or "'id', table.concat" in line:
+                continue  # the event stream's own fields ('id', 's'), not the record's
+            quoted = set(re.findall(r"'([^']*)'", line)) & stored
+            assert not quoted, f"{name} spells record fields {quoted}: use field.<name>"
+
+
 def test_every_state_a_lua_file_names_is_a_task_state() -> None:
     redis_words = re.compile(r"redis\.call\('[A-Z]+'|'(MAXLEN|LIMIT|WITHSCORES)'")
     for name, source in lua_sources().items():
@@ -95,8 +105,11 @@ def test_the_header_spells_the_python_constants_once_each() -> None:
     # Once in the whole header (small bounds are also KEYS positions).
     for bound in LATENESS_BUCKETS_MS:
         assert bound <= 12 or len(re.findall(rf"\b{bound}\b", header)) == 1
-    fields = _line(header, "stat")
-    assert all(fields.count(f"{s.name.lower()} = '{s.value}'") == 1 for s in Stat)
+    stats = _line(header, "stat")
+    assert all(stats.count(f"{s.name.lower()} = '{s.value}'") == 1 for s in Stat)
+    fields = _line(header, "field")
+    assert all(fields.count(f"{k.lower()} = '{v}'") == 1 for k, v in Field.names().items())
+    assert len(Field.names()) == 19
     # Every script starts with this very header.
     assert all(script_text(name).startswith(header) for name in SCRIPTS)
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from schedkit.model import FINAL_STATES, LATENESS_BUCKETS_MS, WAITING_STATES, TaskState
 from schedkit.store.keys import SCRIPT_KEYS, Stat
+from schedkit.store.record import Field
 
 
 def _lua_strings(values: Iterable[str]) -> str:
@@ -35,14 +36,17 @@ def key_lines() -> list[str]:
 
 
 def constant_lines() -> list[str]:
-    """The states and bounds scripts test against, and the stats fields, as Lua tables."""
+    """The states and bounds scripts test against, the stats and record fields, as Lua
+    tables."""
     waiting = ", ".join(f"{state} = true" for state in _in_order(WAITING_STATES))
-    fields = ", ".join(f"{stat.name.lower()} = '{stat.value}'" for stat in Stat)
+    stats = ", ".join(f"{stat.name.lower()} = '{stat.value}'" for stat in Stat)
+    fields = ", ".join(f"{name.lower()} = '{value}'" for name, value in Field.names().items())
     return [
         f"local final_states = {{{_lua_strings(_in_order(FINAL_STATES))}}}",
         f"local waiting_states = {{{waiting}}}",
         f"local late_bounds = {{{', '.join(str(b) for b in LATENESS_BUCKETS_MS)}}}",
-        f"local stat = {{{fields}}}",
+        f"local stat = {{{stats}}}",
+        f"local field = {{{fields}}}",
     ]
 
 

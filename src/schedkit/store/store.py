@@ -35,7 +35,7 @@ from schedkit.model import (
 )
 from schedkit.store.header import lua_header
 from schedkit.store.keys import Keys
-from schedkit.store.record import NewTasks, Row, decode
+from schedkit.store.record import Field, NewTasks, Row, decode
 
 if TYPE_CHECKING:
     from schedkit.settings import Settings
@@ -332,7 +332,7 @@ class Store:
             exhausted, last_score, last_id = reply[0], reply[1], reply[2]
             for i in range(3, len(reply), 2):
                 fields = dict(_pairs(reply[i + 1]))
-                candidates.append((float(fields["r"]), reply[i], fields))
+                candidates.append((float(fields[Field.RUN]), reply[i], fields))
             if not exhausted and last_id:
                 frontier = (float(last_score), last_id)
                 horizon = frontier if horizon is None else min(horizon, frontier)

@@ -2,7 +2,7 @@
 -- Returns {verdict, previous state}: verdict 'missing', 'cancelled', 'already' or 'refused'.
 local id = ARGV[4]
 local key = tkey(id)
-local state, run = unpack(redis.call('HMGET', key, 's', 'r'))
+local state, run = unpack(redis.call('HMGET', key, field.state, field.run))
 if not run then return {'missing', ''} end
 state = state_of(state)
 if state == 'CANCELLED' then return {'already', state} end
@@ -11,6 +11,6 @@ if not waiting_states[state] then
 end
 redis.call('ZREM', claims, id)
 move(id, state, 'CANCELLED', run)
-redis.call('HSET', key, 'ft', now, 'err', 'cancelled')
+redis.call('HSET', key, field.finished, now, field.error, 'cancelled')
 count(stat.finished .. 'CANCELLED')
 return {'cancelled', state}

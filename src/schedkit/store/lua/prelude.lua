@@ -1,7 +1,8 @@
 -- Shared by every schedkit script, after the header schedkit.store.header renders from Python:
 -- it names KEYS (claims, events, stats, wake, state_keys[STATE]) and the constants Python
--- owns (final_states, waiting_states, late_bounds, and the stats fields in stat). Key names
--- and stats fields come only from Python (schedkit.store.keys): never spell one here.
+-- owns (final_states, waiting_states, late_bounds, the stats fields in stat, the task record's
+-- fields in field). Key and field names come only from Python (schedkit.store.keys, .record):
+-- never spell one here.
 -- ARGV[1] the task key prefix (a task's key is it and the id), ARGV[2] event history length,
 -- ARGV[3] the caller's clock in ms. Script arguments start at ARGV[4].
 local task_prefix = ARGV[1]
@@ -16,11 +17,11 @@ end
 -- Start lateness histogram over late_bounds (upper bounds in ms, from the header).
 local function observe_lateness(ms)
   if ms < 0 then ms = 0 end
-  local field = stat.late_inf
+  local bucket = stat.late_inf
   for _, bound in ipairs(late_bounds) do
-    if ms <= bound then field = stat.late .. tostring(bound); break end
+    if ms <= bound then bucket = stat.late .. tostring(bound); break end
   end
-  redis.call('HINCRBY', stats, field, 1)
+  redis.call('HINCRBY', stats, bucket, 1)
   redis.call('HINCRBY', stats, stat.late_sum_ms, ms)
 end
 
@@ -53,6 +54,6 @@ end
 local function move(id, from, to, run)
   redis.call('ZREM', skey(from), id)
   redis.call('ZADD', skey(to), run, id)
-  redis.call('HSET', tkey(id), 's', to)
+  redis.call('HSET', tkey(id), field.state, to)
   emit(id, to)
 end
