@@ -1,7 +1,8 @@
 """The Lua header every store script starts with, rendered from Python's own constants.
 
-Key names, states and histogram bounds that Python and Lua share are written in Python only
-(``schedkit.store.keys``, ``schedkit.model``); this module spells them in Lua. The text
+Key names, states, histogram bounds, stats fields and record fields that Python and Lua share
+are written in Python only (``schedkit.store.keys``, ``schedkit.model``,
+``schedkit.store.record``); this module spells them in Lua. The text
 depends on nothing but those constants (no prefix, no set order), so a script's SHA is the
 same in every process.
 """

@@ -17,12 +17,14 @@ the idempotency index: no extra key per task.
 How the Lua scripts get these names (they never build one from the prefix): every script
 call passes the same ``KEYS``, :meth:`Keys.script_keys`: the fixed keys named in
 :data:`SCRIPT_KEYS` in that order, then one state index per ``TaskState`` in declaration
-order. The header ``schedkit.store.header`` renders from the same two lists gives them Lua
-names (``claims``, ``events``, ``stats``, ``wake``, ``state_keys[STATE]``), and the stats
-fields theirs (``stat.handed``, ``stat.finished .. STATE``). Task records are
-found inside scripts (claim, page, purge and redeliver read ids from indexes), so they cannot
-all be declared: ``ARGV[1]`` is :attr:`Keys.task_prefix`, and a script's ``tkey(id)`` appends
-the id to it.
+order (12 keys). The header ``schedkit.store.header`` renders from the same two lists gives
+them Lua names (``claims``, ``events``, ``stats``, ``wake``, ``state_keys[STATE]``), the
+stats fields theirs (``stat.handed``, ``stat.finished .. STATE``) and the record fields
+theirs (``field.run``). Task records are found inside scripts (claim, page, purge and
+redeliver read ids from indexes), so they cannot all be declared: ``ARGV[1]`` is
+:attr:`Keys.task_prefix` (``{prefix}:t:``) and a script's ``tkey(id)`` appends the id to it.
+ARGV[2] is the event history length, ARGV[3] the caller's clock (ms); a script's own
+arguments start at ARGV[4].
 """
 
 from __future__ import annotations
