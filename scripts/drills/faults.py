@@ -30,7 +30,7 @@ from relay import SilentRelay
 from schedkit.client.client import Client
 from schedkit.demo import runs
 from schedkit.errors import SchedkitError
-from schedkit.model import TaskSpec, TaskState, task_id_for
+from schedkit.model import FINAL_STATES, TaskSpec, TaskState, task_id_for
 from schedkit.runtime.embedded import RedisServer, free_port
 from schedkit.runtime.stack import Stack, local_settings
 from schedkit.settings import Settings, broker_url_beside
@@ -41,7 +41,6 @@ from schedkit.timetable.options import TimetableOptions
 FAST: dict[str, Any] = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}
 # The partition drill's store timeout: short, so its calls fail quickly (default 10 s).
 PARTITION_STORE_TIMEOUT = 1.0
-FINAL = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED)
 # Settings a developer may have exported that must not reach the drill's processes.
 _PRIVATE_ENV = ("SCHEDKIT_TOKEN", "SCHEDKIT_TOKEN_FILE", "SCHEDKIT_TLS_CA", "SCHEDKIT_TLS_CERT")
 
@@ -237,7 +236,11 @@ def _schedule(client: Client, specs: list[TaskSpec]) -> list[str]:
 
 
 def _wait_final(store: Store, count: int, timeout: float) -> None:
-    poll(lambda: sum(store.count(s) for s in FINAL) >= count, timeout, f"{count} tasks to finish")
+    poll(
+        lambda: sum(store.count(s) for s in FINAL_STATES) >= count,
+        timeout,
+        f"{count} tasks to finish",
+    )
 
 
 def redis_restarted_with_parked_tasks(rows: int, base: Path | None = None) -> Counts:

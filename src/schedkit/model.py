@@ -31,6 +31,12 @@ class TaskState(enum.StrEnum):
 FINAL_STATES = frozenset(
     {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED}
 )
+#: States of a task that has not started yet: it may still start, or be cancelled.
+WAITING_STATES = frozenset({TaskState.SCHEDULED, TaskState.QUEUED, TaskState.RETRYING})
+
+#: Start lateness histogram: upper bucket bounds in ms. The store's start script counts
+#: into them and the metrics endpoint reads them back; both take them from here.
+LATENESS_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
 
 
 class Outcome(enum.StrEnum):

@@ -45,14 +45,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from schedkit.errors import Unavailable
-from schedkit.model import TaskState, to_millis, utc_now
+from schedkit.model import FINAL_STATES, LATENESS_BUCKETS_MS, TaskState, to_millis, utc_now
+from schedkit.store.keys import Stat
 from schedkit.store.store import Store, store_errors
 
 log = logging.getLogger(__name__)
-
-# Upper bounds in ms; the same list is in lua/prelude.lua (late_bounds).
-LATENESS_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
-FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
 
 
 class StoreCollector(Collector):
@@ -80,15 +77,15 @@ class StoreCollector(Collector):
             return int(stats.get(name, 0))
 
         for name, field, doc in (
-            ("schedkit_tasks_scheduled", "scheduled", "Tasks created"),
-            ("schedkit_tasks_handed_off", "handed", "Tasks handed to the broker"),
+            ("schedkit_tasks_scheduled", Stat.SCHEDULED, "Tasks created"),
+            ("schedkit_tasks_handed_off", Stat.HANDED, "Tasks handed to the broker"),
             (
                 "schedkit_tasks_redelivered",
-                "redelivered",
+                Stat.REDELIVERED,
                 "Hand-offs no worker started within the visibility timeout, handed off again",
             ),
-            ("schedkit_tasks_started", "started", "Task starts allowed by the worker hook"),
-            ("schedkit_tasks_retried", "retried", "Celery retries of schedkit tasks"),
+            ("schedkit_tasks_started", Stat.STARTED, "Task starts allowed by the worker hook"),
+            ("schedkit_tasks_retried", Stat.RETRIED, "Celery retries of schedkit tasks"),
         ):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], total(field))
@@ -96,27 +93,31 @@ class StoreCollector(Collector):
         finished = CounterMetricFamily(
             "schedkit_tasks_finished", "Tasks that reached a final state", labels=["state"]
         )
-        for state in FINAL_STATES:
-            finished.add_metric([state], total(f"finished:{state}"))
+        for final in TaskState:  # declaration order: the series keep one order
+            if final in FINAL_STATES:
+                finished.add_metric([final.value], total(Stat.FINISHED + final.value))
         yield finished
         refused = CounterMetricFamily(
             "schedkit_starts_refused", "Deliveries the worker hook refused", labels=["reason"]
         )
-        for reason in ("cancelled", "duplicate"):
-            refused.add_metric([reason], total(f"refused:{reason}"))
+        for reason, field in (
+            ("cancelled", Stat.REFUSED_CANCELLED),
+            ("duplicate", Stat.REFUSED_DUPLICATE),
+        ):
+            refused.add_metric([reason], total(field))
         yield refused
         buckets: list[tuple[str, float]] = []
         running = 0
         for bound in LATENESS_BUCKETS_MS:
-            running += total(f"late:{bound}")
+            running += total(f"{Stat.LATE}{bound}")
             buckets.append((repr(bound / 1000), running))
-        running += total("late:inf")
+        running += total(Stat.LATE_INF)
         buckets.append(("+Inf", running))
         yield HistogramMetricFamily(
             "schedkit_start_lateness_seconds",
             "First start of a task minus its run time",
             buckets=buckets,
-            sum_value=total("late_sum_ms") / 1000,
+            sum_value=total(Stat.LATE_SUM_MS) / 1000,
         )
         parked = GaugeMetricFamily("schedkit_tasks_parked", "Tasks waiting in the store")
         parked.add_metric([], states["SCHEDULED"])

@@ -51,6 +51,7 @@ class AsyncStore:
         self.timeout = store.timeout or None
         self.redis = async_client(store.url, self.timeout, self.timeout)
         self._schedule = self.redis.register_script(script_text("schedule"))
+        self._script_keys = store.script_keys
 
     async def close(self) -> None:
         """Release the connections."""
@@ -63,14 +64,14 @@ class AsyncStore:
         if not batch.rows:
             return []
         argv = script_argv(
-            self.keys.prefix,
+            self.keys.task_prefix,
             self.store.history,
             now,
             int(window_seconds * 1000),
             schedule_payload(batch),
         )
         with store_errors():
-            verdicts = await self._schedule(keys=[], args=argv)
+            verdicts = await self._schedule(keys=self._script_keys, args=argv)
         return schedule_results(batch.rows, verdicts)
 
     async def get(self, task_id: str) -> TaskRecord:

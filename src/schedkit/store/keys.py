@@ -7,17 +7,52 @@
 ``{prefix}:events``        stream state changes (id, state) that WatchTasks follows; newly
                                   scheduled tasks share entries, up to 100 ids in one
 ``{prefix}:wake``          list   a nudge: work entered the hand-off window; dispatchers BLPOP it
-``{prefix}:stats``         hash   running totals (scheduled, handed, started, finished:STATE,
-                                  start lateness buckets) that the metrics endpoint reads
+``{prefix}:stats``         hash   running totals that the metrics endpoint reads; fields:
+                                  :class:`Stat` (finished:STATE, late:BOUND, ...)
 
 The task key is ``t`` rather than ``task``: every parked task pays for its key's length.
 A task id derived from an idempotency key is a hash of that key, so the task record itself is
 the idempotency index: no extra key per task.
+
+How the Lua scripts get these names (they never build one from the prefix): every script
+call passes the same ``KEYS``, :meth:`Keys.script_keys`: the fixed keys named in
+:data:`SCRIPT_KEYS` in that order, then one state index per ``TaskState`` in declaration
+order (12 keys). The header ``schedkit.store.header`` renders from the same two lists gives
+them Lua names (``claims``, ``events``, ``stats``, ``wake``, ``state_keys[STATE]``), the
+stats fields theirs (``stat.handed``, ``stat.finished .. STATE``) and the record fields
+theirs (``field.run``). Task records are found inside scripts (claim, page, purge and
+redeliver read ids from indexes), so they cannot all be declared: ``ARGV[1]`` is
+:attr:`Keys.task_prefix` (``{prefix}:t:``) and a script's ``tkey(id)`` appends the id to it.
+ARGV[2] is the event history length, ARGV[3] the caller's clock (ms); a script's own
+arguments start at ARGV[4].
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+
+from schedkit.model import TaskState
+
+#: The fixed keys of every script call, by their :class:`Keys` property (and Lua) names, in
+#: the order they open ``KEYS``; the state indexes follow.
+SCRIPT_KEYS = ("claims", "events", "stats", "wake")
+
+
+class Stat(enum.StrEnum):
+    """Fields of the stats hash; the Lua header names each ``stat.<member in lower case>``."""
+
+    SCHEDULED = "scheduled"
+    HANDED = "handed"
+    REDELIVERED = "redelivered"
+    STARTED = "started"
+    RETRIED = "retried"
+    FINISHED = "finished:"  # followed by the final state
+    REFUSED_CANCELLED = "refused:cancelled"
+    REFUSED_DUPLICATE = "refused:duplicate"
+    LATE = "late:"  # followed by the bucket's upper bound in ms
+    LATE_INF = "late:inf"  # later than the last bound
+    LATE_SUM_MS = "late_sum_ms"
 
 
 @dataclass(frozen=True)
@@ -29,6 +64,11 @@ class Keys:
     def task(self, task_id: str) -> str:
         """The hash holding one task's record."""
         return f"{self.prefix}:t:{task_id}"
+
+    @property
+    def task_prefix(self) -> str:
+        """What every task key starts with: scripts append an id to it."""
+        return self.task("")
 
     def state(self, state: str) -> str:
         """The run-time index of tasks in ``state``."""
@@ -53,3 +93,8 @@ class Keys:
     def wake(self) -> str:
         """The list dispatchers block on."""
         return f"{self.prefix}:wake"
+
+    def script_keys(self) -> list[str]:
+        """The KEYS of every script call: :data:`SCRIPT_KEYS`, then each state's index."""
+        fixed = [str(getattr(self, name)) for name in SCRIPT_KEYS]
+        return fixed + [self.state(state.value) for state in TaskState]

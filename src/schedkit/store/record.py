@@ -5,7 +5,8 @@ budget is 400 bytes a task). ``n`` task, ``a`` args JSON, ``k`` kwargs JSON, ``r
 ``s`` state (absent while SCHEDULED), ``q`` queue, ``p`` priority, ``l`` labels JSON, ``x``
 expires-after ms, ``i`` idempotency key, ``h`` content fingerprint, ``c`` created ms,
 ``qt``/``st``/``ft`` queued, started, finished ms, ``at`` attempts, ``res`` result, ``err``
-error, ``tb`` traceback.
+error, ``tb`` traceback. :class:`Field` is where they are spelled; the scripts read them as
+``field.<name in lower case>`` from the header ``schedkit.store.header`` renders.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -28,10 +29,49 @@ from schedkit.model import (
     from_millis,
 )
 
-__all__ = ["NewTasks", "Row", "Template", "decode", "dumps", "encode_template", "template_row"]
+__all__ = [
+    "Field",
+    "NewTasks",
+    "Row",
+    "Template",
+    "decode",
+    "dumps",
+    "encode_template",
+    "template_row",
+]
 
 
 _MILLISECOND = timedelta(milliseconds=1)
+
+
+class Field:
+    """The record's hash field names: plain str constants (the ingest path builds lists of
+    them), each named for what it holds."""
+
+    TASK: Final = "n"
+    ARGS: Final = "a"
+    KWARGS: Final = "k"
+    RUN: Final = "r"
+    STATE: Final = "s"
+    QUEUE: Final = "q"
+    PRIORITY: Final = "p"
+    LABELS: Final = "l"
+    EXPIRES: Final = "x"
+    KEY: Final = "i"
+    FINGERPRINT: Final = "h"
+    CREATED: Final = "c"
+    QUEUED: Final = "qt"
+    STARTED: Final = "st"
+    FINISHED: Final = "ft"
+    ATTEMPTS: Final = "at"
+    RESULT: Final = "res"
+    ERROR: Final = "err"
+    TRACEBACK: Final = "tb"
+
+    @classmethod
+    def names(cls) -> dict[str, str]:
+        """Each field's stored name by its Python name, in declaration order."""
+        return {name: value for name, value in vars(cls).items() if name.isupper()}
 
 
 class Template(NamedTuple):
@@ -73,21 +113,21 @@ def encode_template(
         args_json = dumps(spec.args) if spec.args else ""
     if kwargs_json is None:
         kwargs_json = dumps(spec.kwargs) if spec.kwargs else ""
-    fields: list[str] = ["n", spec.task]
+    fields: list[str] = [Field.TASK, spec.task]
     if args_json:
-        fields += ["a", args_json]
+        fields += [Field.ARGS, args_json]
     if kwargs_json:
-        fields += ["k", kwargs_json]
+        fields += [Field.KWARGS, kwargs_json]
     if spec.queue:
-        fields += ["q", spec.queue]
+        fields += [Field.QUEUE, spec.queue]
     if spec.priority is not None:
-        fields += ["p", str(spec.priority)]
+        fields += [Field.PRIORITY, str(spec.priority)]
     labels_json = dumps(dict(spec.labels)) if spec.labels else ""
     if labels_json:
-        fields += ["l", labels_json]
+        fields += [Field.LABELS, labels_json]
     if spec.expires_after is not None:
         # Integer arithmetic: total_seconds() * 1000 is 28.999… for 29 ms.
-        fields += ["x", str(spec.expires_after // _MILLISECOND)]
+        fields += [Field.EXPIRES, str(spec.expires_after // _MILLISECOND)]
     head, tail = fingerprint_frame(
         spec.task,
         args_json,
@@ -109,28 +149,30 @@ def template_row(template: Template, task_id: str, key: str, run_ms: int, number
 def decode(task_id: str, raw: Mapping[str, str]) -> TaskRecord:
     """A TaskRecord from a hash as HGETALL returns it (decoded to str)."""
     spec = TaskSpec(
-        task=raw["n"],
-        run_at=from_millis(int(raw["r"])),
-        args=_loads(raw["a"]) if "a" in raw else [],
-        kwargs=_loads(raw["k"]) if "k" in raw else {},
-        key=raw.get("i", ""),
-        queue=raw.get("q", ""),
-        priority=int(raw["p"]) if "p" in raw else None,
-        labels=_loads(raw["l"]) if "l" in raw else {},
-        expires_after=timedelta(milliseconds=int(raw["x"])) if "x" in raw else None,
+        task=raw[Field.TASK],
+        run_at=from_millis(int(raw[Field.RUN])),
+        args=_loads(raw[Field.ARGS]) if Field.ARGS in raw else [],
+        kwargs=_loads(raw[Field.KWARGS]) if Field.KWARGS in raw else {},
+        key=raw.get(Field.KEY, ""),
+        queue=raw.get(Field.QUEUE, ""),
+        priority=int(raw[Field.PRIORITY]) if Field.PRIORITY in raw else None,
+        labels=_loads(raw[Field.LABELS]) if Field.LABELS in raw else {},
+        expires_after=(
+            timedelta(milliseconds=int(raw[Field.EXPIRES])) if Field.EXPIRES in raw else None
+        ),
     )
     return TaskRecord(
         id=task_id,
         spec=spec,
-        state=TaskState(raw.get("s", "SCHEDULED")),
-        created_at=from_millis(int(raw["c"])),
-        queued_at=_moment(raw, "qt"),
-        started_at=_moment(raw, "st"),
-        finished_at=_moment(raw, "ft"),
-        attempts=int(raw.get("at", "0")),
-        result=raw.get("res", ""),
-        error=raw.get("err", ""),
-        traceback=raw.get("tb", ""),
+        state=TaskState(raw.get(Field.STATE, TaskState.SCHEDULED)),
+        created_at=from_millis(int(raw[Field.CREATED])),
+        queued_at=_moment(raw, Field.QUEUED),
+        started_at=_moment(raw, Field.STARTED),
+        finished_at=_moment(raw, Field.FINISHED),
+        attempts=int(raw.get(Field.ATTEMPTS, "0")),
+        result=raw.get(Field.RESULT, ""),
+        error=raw.get(Field.ERROR, ""),
+        traceback=raw.get(Field.TRACEBACK, ""),
     )
 
 

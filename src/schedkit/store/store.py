@@ -32,8 +32,9 @@ from schedkit.model import (
     to_millis,
     utc_now,
 )
+from schedkit.store.header import lua_header
 from schedkit.store.keys import Keys
-from schedkit.store.record import NewTasks, Row, decode
+from schedkit.store.record import Field, NewTasks, Row, decode
 
 if TYPE_CHECKING:
     from schedkit.settings import Settings
@@ -113,10 +114,10 @@ def store_errors() -> Iterator[None]:
 
 
 def script_text(name: str) -> str:
-    """The Lua source of script ``name``, after the prelude every script shares."""
+    """The Lua source of script ``name``: the generated header, the prelude, the script."""
     package = resources.files("schedkit.store") / "lua"
     prelude = (package / "prelude.lua").read_text()
-    return prelude + "\n" + (package / f"{name}.lua").read_text()
+    return lua_header() + prelude + "\n" + (package / f"{name}.lua").read_text()
 
 
 def _load_script(client: redis.Redis, name: str) -> Any:
@@ -153,6 +154,8 @@ class Store:
         # Blocking reads wait on purpose: they get a pool whose read timeout allows for it.
         self._waiting = waiting or client
         self.keys = Keys(prefix)
+        # Every script call passes the same KEYS (see keys.py); built once, not per call.
+        self.script_keys = self.keys.script_keys()
         self.history = history
         self._scripts = {name: _load_script(client, name) for name in SCRIPTS}
 
@@ -206,9 +209,9 @@ class Store:
             self._waiting.close()
 
     def _run(self, name: str, *args: Any, client: Any = None, now: datetime | None = None) -> Any:
-        argv = script_argv(self.keys.prefix, self.history, now, *args)
+        argv = script_argv(self.keys.task_prefix, self.history, now, *args)
         with store_errors():
-            return self._scripts[name](keys=[], args=argv, client=client)
+            return self._scripts[name](keys=self.script_keys, args=argv, client=client)
 
     def ping(self) -> None:
         """Raise Unavailable unless the store answers."""
@@ -280,9 +283,10 @@ class Store:
     def _evalsha_all(self, sha: str, calls: list[list[Any]]) -> list[Any]:
         # EVALSHA by hand: a pipeline given Script objects first asks SCRIPT EXISTS, one
         # more round trip on every ListTasks page.
+        keys = self.script_keys
         pipe = self.redis.pipeline(transaction=False)
         for argv in calls:
-            pipe.evalsha(sha, 0, *argv)
+            pipe.evalsha(sha, len(keys), *keys, *argv)
         return pipe.execute()
 
     def _page_once(
@@ -294,11 +298,12 @@ class Store:
         labels = json.dumps(dict(query.labels)) if query.labels else ""
         lo = str(to_millis(query.run_after)) if query.run_after else ""
         hi = str(to_millis(query.run_before)) if query.run_before else ""
+        now = utc_now()
         calls = [
-            [
-                self.keys.prefix, self.history, to_millis(utc_now()), state.value, lo, hi,
+            script_argv(
+                self.keys.task_prefix, self.history, now, state.value, lo, hi,
                 cursor_score, cursor_id, page_size, budget, query.task, labels,
-            ]
+            )
             for state in states
         ]  # fmt: skip
         script = self._scripts["page"]
@@ -314,7 +319,7 @@ class Store:
             exhausted, last_score, last_id = reply[0], reply[1], reply[2]
             for i in range(3, len(reply), 2):
                 fields = dict(_pairs(reply[i + 1]))
-                candidates.append((float(fields["r"]), reply[i], fields))
+                candidates.append((float(fields[Field.RUN]), reply[i], fields))
             if not exhausted and last_id:
                 frontier = (float(last_score), last_id)
                 horizon = frontier if horizon is None else min(horizon, frontier)
@@ -483,9 +488,10 @@ def schedule_results(rows: Sequence[Row], verdicts: Sequence[int]) -> list[Sched
     return results
 
 
-def script_argv(prefix: str, history: int, now: datetime | None, *args: Any) -> list[Any]:
-    """A script's ARGV: what prelude.lua reads first (prefix, history, clock), then ``args``."""
-    return [prefix, history, to_millis(now or utc_now()), *args]
+def script_argv(task_prefix: str, history: int, now: datetime | None, *args: Any) -> list[Any]:
+    """A script's ARGV: what prelude.lua reads first (task key prefix, history, clock), then
+    ``args``."""
+    return [task_prefix, history, to_millis(now or utc_now()), *args]
 
 
 def _pairs(flat: Sequence[str]) -> Iterator[tuple[str, str]]:

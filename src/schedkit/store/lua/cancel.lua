@@ -2,15 +2,15 @@
 -- Returns {verdict, previous state}: verdict 'missing', 'cancelled', 'already' or 'refused'.
 local id = ARGV[4]
 local key = tkey(id)
-local state, run = unpack(redis.call('HMGET', key, 's', 'r'))
+local state, run = unpack(redis.call('HMGET', key, field.state, field.run))
 if not run then return {'missing', ''} end
 state = state_of(state)
 if state == 'CANCELLED' then return {'already', state} end
-if state ~= 'SCHEDULED' and state ~= 'QUEUED' and state ~= 'RETRYING' then
+if not waiting_states[state] then
   return {'refused', state}
 end
 redis.call('ZREM', claims, id)
 move(id, state, 'CANCELLED', run)
-redis.call('HSET', key, 'ft', now, 'err', 'cancelled')
-count('finished:CANCELLED')
+redis.call('HSET', key, field.finished, now, field.error, 'cancelled')
+count(stat.finished .. 'CANCELLED')
 return {'cancelled', state}

@@ -11,15 +11,15 @@ local handed, failed = 0, 0
 for i = 5, #ARGV, step do
   local id = ARGV[i]
   if redis.call('ZREM', claims, id) == 1 then
-    local state, run = unpack(redis.call('HMGET', tkey(id), 's', 'r'))
+    local state, run = unpack(redis.call('HMGET', tkey(id), field.state, field.run))
     if run and state_of(state) == 'SCHEDULED' then
       if verdict == 'queued' then
         move(id, 'SCHEDULED', 'QUEUED', run)
-        redis.call('HSET', tkey(id), 'qt', now)
+        redis.call('HSET', tkey(id), field.queued, now)
         handed = handed + 1
       elseif verdict == 'failed' then
         move(id, 'SCHEDULED', 'FAILED', run)
-        redis.call('HSET', tkey(id), 'ft', now, 'err', ARGV[i + 1])
+        redis.call('HSET', tkey(id), field.finished, now, field.error, ARGV[i + 1])
         failed = failed + 1
       else
         redis.call('ZADD', skey('SCHEDULED'), run, id)
@@ -27,6 +27,6 @@ for i = 5, #ARGV, step do
     end
   end
 end
-count('handed', handed)
-count('finished:FAILED', failed)
+count(stat.handed, handed)
+count(stat.finished .. 'FAILED', failed)
 return 0

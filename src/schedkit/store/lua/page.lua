@@ -31,9 +31,9 @@ local function matches(fields)
   if name == '' and not want_labels then return true end
   local rec = {}
   for j = 1, #fields, 2 do rec[fields[j]] = fields[j + 1] end
-  if name ~= '' and rec['n'] ~= name then return false end
+  if name ~= '' and rec[field.task] ~= name then return false end
   if want_labels then
-    local have = rec['l'] and cjson.decode(rec['l']) or {}
+    local have = rec[field.labels] and cjson.decode(rec[field.labels]) or {}
     for k, v in pairs(want_labels) do
       if have[k] ~= v then return false end
     end

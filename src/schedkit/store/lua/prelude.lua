@@ -1,37 +1,42 @@
--- Shared by every schedkit script; ARGV[1] key prefix, ARGV[2] event history length,
+-- Shared by every schedkit script, after the header schedkit.store.header renders from Python:
+-- it names KEYS (claims, events, stats, wake, state_keys[STATE]) and the constants Python
+-- owns (final_states, waiting_states, late_bounds, the stats fields in stat, the task record's
+-- fields in field). Key and field names come only from Python (schedkit.store.keys, .record):
+-- never spell one here.
+-- ARGV[1] the task key prefix (a task's key is it and the id), ARGV[2] event history length,
 -- ARGV[3] the caller's clock in ms. Script arguments start at ARGV[4].
--- Keys are built here from the prefix (schedkit runs on one Redis, not a cluster).
-local prefix = ARGV[1]
+local task_prefix = ARGV[1]
 local history = ARGV[2]
 local now = tonumber(ARGV[3])
-local claims = prefix .. ':claims'
-local stats = prefix .. ':stats'
 
 -- Running totals for the metrics endpoint, kept with the change they count (see metrics.py).
 local function count(field, n)
   if n == nil or n > 0 then redis.call('HINCRBY', stats, field, n or 1) end
 end
 
--- Start lateness histogram: upper bounds in ms; keep in step with LATENESS_BUCKETS_MS.
-local late_bounds = {5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000}
+-- Start lateness histogram over late_bounds (upper bounds in ms, from the header).
 local function observe_lateness(ms)
   if ms < 0 then ms = 0 end
-  local bucket = 'inf'
+  local bucket = stat.late_inf
   for _, bound in ipairs(late_bounds) do
-    if ms <= bound then bucket = tostring(bound); break end
+    if ms <= bound then bucket = stat.late .. tostring(bound); break end
   end
-  redis.call('HINCRBY', stats, 'late:' .. bucket, 1)
-  redis.call('HINCRBY', stats, 'late_sum_ms', ms)
+  redis.call('HINCRBY', stats, bucket, 1)
+  redis.call('HINCRBY', stats, stat.late_sum_ms, ms)
 end
 
 -- A parked task has no 's' field: SCHEDULED is implied (saves bytes on every parked task).
 local function state_of(s) if s then return s end return 'SCHEDULED' end
 
-local function tkey(id) return prefix .. ':t:' .. id end
-local function skey(state) return prefix .. ':state:' .. state end
+local function tkey(id) return task_prefix .. id end
+local function skey(state)
+  local key = state_keys[state]
+  if not key then error('schedkit: no state index for ' .. tostring(state)) end
+  return key
+end
 
 local function emit(id, state)
-  redis.call('XADD', prefix .. ':events', 'MAXLEN', '~', history, '*', 'id', id, 's', state)
+  redis.call('XADD', events, 'MAXLEN', '~', history, '*', 'id', id, 's', state)
 end
 
 -- One event for many tasks that made the same change: 'id' holds up to 100 ids, space-separated.
@@ -40,7 +45,7 @@ end
 local function emit_many(ids, state)
   for first = 1, #ids, 100 do
     local last = math.min(first + 99, #ids)
-    redis.call('XADD', prefix .. ':events', 'MAXLEN', '~', history, '*',
+    redis.call('XADD', events, 'MAXLEN', '~', history, '*',
       'id', table.concat(ids, ' ', first, last), 's', state)
   end
 end
@@ -49,6 +54,6 @@ end
 local function move(id, from, to, run)
   redis.call('ZREM', skey(from), id)
   redis.call('ZADD', skey(to), run, id)
-  redis.call('HSET', tkey(id), 's', to)
+  redis.call('HSET', tkey(id), field.state, to)
   emit(id, to)
 end

@@ -2,9 +2,9 @@
 -- Scans the oldest run times first; a task that finished late stays until a later pass.
 local before, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 local removed = 0
-for _, state in ipairs({'SUCCEEDED', 'FAILED', 'CANCELLED', 'EXPIRED'}) do
+for _, state in ipairs(final_states) do
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', skey(state), '-inf', before, 'LIMIT', 0, limit)) do
-    local finished = tonumber(redis.call('HGET', tkey(id), 'ft') or '0')
+    local finished = tonumber(redis.call('HGET', tkey(id), field.finished) or '0')
     if finished < before then
       redis.call('ZREM', skey(state), id)
       redis.call('DEL', tkey(id))

@@ -18,7 +18,7 @@ for n = 1, #rows do
   local id, fp, run = row[1], row[2], row[3]
   local key = tkey(id)
   if redis.call('EXISTS', key) == 1 then
-    if fp ~= '' and redis.call('HGET', key, 'h') == fp then
+    if fp ~= '' and redis.call('HGET', key, field.fingerprint) == fp then
       out[n] = 2
     else
       out[n] = 3
@@ -26,9 +26,10 @@ for n = 1, #rows do
   else
     local shared = templates[row[4] + 1]
     if fp ~= '' then
-      redis.call('HSET', key, 'r', run, 'c', created_ms, 'i', row[5], 'h', fp, unpack(shared))
+      redis.call('HSET', key, field.run, run, field.created, created_ms, field.key, row[5],
+        field.fingerprint, fp, unpack(shared))
     else
-      redis.call('HSET', key, 'r', run, 'c', created_ms, unpack(shared))
+      redis.call('HSET', key, field.run, run, field.created, created_ms, unpack(shared))
     end
     scores[#scores + 1] = run
     scores[#scores + 1] = id
@@ -42,9 +43,9 @@ for first = 1, #scores, 1000 do
   redis.call('ZADD', scheduled, unpack(scores, first, math.min(first + 999, #scores)))
 end
 emit_many(created, 'SCHEDULED')
-count('scheduled', #created)
+count(stat.scheduled, #created)
 if due_soon then
-  redis.call('LPUSH', prefix .. ':wake', '1')
-  redis.call('LTRIM', prefix .. ':wake', 0, 0)
+  redis.call('LPUSH', wake, '1')
+  redis.call('LTRIM', wake, 0, 0)
 end
 return out

@@ -2,26 +2,26 @@
 -- 'unmanaged' (not a schedkit task), 'started', 'cancelled', 'expired', 'duplicate:<state>'.
 local id = ARGV[4]
 local key = tkey(id)
-local state, run, expires_after = unpack(redis.call('HMGET', key, 's', 'r', 'x'))
+local state, run, expires_after = unpack(redis.call('HMGET', key, field.state, field.run, field.expires))
 if not run then return 'unmanaged' end
 state = state_of(state)
-if state == 'CANCELLED' then count('refused:cancelled'); return 'cancelled' end
-if state ~= 'SCHEDULED' and state ~= 'QUEUED' and state ~= 'RETRYING' then
-  count('refused:duplicate')
+if state == 'CANCELLED' then count(stat.refused_cancelled); return 'cancelled' end
+if not waiting_states[state] then
+  count(stat.refused_duplicate)
   return 'duplicate:' .. state
 end
 -- A claimed task can start before its dispatcher marks it queued.
 redis.call('ZREM', claims, id)
 if expires_after and tonumber(run) + tonumber(expires_after) < now then
   move(id, state, 'EXPIRED', run)
-  redis.call('HSET', key, 'ft', now, 'err', 'expired before a worker could start it')
-  count('finished:EXPIRED')
+  redis.call('HSET', key, field.finished, now, field.error, 'expired before a worker could start it')
+  count(stat.finished .. 'EXPIRED')
   return 'expired'
 end
 move(id, state, 'STARTED', run)
-redis.call('HSET', key, 'st', now)
-redis.call('HINCRBY', key, 'at', 1)
-count('started')
+redis.call('HSET', key, field.started, now)
+redis.call('HINCRBY', key, field.attempts, 1)
+count(stat.started)
 -- A retry starts late by design; only a first start says how punctual hand-off was.
 if state ~= 'RETRYING' then observe_lateness(now - tonumber(run)) end
 return 'started'
