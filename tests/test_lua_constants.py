@@ -8,18 +8,22 @@ import sys
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 
+from conftest import schedule_ids
+from schedkit.demo import app as demo_app
+from schedkit.dispatch.registry import TaskRegistry
 from schedkit.model import (
     FINAL_STATES,
     LATENESS_BUCKETS_MS,
     WAITING_STATES,
+    TaskRows,
     TaskSpec,
     TaskState,
-    task_id_for,
-    to_millis,
 )
+from schedkit.service.schedules import Schedules
+from schedkit.settings import Settings
 from schedkit.store.header import lua_header
-from schedkit.store.keys import Keys, Stat
-from schedkit.store.record import Field, NewTasks
+from schedkit.store.keys import EVENT_IDS, EventField, Keys, Stat
+from schedkit.store.record import Field
 from schedkit.store.store import SCRIPTS, Store, TaskQuery, script_text
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
@@ -102,9 +106,13 @@ def test_the_header_spells_the_python_constants_once_each() -> None:
         assert waiting.count(f"{state.value} = true") == (1 if state in WAITING_STATES else 0)
     bounds = re.findall(r"\d+", _line(header, "late_bounds"))
     assert bounds == [str(bound) for bound in LATENESS_BUCKETS_MS]
-    # Once in the whole header (small bounds are also KEYS positions).
+    # Once in the whole header (small bounds are also KEYS positions; event_ids is its own).
+    others = header.replace(f"local event_ids = {EVENT_IDS}", "")
     for bound in LATENESS_BUCKETS_MS:
-        assert bound <= 12 or len(re.findall(rf"\b{bound}\b", header)) == 1
+        assert bound <= 12 or len(re.findall(rf"\b{bound}\b", others)) == 1
+    events = _line(header, "event_field")
+    assert all(events.count(f"{f.name.lower()} = '{f.value}'") == 1 for f in EventField)
+    assert f"local event_ids = {EVENT_IDS}" in header
     stats = _line(header, "stat")
     assert all(stats.count(f"{s.name.lower()} = '{s.value}'") == 1 for s in Stat)
     fields = _line(header, "field")
@@ -150,9 +158,9 @@ def test_the_scripts_are_the_same_text_in_every_process() -> None:
 def test_a_store_touches_only_keys_under_its_own_prefix(store: Store, redis_url: str) -> None:
     other = Store.from_url(redis_url, prefix="other")
     try:
-        soon = [TaskSpec("add", T0 + timedelta(seconds=n), [n], key=f"k{n}") for n in range(4)]
-        batch = NewTasks.of([(task_id_for(s.key), s) for s in soon], to_millis(T0))
-        ids = [r.id for r in other.schedule_new(batch, window_seconds=3, now=T0)]
+        soon = [TaskSpec("add", T0 + timedelta(seconds=n), [1, n], key=f"k{n}") for n in range(4)]
+        schedules = Schedules(other, TaskRegistry(demo_app), Settings(store_url=redis_url))
+        ids = schedule_ids(schedules, soon, now=T0)
         claimed = other.claim(window_seconds=60, lease_seconds=5, limit=2, now=T0)
         other.mark_queued([claimed[0].id], now=T0)
         assert other.start(claimed[0].id, now=T0) == "started"
@@ -179,13 +187,15 @@ def _calls(store: Store) -> dict[str, int]:
     }
 
 
-def test_a_batch_is_one_script_call_and_a_page_one_evalsha_per_state(store: Store) -> None:
-    soon = [TaskSpec("add", T0 + timedelta(seconds=n), [n]) for n in range(300)]
-    batch = NewTasks.of([(task_id_for(""), s) for s in soon], to_millis(T0))
-    store.schedule_new(batch, window_seconds=3, now=T0)  # loads the script
+def test_a_batch_is_one_script_call_and_a_page_one_evalsha_per_state(
+    store: Store, schedules: Schedules
+) -> None:
+    soon = [TaskSpec("add", T0 + timedelta(seconds=n), [1, n]) for n in range(300)]
+    schedule_ids(schedules, soon[:1], now=T0)  # loads the script
     store.page(TaskQuery(), page_size=10)
+    batch = schedules.prepare_rows(TaskRows.of_specs(soon), now=T0)
     store.redis.config_resetstat()
-    store.schedule_new(batch, window_seconds=3, now=T0)
+    schedules.store_prepared(batch)
     assert _calls(store) == {"evalsha": 1}
     store.redis.config_resetstat()
     records, _ = store.page(TaskQuery(), page_size=10)

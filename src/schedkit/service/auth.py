@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
 from schedkit.errors import ConfigError
+from schedkit.service.handlers import Continuation, Handler
 from schedkit.settings import Settings
 from schedkit.wire.metadata import METADATA_KEY, read_pem
 
@@ -28,7 +29,7 @@ OPEN_SERVICES = (
 )
 
 
-def refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+def refusal(code: grpc.StatusCode, message: str) -> Handler:
     """A handler that ends the call with ``code`` without reading its request.
 
     Request-streaming whatever the method: the server then never asks gRPC for the request
@@ -71,11 +72,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         """Pass the call on when it carries a token, else answer UNAUTHENTICATED."""
         method: str = handler_call_details.method
         if method.startswith(OPEN_SERVICES):

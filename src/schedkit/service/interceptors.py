@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -13,6 +12,7 @@ from grpc_interceptor import AsyncExceptionToStatusInterceptor
 from grpc_status import rpc_status
 
 from schedkit.errors import SchedkitError
+from schedkit.service.handlers import Continuation, Handler
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,13 @@ class ErrorInterceptor(AsyncExceptionToStatusInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         """Wrap this service's handlers; pass every other one through untouched."""
         if not handler_call_details.method.startswith(self._prefix):
             return await continuation(handler_call_details)
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await super().intercept_service(  # type: ignore[no-untyped-call]
+        handler: Handler | None = await super().intercept_service(  # type: ignore[no-untyped-call]
             continuation, handler_call_details
         )
         return handler

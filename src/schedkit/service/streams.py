@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from schedkit.service.handlers import Continuation, Handler
 from schedkit.settings import Settings
 
 HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
@@ -95,11 +96,9 @@ class StreamGuard(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         """Wrap streaming handlers so they are counted and their reads time out."""
         handler = await continuation(handler_call_details)
         if handler is None or not (handler.request_streaming or handler.response_streaming):
@@ -135,9 +134,9 @@ class StreamGuard(grpc.aio.ServerInterceptor):
 
     def _guarded(
         self,
-        handler: grpc.RpcMethodHandler[Any, Any],
+        handler: Handler,
         ceilings: Callable[[grpc.aio.ServicerContext[Any, Any]], list[tuple[str, int, str]]],
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> Handler:
         # The stubs type handlers for the thread server; on grpc.aio they are async.
         behaviour: Any = handler.stream_stream or handler.stream_unary or handler.unary_stream
         assert behaviour is not None

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from schedkit.model import FINAL_STATES, LATENESS_BUCKETS_MS, WAITING_STATES, TaskState
-from schedkit.store.keys import SCRIPT_KEYS, Stat
+from schedkit.store.keys import EVENT_IDS, SCRIPT_KEYS, EventField, Stat
 from schedkit.store.record import Field
 
 
@@ -42,12 +42,15 @@ def constant_lines() -> list[str]:
     waiting = ", ".join(f"{state} = true" for state in _in_order(WAITING_STATES))
     stats = ", ".join(f"{stat.name.lower()} = '{stat.value}'" for stat in Stat)
     fields = ", ".join(f"{name.lower()} = '{value}'" for name, value in Field.names().items())
+    events = ", ".join(f"{field.name.lower()} = '{field.value}'" for field in EventField)
     return [
         f"local final_states = {{{_lua_strings(_in_order(FINAL_STATES))}}}",
         f"local waiting_states = {{{waiting}}}",
         f"local late_bounds = {{{', '.join(str(b) for b in LATENESS_BUCKETS_MS)}}}",
         f"local stat = {{{stats}}}",
         f"local field = {{{fields}}}",
+        f"local event_field = {{{events}}}",
+        f"local event_ids = {EVENT_IDS}",
     ]
 
 

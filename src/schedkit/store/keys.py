@@ -39,6 +39,18 @@ from schedkit.model import TaskState
 SCRIPT_KEYS = ("claims", "events", "stats", "wake")
 
 
+class EventField(enum.StrEnum):
+    """Fields of an event stream entry; the Lua header names each ``event_field.<lower>``."""
+
+    IDS = "id"  # one id, or up to EVENT_IDS of them separated by spaces
+    STATE = "s"
+
+
+#: Most task ids one event entry carries: an entry per task was a fifth of the cost of
+#: storing a batch; 100 bounds an entry (about 1.3 KB), and so the stream at its history.
+EVENT_IDS = 100
+
+
 class Stat(enum.StrEnum):
     """Fields of the stats hash; the Lua header names each ``stat.<member in lower case>``."""
 

@@ -33,7 +33,7 @@ from schedkit.model import (
     utc_now,
 )
 from schedkit.store.header import lua_header
-from schedkit.store.keys import Keys
+from schedkit.store.keys import EventField, Keys
 from schedkit.store.record import Field, NewTasks, Row, decode
 
 if TYPE_CHECKING:
@@ -128,9 +128,8 @@ def _load_script(client: redis.Redis, name: str) -> Any:
 #: as Unavailable. A refused connection fails at once; this bounds a network partition or a
 #: hung Redis, which would otherwise hold the call (and health) until TCP gives up.
 DEFAULT_TIMEOUT = 10.0
-#: The longest wait a blocking read (BLPOP, XREAD BLOCK) asks Redis for; callers loop.
+#: The longest wait a blocking read (the dispatcher's BLPOP) asks Redis for; callers loop.
 MAX_BLOCK_SECONDS = 5.0
-_MAX_BLOCK_MS = int(MAX_BLOCK_SECONDS * 1000)
 
 
 class Store:
@@ -453,9 +452,9 @@ def changes_of(reply: Any) -> list[StateChange]:
     for _, entries in reply or []:
         for cursor, fields in entries:
             at = from_millis(int(str(cursor).split("-", 1)[0]))
-            state = TaskState(fields["s"])
+            state = TaskState(fields[EventField.STATE])
             # One entry may carry many tasks' same change (see emit_many in prelude.lua).
-            for task_id in fields["id"].split(" "):
+            for task_id in fields[EventField.IDS].split(" "):
                 changes.append(StateChange(str(cursor), task_id, state, at))
     return changes
 

@@ -36,17 +36,17 @@ local function skey(state)
 end
 
 local function emit(id, state)
-  redis.call('XADD', events, 'MAXLEN', '~', history, '*', 'id', id, 's', state)
+  redis.call('XADD', events, 'MAXLEN', '~', history, '*',
+    event_field.ids, id, event_field.state, state)
 end
 
--- One event for many tasks that made the same change: 'id' holds up to 100 ids, space-separated.
--- An XADD per task was a fifth of the cost of storing a batch; 100 per entry bounds an entry's
--- size (about 1.3 KB), and so the stream's, at `history` entries.
+-- One event for many tasks that made the same change: up to event_ids ids, space-separated
+-- (keys.EVENT_IDS says why).
 local function emit_many(ids, state)
-  for first = 1, #ids, 100 do
-    local last = math.min(first + 99, #ids)
+  for first = 1, #ids, event_ids do
+    local last = math.min(first + event_ids - 1, #ids)
     redis.call('XADD', events, 'MAXLEN', '~', history, '*',
-      'id', table.concat(ids, ' ', first, last), 's', state)
+      event_field.ids, table.concat(ids, ' ', first, last), event_field.state, state)
   end
 end
 
