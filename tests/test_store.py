@@ -17,7 +17,8 @@ from schedkit.service.schedules import Schedules
 from schedkit.service.server import Server
 from schedkit.service.watch import ChangeFeed
 from schedkit.store.aio import AsyncStore
-from schedkit.store.store import StateChange, Store, TaskQuery
+from schedkit.store.codec import StateChange
+from schedkit.store.store import Store, TaskQuery
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
 

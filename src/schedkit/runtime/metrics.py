@@ -72,74 +72,8 @@ class StoreCollector(Collector):
         up = GaugeMetricFamily("schedkit_store_up", "1 when the store answered the scrape")
         up.add_metric([], 1)
         yield up
-
-        def total(name: str) -> int:
-            return int(stats.get(name, 0))
-
-        for name, field, doc in (
-            ("schedkit_tasks_scheduled", Stat.SCHEDULED, "Tasks created"),
-            ("schedkit_tasks_handed_off", Stat.HANDED, "Tasks handed to the broker"),
-            (
-                "schedkit_tasks_redelivered",
-                Stat.REDELIVERED,
-                "Hand-offs no worker started within the visibility timeout, handed off again",
-            ),
-            ("schedkit_tasks_started", Stat.STARTED, "Task starts allowed by the worker hook"),
-            ("schedkit_tasks_retried", Stat.RETRIED, "Celery retries of schedkit tasks"),
-        ):
-            counter = CounterMetricFamily(name, doc)
-            counter.add_metric([], total(field))
-            yield counter
-        finished = CounterMetricFamily(
-            "schedkit_tasks_finished", "Tasks that reached a final state", labels=["state"]
-        )
-        for final in TaskState:  # declaration order: the series keep one order
-            if final in FINAL_STATES:
-                finished.add_metric([final.value], total(Stat.FINISHED + final.value))
-        yield finished
-        refused = CounterMetricFamily(
-            "schedkit_starts_refused", "Deliveries the worker hook refused", labels=["reason"]
-        )
-        for reason, field in (
-            ("cancelled", Stat.REFUSED_CANCELLED),
-            ("duplicate", Stat.REFUSED_DUPLICATE),
-        ):
-            refused.add_metric([reason], total(field))
-        yield refused
-        buckets: list[tuple[str, float]] = []
-        running = 0
-        for bound in LATENESS_BUCKETS_MS:
-            running += total(f"{Stat.LATE}{bound}")
-            buckets.append((repr(bound / 1000), running))
-        running += total(Stat.LATE_INF)
-        buckets.append(("+Inf", running))
-        yield HistogramMetricFamily(
-            "schedkit_start_lateness_seconds",
-            "First start of a task minus its run time",
-            buckets=buckets,
-            sum_value=total(Stat.LATE_SUM_MS) / 1000,
-        )
-        parked = GaugeMetricFamily("schedkit_tasks_parked", "Tasks waiting in the store")
-        parked.add_metric([], states["SCHEDULED"])
-        yield parked
-        by_state = GaugeMetricFamily("schedkit_tasks", "Tasks in each state", labels=["state"])
-        for state, size in states.items():
-            by_state.add_metric([state], size)
-        yield by_state
-        lag = 0.0
-        if first is not None:
-            lag = max(0.0, (to_millis(utc_now()) - first) / 1000)
-        dispatcher_lag = GaugeMetricFamily(
-            "schedkit_dispatcher_lag_seconds",
-            "How far the oldest overdue SCHEDULED task is past its run time",
-        )
-        dispatcher_lag.add_metric([], lag)
-        yield dispatcher_lag
-        in_flight = GaugeMetricFamily(
-            "schedkit_claims_in_flight", "Tasks claimed by a dispatcher, not yet settled"
-        )
-        in_flight.add_metric([], claims)
-        yield in_flight
+        yield from _totals(stats)
+        yield from _gauges(states, first, claims)
 
     def _read(self) -> tuple[dict[str, str], dict[str, int], int | None, int]:
         keys = self.store.keys
@@ -182,3 +116,79 @@ def serve_metrics(store: Store, *, port: int, addr: str = "127.0.0.1") -> Metric
     bound = int(http.server_address[1])
     log.info("metrics on http://%s:%d/metrics", addr, bound)
     return MetricsServer(http, thread, bound)
+
+
+def _totals(stats: dict[str, str]) -> Iterator[Metric]:
+    """The running totals the scripts count: tasks by what happened, and start lateness."""
+
+    def total(name: str) -> int:
+        return int(stats.get(name, 0))
+
+    for name, field, doc in (
+        ("schedkit_tasks_scheduled", Stat.SCHEDULED, "Tasks created"),
+        ("schedkit_tasks_handed_off", Stat.HANDED, "Tasks handed to the broker"),
+        (
+            "schedkit_tasks_redelivered",
+            Stat.REDELIVERED,
+            "Hand-offs no worker started within the visibility timeout, handed off again",
+        ),
+        ("schedkit_tasks_started", Stat.STARTED, "Task starts allowed by the worker hook"),
+        ("schedkit_tasks_retried", Stat.RETRIED, "Celery retries of schedkit tasks"),
+    ):
+        counter = CounterMetricFamily(name, doc)
+        counter.add_metric([], total(field))
+        yield counter
+    finished = CounterMetricFamily(
+        "schedkit_tasks_finished", "Tasks that reached a final state", labels=["state"]
+    )
+    for final in TaskState:  # declaration order: the series keep one order
+        if final in FINAL_STATES:
+            finished.add_metric([final.value], total(Stat.FINISHED + final.value))
+    yield finished
+    refused = CounterMetricFamily(
+        "schedkit_starts_refused", "Deliveries the worker hook refused", labels=["reason"]
+    )
+    for reason, field in (
+        ("cancelled", Stat.REFUSED_CANCELLED),
+        ("duplicate", Stat.REFUSED_DUPLICATE),
+    ):
+        refused.add_metric([reason], total(field))
+    yield refused
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound in LATENESS_BUCKETS_MS:
+        running += total(f"{Stat.LATE}{bound}")
+        buckets.append((repr(bound / 1000), running))
+    running += total(Stat.LATE_INF)
+    buckets.append(("+Inf", running))
+    yield HistogramMetricFamily(
+        "schedkit_start_lateness_seconds",
+        "First start of a task minus its run time",
+        buckets=buckets,
+        sum_value=total(Stat.LATE_SUM_MS) / 1000,
+    )
+
+
+def _gauges(states: dict[str, int], first: int | None, claims: int) -> Iterator[Metric]:
+    """What the store holds now: tasks by state, the dispatcher's lag, claims in flight."""
+    parked = GaugeMetricFamily("schedkit_tasks_parked", "Tasks waiting in the store")
+    parked.add_metric([], states["SCHEDULED"])
+    yield parked
+    by_state = GaugeMetricFamily("schedkit_tasks", "Tasks in each state", labels=["state"])
+    for state, size in states.items():
+        by_state.add_metric([state], size)
+    yield by_state
+    lag = 0.0
+    if first is not None:
+        lag = max(0.0, (to_millis(utc_now()) - first) / 1000)
+    dispatcher_lag = GaugeMetricFamily(
+        "schedkit_dispatcher_lag_seconds",
+        "How far the oldest overdue SCHEDULED task is past its run time",
+    )
+    dispatcher_lag.add_metric([], lag)
+    yield dispatcher_lag
+    in_flight = GaugeMetricFamily(
+        "schedkit_claims_in_flight", "Tasks claimed by a dispatcher, not yet settled"
+    )
+    in_flight.add_metric([], claims)
+    yield in_flight

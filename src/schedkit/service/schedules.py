@@ -44,8 +44,9 @@ from schedkit.model import (
     utc_now,
 )
 from schedkit.settings import Settings
+from schedkit.store.codec import StateChange
 from schedkit.store.record import NewTasks, Row, Template, dumps, encode_template, template_row
-from schedkit.store.store import StateChange, Store, TaskQuery
+from schedkit.store.store import Store, TaskQuery
 from schedkit.wire.cache import ENTRY_OVERHEAD, ByteBoundedLRU
 
 log = logging.getLogger(__name__)

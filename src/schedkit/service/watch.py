@@ -21,7 +21,8 @@ from schedkit.errors import Unavailable
 from schedkit.model import TaskRecord
 from schedkit.service.schedules import matching_changes, wanted_changes
 from schedkit.store.aio import AsyncStore, async_client
-from schedkit.store.store import StateChange, TaskQuery, store_errors
+from schedkit.store.codec import StateChange
+from schedkit.store.store import TaskQuery, store_errors
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,10 @@ import redis.asyncio
 
 from schedkit.errors import NotFound
 from schedkit.model import ScheduleResult, TaskRecord
+from schedkit.store.codec import StateChange, changes_of, schedule_payload, schedule_results
 from schedkit.store.record import NewTasks, decode
 from schedkit.store.store import (
-    StateChange,
     Store,
-    changes_of,
-    schedule_payload,
-    schedule_results,
     script_argv,
     script_text,
     store_errors,

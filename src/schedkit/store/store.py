@@ -6,25 +6,18 @@ never disagree, and several servers, dispatchers and workers can share one store
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
-import orjson
 import redis
 
-from schedkit.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, excerpt
+from schedkit.errors import NotFound, Unavailable, excerpt
 from schedkit.model import (
-    MAX_MICROS,
-    MIN_MICROS,
-    Outcome,
     ScheduleResult,
     TaskRecord,
     TaskState,
@@ -32,9 +25,16 @@ from schedkit.model import (
     to_millis,
     utc_now,
 )
+from schedkit.store.codec import (
+    make_page_token,
+    pairs,
+    parse_page_token,
+    schedule_payload,
+    schedule_results,
+)
 from schedkit.store.header import lua_header
-from schedkit.store.keys import EventField, Keys
-from schedkit.store.record import Field, NewTasks, Row, decode
+from schedkit.store.keys import Keys
+from schedkit.store.record import Field, NewTasks, decode
 
 if TYPE_CHECKING:
     from schedkit.settings import Settings
@@ -88,16 +88,6 @@ class TaskQuery:
             and (self.run_before is None or spec.run_at < self.run_before)
             and (not self.ids or record.id in self.ids)
         )
-
-
-@dataclass(frozen=True)
-class StateChange:
-    """One entry of the event stream."""
-
-    cursor: str
-    task_id: str
-    state: TaskState
-    at: datetime
 
 
 @contextlib.contextmanager
@@ -291,7 +281,7 @@ class Store:
     def _page_once(
         self, query: TaskQuery, *, page_size: int, page_token: str, scan_budget: int
     ) -> tuple[list[TaskRecord], str]:
-        cursor_score, cursor_id = _parse_token(page_token)
+        cursor_score, cursor_id = parse_page_token(page_token)
         budget = scan_budget or max(page_size * 20, 2000)
         states = sorted(query.states or ALL_STATES)
         labels = json.dumps(dict(query.labels)) if query.labels else ""
@@ -317,7 +307,7 @@ class Store:
         for reply in replies:
             exhausted, last_score, last_id = reply[0], reply[1], reply[2]
             for i in range(3, len(reply), 2):
-                fields = dict(_pairs(reply[i + 1]))
+                fields = dict(pairs(reply[i + 1]))
                 candidates.append((float(fields[Field.RUN]), reply[i], fields))
             if not exhausted and last_id:
                 frontier = (float(last_score), last_id)
@@ -328,9 +318,9 @@ class Store:
         page = candidates[:page_size]
         records = [decode(task_id, fields) for _, task_id, fields in page]
         if len(page) == page_size and (len(candidates) > page_size or horizon is not None):
-            next_token = _make_token(page[-1][0], page[-1][1])
+            next_token = make_page_token(page[-1][0], page[-1][1])
         elif horizon is not None:
-            next_token = _make_token(*horizon)
+            next_token = make_page_token(*horizon)
         else:
             next_token = ""
         return records, next_token
@@ -446,79 +436,7 @@ class Store:
         return verdict, TaskState(previous) if previous else None
 
 
-def changes_of(reply: Any) -> list[StateChange]:
-    """The state changes of an XREAD reply on the event stream, in order."""
-    changes = []
-    for _, entries in reply or []:
-        for cursor, fields in entries:
-            at = from_millis(int(str(cursor).split("-", 1)[0]))
-            state = TaskState(fields[EventField.STATE])
-            # One entry may carry many tasks' same change (see emit_many in prelude.lua).
-            for task_id in fields[EventField.IDS].split(" "):
-                changes.append(StateChange(str(cursor), task_id, state, at))
-    return changes
-
-
-def schedule_payload(batch: NewTasks) -> bytes:
-    """The schedule script's batch argument: [templates, rows, created ms] as JSON."""
-    return orjson.dumps(
-        [
-            batch.templates,
-            [(r.id, r.fingerprint, str(r.run_ms), r.template, r.key) for r in batch.rows],
-            str(batch.created_ms),
-        ]
-    )
-
-
-def schedule_results(rows: Sequence[Row], verdicts: Sequence[int]) -> list[ScheduleResult]:
-    """Each row's result from the schedule script's verdicts, in row order."""
-    results = []
-    for row, verdict in zip(rows, verdicts, strict=True):
-        if verdict == 1:
-            results.append(ScheduleResult(row.id, Outcome.CREATED))
-        elif verdict == 2:
-            results.append(ScheduleResult(row.id, Outcome.EXISTING))
-        else:
-            error = AlreadyExists(
-                f"idempotency key {excerpt(row.key)!r} already names task {row.id} with "
-                "different content; use a new key to schedule something else"
-            )
-            results.append(ScheduleResult(row.id, Outcome.REJECTED, error))
-    return results
-
-
 def script_argv(task_prefix: str, history: int, now: datetime | None, *args: Any) -> list[Any]:
     """A script's ARGV: what prelude.lua reads first (task key prefix, history, clock), then
     ``args``."""
     return [task_prefix, history, to_millis(now or utc_now()), *args]
-
-
-def _pairs(flat: Sequence[str]) -> Iterator[tuple[str, str]]:
-    return zip(flat[::2], flat[1::2], strict=True)
-
-
-def _make_token(score: float, task_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{int(score)}:{task_id}".encode()).decode()
-
-
-# A page token is base64 of "<run time ms>:<task id>", as _make_token writes it. The run time
-# is the score of a task in a state index, so in the store's range; ids are short and plain.
-_TOKEN = re.compile(r"(-?[0-9]{1,16}):([A-Za-z0-9_-]{1,64})")
-_MAX_TOKEN_CHARS = 128
-_MIN_SCORE = MIN_MICROS // 1000
-_MAX_SCORE = MAX_MICROS // 1000 + 1
-
-
-def _parse_token(token: str) -> tuple[str, str]:
-    # Checked whole here: whatever reaches page.lua must be a number Redis reads as a score.
-    if not token:
-        return "", ""
-    match = None
-    if len(token) <= _MAX_TOKEN_CHARS:
-        with contextlib.suppress(ValueError, binascii.Error, UnicodeDecodeError):
-            match = _TOKEN.fullmatch(base64.urlsafe_b64decode(token.encode("ascii")).decode())
-    if match is None or not _MIN_SCORE <= int(match[1]) <= _MAX_SCORE:
-        raise InvalidArgument.for_field(
-            "page_token", "not a token this server issued; pass next_page_token unchanged"
-        )
-    return str(int(match[1])), match[2]
