@@ -28,9 +28,10 @@ BUF = ROOT / "node_modules" / ".bin" / "buf"
 class Up:
     """A `schedkit up` child process and the address it serves on."""
 
-    def __init__(self, process: subprocess.Popen[str], address: str) -> None:
+    def __init__(self, process: subprocess.Popen[str], address: str, data_dir: Path) -> None:
         self.process = process
         self.address = address
+        self.data_dir = data_dir
 
 
 @pytest.fixture
@@ -44,6 +45,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        start_new_session=True,  # a process group of its own, as a terminal gives it
     )
     assert process.stdout is not None
     ready = threading.Event()
@@ -59,7 +61,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     assert ready.wait(60), "".join(output)
-    yield Up(process, address)
+    yield Up(process, address, tmp_path)
     stop_tree(process)
     reader.join(10)  # the pipe closes once every child that inherited it is gone
     assert not reader.is_alive(), "a child of `schedkit up` still holds its output"
@@ -94,6 +96,16 @@ def test_up_serves_health_then_stops_everything_on_ctrl_c(up: Up) -> None:
     assert up.process.wait(timeout=60) == 0
     _, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+
+
+def test_ctrl_c_in_a_terminal_stops_the_embedded_redis_last(up: Up) -> None:
+    """A terminal sends Ctrl-C to the whole process group: Redis must not take it and stop
+    while the dispatcher and the worker still use it; `schedkit up` stops it, last."""
+    os.killpg(up.process.pid, signal.SIGINT)
+    assert up.process.wait(timeout=60) == 0
+    redis_log = (up.data_dir / "redis" / "redis.log").read_text()
+    assert "Received SIGINT" not in redis_log
+    assert "Received SIGTERM" in redis_log
 
 
 def buf_curl(address: str, method: str, body: dict[str, object]) -> dict[str, object]:

@@ -75,10 +75,13 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
             port = self.port or free_port()
+            # A session of its own, as the worker's: Ctrl-C reaches `schedkit up`, which stops
+            # Redis last, not Redis first while the dispatcher and worker still use it.
             self.process = subprocess.Popen(
                 self._command(port),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
             if self._wait_ready(port, timeout):
                 self.port = port
