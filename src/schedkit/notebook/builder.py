@@ -33,6 +33,7 @@ from schedkit.notebook._common import (
 )
 from schedkit.timetable.check import check_timetable
 from schedkit.timetable.options import TimetableOptions
+from schedkit.timetable.outcomes import OUTCOME_COLUMNS
 
 #: Columns of a row added with the form.
 DRAFT_COLUMNS = (
@@ -47,7 +48,8 @@ DRAFT_COLUMNS = (
     "count",
     "labels",
 )
-RESULT_COLUMNS = ("row", "task", "run_at", "id", "outcome", "column", "error")
+# The result table: which row and task, then the outcome columns the scheduler writes too.
+RESULT_COLUMNS = ("row", "task", "run_at", *OUTCOME_COLUMNS)
 REPEATS = (("once", ""), ("every (pandas offset: 15min, 1h, 1D)", "every"), ("cron", "cron"))
 _WIDE = widgets.Layout(width="420px")
 
