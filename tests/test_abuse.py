@@ -290,3 +290,21 @@ def test_a_template_too_large_for_any_task_is_refused_unread(served: Served) -> 
     assert "SCHEDKIT_MAX_ARGS_BYTES" in reply.results[0].error.message
     assert "the template takes" in reply.results[0].error.message  # by its size, unconverted
     assert not stored(served.store, "huge-template")
+
+
+@pytest.mark.parametrize("path", ["unary", "specs"])
+def test_a_spec_too_large_for_any_task_is_refused_unread(served: Served, path: str) -> None:
+    """Converting megabytes of arguments costs seconds of the server's time (on the event
+    loop, for a unary call): a spec is judged by its wire size first."""
+    huge = spec("huge-spec")
+    huge.kwargs.update({"blob": "x" * (8 * MB)})
+    if path == "unary":
+        code, message, fields = refusal(served.stub.ScheduleTask, pb.ScheduleTaskRequest(spec=huge))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert fields == ["spec.kwargs"]  # the field that takes most of it
+    else:
+        (reply,) = stream(served.stub)(pb.ScheduleTasksRequest(specs=[huge]), 30)
+        message, field = reply.results[0].error.message, reply.results[0].error.field
+        assert field == "specs[0].kwargs"
+    assert "the spec takes" in message  # by its size, unconverted
+    assert not stored(served.store, "huge-spec")

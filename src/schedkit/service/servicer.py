@@ -34,6 +34,7 @@ from schedkit.wire.convert import (
     task_to_proto,
     task_type_to_proto,
     timestamp_to_datetime,
+    too_large,
 )
 from schedkit.wire.metadata import WATCHING_HEADER
 
@@ -72,6 +73,10 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
         self, request: pb.ScheduleTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ScheduleTaskResponse:
         """Schedule one task: checked on the loop (one spec is microseconds), stored awaited."""
+        # Its size first: converting a spec of megabytes would hold the loop for every call.
+        oversized = too_large(request.spec, "spec.", self._known_templates.max_template_bytes)
+        if oversized is not None:
+            raise oversized
         spec = spec_from_proto(request.spec)
         now = self.schedules.clock()
         batch = self.schedules.prepare_one(spec, now)
@@ -152,9 +157,11 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
             )
             return self.schedules.prepare_rows(rows)
         specs: list[TaskSpec | Exception] = []
+        max_bytes = self._known_templates.max_template_bytes
         for index, msg in enumerate(request.specs):
+            prefix = f"specs[{index}]."
             try:
-                specs.append(spec_from_proto(msg, prefix=f"specs[{index}]."))
+                specs.append(too_large(msg, prefix, max_bytes) or spec_from_proto(msg, prefix))
             except InvalidArgument as exc:
                 specs.append(exc)
         return self.schedules.prepare_rows(TaskRows.of_specs(specs), fields=SPEC_FIELDS)

@@ -212,6 +212,32 @@ def rows_from_columns(
 _DEFAULT_LIMITS = TemplateCache(max_bytes=0)
 
 
+def too_large(
+    message: pb.TaskSpec, prefix: str, max_bytes: int, *, what: str = "spec"
+) -> InvalidArgument | None:
+    """The error of a TaskSpec too large for any task within the limits, whatever it holds:
+    judged by its wire size, before anything is converted (converting costs far more). The
+    error names the field that takes most of it."""
+    size = message.ByteSize()
+    if size <= max_bytes:
+        return None
+    sizes = {
+        "args": message.args.ByteSize(),
+        "kwargs": message.kwargs.ByteSize(),
+        "labels": sum(len(k) + len(v) for k, v in message.labels.items()),
+        "task": len(message.task),
+        "idempotency_key": len(message.idempotency_key),
+        "queue": len(message.queue),
+    }
+    largest = max(sizes, key=lambda name: sizes[name])
+    return InvalidArgument.for_field(
+        f"{prefix}{largest}",
+        f"the {what} takes {size} bytes, more than any task within the limits can "
+        f"(SCHEDKIT_MAX_ARGS_BYTES for args and kwargs; short names, keys and labels); "
+        f"its {largest} take most of it: pass a reference to the data instead",
+    )
+
+
 def _template(
     message: pb.TaskSpec,
     number: int,
@@ -221,13 +247,9 @@ def _template(
 ) -> TaskSpec | Exception:
     """Template ``number`` of a batch: as kept in ``known``, converted, or its error."""
     prefix = f"columns.templates[{number}]."
-    size = message.ByteSize()
-    if size > max_bytes:
-        return InvalidArgument.for_field(
-            f"{prefix}args",
-            f"the template takes {size} bytes, more than any task within the args limit "
-            "(SCHEDKIT_MAX_ARGS_BYTES) can; pass a reference to the data instead",
-        )
+    oversized = too_large(message, prefix, max_bytes, what="template")
+    if oversized is not None:
+        return oversized
     wire = message.SerializeToString(deterministic=True) if known is not None else b""
     spec = known.get(wire) if known is not None else None
     if spec is not None:
