@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +15,8 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from schedkit.client.client import Client
 from schedkit.demo import app as demo_app
@@ -123,3 +129,70 @@ def schedule_ids(
     results = schedule_specs(schedules, specs, now=now)
     assert [r.outcome for r in results] == [Outcome.CREATED] * len(specs), results
     return [r.id for r in results]
+
+
+def violations(error: grpc.RpcError) -> dict[str, str]:
+    """The field violations (field: description) a failed call's BadRequest detail carries,
+    decoded here rather than by the client under test."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    found: dict[str, str] = {}
+    for detail in status.details if status is not None else ():
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            found.update({v.field: v.description for v in bad_request.field_violations})
+    return found
+
+
+def terminate(process: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL if it does not end within 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def schedkit_process(
+    args: Sequence[str],
+    ready: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    stop: Callable[[subprocess.Popen[str]], None] = terminate,
+    **popen: Any,
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``python -m schedkit ARGS`` as a child process, with none of the developer's SCHEDKIT_*
+    variables (``env`` adds some); yields it and its output lines once a line starts with
+    ``ready``, then ``stop``s it. Its output is read all along: a full pipe would block its
+    logging."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDKIT_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "schedkit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**environ, **(env or {})},
+        **popen,
+    )
+    started = threading.Event()
+    output: list[str] = []
+
+    def drain() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith(ready):
+                started.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(60), "".join(output)
+        yield process, output
+    finally:
+        stop(process)
+        reader.join(10)  # the pipe closes once every child that inherited it is gone
+        assert process.stdout is not None
+        process.stdout.close()
+    assert not reader.is_alive(), f"a child of `schedkit {args[0]}` still holds its output"

@@ -12,9 +12,8 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from conftest import violations
 from schedkit.client.client import Client
 from schedkit.demo import app as demo_app
 from schedkit.dispatch.registry import TaskRegistry
@@ -64,14 +63,7 @@ def refusal(call: Any, request: Any) -> tuple[grpc.StatusCode, str, list[str]]:
     with pytest.raises(grpc.RpcError) as caught:
         call(request, timeout=30)
     error: Any = caught.value
-    fields = []
-    status = rpc_status.from_call(error)
-    if status is not None:
-        for detail in status.details:
-            bad = error_details_pb2.BadRequest()
-            if detail.Unpack(bad):
-                fields += [v.field for v in bad.field_violations]
-    return error.code(), error.details(), fields
+    return error.code(), error.details(), list(violations(error))
 
 
 def stream(stub: pb_grpc.ScheduleServiceStub) -> Any:

@@ -6,10 +6,7 @@ numerous templates must not be able to make the server keep what it refused.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -17,6 +14,7 @@ import grpc
 import psutil
 import pytest
 
+from conftest import schedkit_process
 from schedkit.runtime.embedded import free_port
 from schedkit.testing import redis_server
 from schedkit.v1 import schedule_service_pb2 as pb
@@ -61,39 +59,9 @@ class Serving:
 def serving() -> Iterator[Serving]:
     with redis_server(appendonly=False) as redis:
         address = f"127.0.0.1:{free_port()}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDKIT_")}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "schedkit", "serve", "--store", redis.url, "--listen", address],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        ready = threading.Event()
-        output: list[str] = []
-
-        def drain() -> None:  # keep reading: a full pipe would block the server's logging
-            assert process.stdout is not None
-            for line in process.stdout:
-                output.append(line)
-                if line.startswith("schedkit server on"):
-                    ready.set()
-
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
-        try:
-            assert ready.wait(60), "".join(output)
+        args = ["serve", "--store", redis.url, "--listen", address]
+        with schedkit_process(args, "schedkit server on") as (process, _):
             yield Serving(process, address)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            reader.join(10)
-            if process.stdout is not None:
-                process.stdout.close()
 
 
 def _template_batch(template: pb.TaskSpec, templates: int = 1) -> pb.ScheduleTasksRequest:

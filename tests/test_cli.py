@@ -7,8 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +17,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conftest import schedkit_process
 from schedkit.runtime.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,35 +36,14 @@ class Up:
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
     address = f"127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDKIT_")}
-    env["SCHEDKIT_HANDOFF_WINDOW"] = "3"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "schedkit", "up", "--listen", address, "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+    with schedkit_process(
+        ["up", "--listen", address, "--data-dir", str(tmp_path)],
+        "schedkit is up",
+        env={"SCHEDKIT_HANDOFF_WINDOW": "3"},
+        stop=stop_tree,
         start_new_session=True,  # a process group of its own, as a terminal gives it
-    )
-    assert process.stdout is not None
-    ready = threading.Event()
-    output: list[str] = []
-
-    def drain() -> None:  # keep reading: a full pipe would block the stack's logging
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if line.startswith("schedkit is up"):
-                ready.set()
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    assert ready.wait(60), "".join(output)
-    yield Up(process, address, tmp_path)
-    stop_tree(process)
-    reader.join(10)  # the pipe closes once every child that inherited it is gone
-    assert not reader.is_alive(), "a child of `schedkit up` still holds its output"
-    process.stdout.close()
+    ) as (process, _):
+        yield Up(process, address, tmp_path)
 
 
 def stop_tree(process: subprocess.Popen[str]) -> None:

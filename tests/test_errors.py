@@ -6,9 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from conftest import violations
 from schedkit.client.client import Client
 from schedkit.dispatch.registry import TaskRegistry
 from schedkit.errors import (
@@ -27,17 +26,6 @@ from schedkit.testing import LocalStack
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 from schedkit.wire.convert import datetime_to_timestamp
-
-
-def violations(error: grpc.RpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        assert detail.Unpack(bad_request)
-        found.update({v.field: v.description for v in bad_request.field_violations})
-    return found
 
 
 def soon(seconds: float = 3600) -> pb.TaskSpec:

@@ -15,11 +15,9 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from kombu.exceptions import OperationalError
 
-from conftest import FAST
+from conftest import FAST, violations
 from schedkit.cli import main as cli_main
 from schedkit.demo import app as demo_app
 from schedkit.dispatch.dispatcher import message_refusal
@@ -51,14 +49,7 @@ def invalid(stub: pb_grpc.ScheduleServiceStub, msg: pb.TaskSpec) -> dict[str, st
     with pytest.raises(grpc.RpcError) as caught:
         stub.ScheduleTask(pb.ScheduleTaskRequest(spec=msg))
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
-    assert status is not None
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        assert detail.Unpack(bad_request)
-        found.update({v.field: v.description for v in bad_request.field_violations})
-    return found
+    return violations(caught.value)
 
 
 def send(stub: pb_grpc.ScheduleServiceStub, request: pb.ScheduleTasksRequest) -> list[Any]:

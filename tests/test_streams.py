@@ -25,6 +25,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conftest import schedkit_process
 from schedkit.client.client import Client
 from schedkit.errors import ConfigError, ResourceExhausted
 from schedkit.service.schedules import Schedules
@@ -195,32 +196,13 @@ def _open_watches(client: Client, count: int) -> list[Any]:
     return opened
 
 
-def _serve_process(redis_url: str, **env: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "schedkit", "serve",
-            "--store", redis_url, "--listen", "127.0.0.1:0", "--token", TOKEN,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**_environ(), **env},
-    )  # fmt: skip
-    return process
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("SCHEDKIT_")}
-
-
 def test_unauthenticated_large_messages_are_never_read(redis_url: str) -> None:
     """8 unauthenticated 60 MB requests at once: refused without the server reading them
     (before the fix it held +372 MB)."""
-    server = _serve_process(redis_url)
-    try:
-        assert server.stdout is not None
-        address = server.stdout.readline().split()[-1]
+    args = ["serve", "--store", redis_url, "--listen", "127.0.0.1:0", "--token", TOKEN]
+    with schedkit_process(args, "schedkit server on") as (server, output):
+        address = next(line for line in output if line.startswith("schedkit server on"))
+        address = address.split()[-1]
         rss = psutil.Process(server.pid)
         with Client.connect(address, token=TOKEN) as client:
             client.task_types()  # warm: the server's own allocations happen before measuring
@@ -246,11 +228,6 @@ def test_unauthenticated_large_messages_are_never_read(redis_url: str) -> None:
         for sender in senders:
             sender.join(60)
         grown = rss.memory_info().rss - before
-    finally:
-        server.terminate()
-        server.wait(30)
-        assert server.stdout is not None
-        server.stdout.close()
     assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 8
     assert grown < 32 * 1024 * 1024, f"server grew by {grown / 2**20:.0f} MB"
 
