@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from datetime import datetime
@@ -196,3 +197,11 @@ def schedkit_process(
         assert process.stdout is not None
         process.stdout.close()
     assert not reader.is_alive(), f"a child of `schedkit {args[0]}` still holds its output"
+
+
+def poll(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Wait until ``check()`` is true, asking every 50 ms; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

@@ -17,16 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from schedkit.dispatch.broker import Broker
 from schedkit.dispatch.dispatcher import Dispatcher
-from schedkit.dispatch.registry import TaskRegistry, load_app
+from schedkit.dispatch.registry import load_app
 from schedkit.dispatch.worker import run_worker
 from schedkit.errors import SchedkitError
 from schedkit.logs import LOG_FORMATS, configure
 from schedkit.runtime.metrics import MetricsServer, serve_metrics
+from schedkit.runtime.processes import ServerProcesses, check_count
+from schedkit.runtime.serving import build_server, connect_store
 from schedkit.runtime.stack import Stack
-from schedkit.service.schedules import Schedules
-from schedkit.service.server import Server
 from schedkit.settings import Settings
 from schedkit.store.store import Store
 
@@ -76,6 +75,13 @@ def _serving(parser: argparse.ArgumentParser) -> None:
         "--handoff-window",
         type=float,
         help="seconds before run time to hand off (SCHEDKIT_HANDOFF_WINDOW)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        dest="server_processes",
+        help="gRPC server processes sharing the port, up to one per core "
+        "(SCHEDKIT_SERVER_PROCESSES; default 1)",
     )
 
 
@@ -131,6 +137,7 @@ def _settings(options: argparse.Namespace) -> Settings:
         "metrics_port",
         "metrics_addr",
         "log_format",
+        "server_processes",
     )
     settings = Settings.from_env(**{n: getattr(options, n, None) for n in names})
     # Refuse a broker in the store's database before anything starts (ConfigError).
@@ -138,14 +145,19 @@ def _settings(options: argparse.Namespace) -> Settings:
     return settings
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
+def _on_signal(stop: threading.Event) -> None:
+    """Set ``stop`` on SIGINT (Ctrl-C) or SIGTERM."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    _on_signal(stop)
     stop.wait()
 
 
@@ -174,12 +186,11 @@ def _up(options: argparse.Namespace) -> None:
 
 def _serve(options: argparse.Namespace) -> None:
     settings = _settings(options)
-    store = _store(settings)
-    app = load_app(settings.app)
-    broker = Broker(app, settings.effective_broker_url)
-    registry = TaskRegistry(app, settings.allow_tasks, settings.allow_queues)
-    schedules = Schedules(store, registry, settings, broker=broker)
-    server = Server(schedules).start()
+    if check_count(settings.server_processes) > 1:
+        _serve_processes(settings, verbose=options.verbose)
+        return
+    store = connect_store(settings)
+    server = build_server(settings, store).start()
     metrics = _metrics_server(settings, store)
     print(f"schedkit server on {server.address}", flush=True)
     _wait_for_signal()
@@ -188,9 +199,28 @@ def _serve(options: argparse.Namespace) -> None:
         metrics.stop()
 
 
+def _serve_processes(settings: Settings, *, verbose: bool) -> None:
+    # The parent reads metrics from the store (they are the store's), once for all children.
+    metrics = _metrics_server(settings, connect_store(settings))
+    level = logging.DEBUG if verbose else logging.INFO
+    servers = ServerProcesses(settings, settings.server_processes, log_level=level).start()
+    print(
+        f"schedkit server on {servers.address} ({servers.count} processes)",
+        flush=True,
+    )
+    stop = threading.Event()
+    _on_signal(stop)
+    try:
+        servers.supervise(stop)
+    finally:
+        servers.stop()
+        if metrics is not None:
+            metrics.stop()
+
+
 def _dispatch(options: argparse.Namespace) -> None:
     settings = _settings(options)
-    store = _store(settings)
+    store = connect_store(settings)
     app = load_app(settings.app)
     dispatcher = Dispatcher(store, app, settings).start()
     metrics = _metrics_server(settings, store)
@@ -207,16 +237,6 @@ def _metrics_server(settings: Settings, store: Store) -> MetricsServer | None:
     metrics = serve_metrics(store, port=settings.metrics_port, addr=settings.metrics_addr)
     print(f"metrics on http://{settings.metrics_addr}:{metrics.port}/metrics", flush=True)
     return metrics
-
-
-def _store(settings: Settings) -> Store:
-    if not settings.store_url:
-        raise SchedkitError(
-            "--store (or SCHEDKIT_STORE_URL) is required here; `schedkit up` embeds one"
-        )
-    store = Store.for_settings(settings)
-    store.ping()
-    return store
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,6 +61,9 @@ class Settings:
     event_history: int = 100_000
     #: Threads the server runs store calls on; streams wait without one.
     server_threads: int = 32
+    #: Server processes sharing the listen port (SO_REUSEPORT), for ``schedkit serve``:
+    #: one Python process answers from one core, so unary throughput grows with this.
+    server_processes: int = 1
     #: Long-lived calls (WatchTasks, ScheduleTasks) open at once, all callers together.
     max_streams: int = 1000
     #: Long-lived calls one caller (a token; a peer address without tokens) may hold open.

@@ -24,6 +24,7 @@ from schedkit.dispatch.registry import TaskRegistry, load_app
 from schedkit.errors import Unavailable
 from schedkit.runtime.embedded import RedisServer
 from schedkit.runtime.metrics import MetricsServer, serve_metrics
+from schedkit.runtime.processes import ServerProcesses, check_count
 from schedkit.service.schedules import Schedules
 from schedkit.service.server import Server
 from schedkit.settings import Settings
@@ -54,6 +55,9 @@ class Stack:
         self.worker: subprocess.Popen[bytes] | None = None
         self.dispatcher: Dispatcher | None = None
         self.server: Server | None = None
+        #: The server processes, instead of ``server``, when settings ask for more than one.
+        self.servers: ServerProcesses | None = None
+        self._servers_supervisor: threading.Thread | None = None
         self.metrics: MetricsServer | None = None
         #: How often the worker exited by itself and was started again.
         self.worker_restarts = 0
@@ -66,6 +70,8 @@ class Stack:
     @property
     def address(self) -> str:
         """host:port the gRPC server listens on."""
+        if self.servers is not None:
+            return self.servers.address
         assert self.server is not None, "stack not started"
         return self.server.address
 
@@ -102,13 +108,28 @@ class Stack:
             )
             self._supervisor.start()
         self.dispatcher = Dispatcher(self.store, self.app, settings, broker=self.broker).start()
-        registry = TaskRegistry(self.app, settings.allow_tasks, settings.allow_queues)
-        schedules = Schedules(self.store, registry, settings, broker=self.broker)
-        self.server = Server(schedules).start()
+        if check_count(settings.server_processes) > 1:
+            self._start_server_processes(settings)
+        else:
+            registry = TaskRegistry(self.app, settings.allow_tasks, settings.allow_queues)
+            schedules = Schedules(self.store, registry, settings, broker=self.broker)
+            self.server = Server(schedules).start()
         if settings.metrics_port:
             self.metrics = serve_metrics(
                 self.store, port=settings.metrics_port, addr=settings.metrics_addr
             )
+
+    def _start_server_processes(self, settings: Settings) -> None:
+        level = logging.getLogger("schedkit").getEffectiveLevel()
+        self.servers = ServerProcesses(settings, settings.server_processes, log_level=level)
+        self.servers.start()
+        self._servers_supervisor = threading.Thread(
+            target=self.servers.supervise,
+            args=(self._stopping,),
+            name="schedkit-server-supervisor",
+            daemon=True,
+        )
+        self._servers_supervisor.start()
 
     def worker_command(self) -> list[str]:
         """The command line of the worker process."""
@@ -196,6 +217,12 @@ class Stack:
         if self.server is not None:
             self.server.stop(self.settings.shutdown_grace)
             self.server = None
+        if self._servers_supervisor is not None:
+            self._servers_supervisor.join(5)
+            self._servers_supervisor = None
+        if self.servers is not None:
+            self.servers.stop()
+            self.servers = None
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None

@@ -50,11 +50,17 @@ class Server:
 
     Listen address, threads, message size, stream limits, token and TLS come from
     ``settings`` (the schedules' own unless given); a non-loopback address needs a token or
-    mTLS unless ``settings.insecure``.
+    mTLS unless ``settings.insecure``. With ``reuse_port`` the port may be shared with other
+    server processes of the same user (SO_REUSEPORT: the kernel spreads connections).
     """
 
     def __init__(
-        self, schedules: Schedules, *, settings: Settings | None = None, listen: str | None = None
+        self,
+        schedules: Schedules,
+        *,
+        settings: Settings | None = None,
+        listen: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
         settings = settings or schedules.settings
         if listen is not None:
@@ -68,6 +74,7 @@ class Server:
             max_workers=settings.server_threads, thread_name_prefix="schedkit-rpc"
         )
         self._loop = _grpc_loop()
+        self._reuse_port = reuse_port
         self._stopped = threading.Event()
         self._store_watch: asyncio.Task[None] | None = None
         try:
@@ -107,7 +114,8 @@ class Server:
                     "grpc.max_concurrent_streams",
                     settings.max_streams_per_caller + UNARY_CALLS_PER_CONNECTION,
                 ),
-                ("grpc.so_reuseport", 0),
+                # Off unless asked: a second server on a taken port must fail, not share it.
+                ("grpc.so_reuseport", int(self._reuse_port)),
             ],
             maximum_concurrent_rpcs=settings.max_streams
             + 2 * settings.max_open_streams
