@@ -49,6 +49,8 @@ def test_every_benchmark_runs_and_yields_numbers(tmp_path: Path) -> None:
         ("worker RSS growth", "schedkit worker"),
         ("worker RSS growth", "plain Celery worker, ETA"),
         ("query: first page (100)", "schedkit ListTasks"),
+        ("unary calls/s, 32 clients", "one server process"),
+        ("unary calls/s, 32 clients", "schedkit serve --processes 2"),
     }
     assert expected <= seen, expected - seen
     for result in results:

@@ -38,6 +38,7 @@ class Sizes:
     lateness_span: float = 10.0
     eta_tasks: int = 20_000  # ETA messages a plain Celery worker is given
     query_calls: int = 50
+    load_seconds: float = 20.0  # seconds of 32-client load per server process count
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -54,6 +55,7 @@ class Sizes:
             lateness_span=5.0,
             eta_tasks=3_000,
             query_calls=20,
+            load_seconds=8.0,
         )
 
     @classmethod
@@ -70,6 +72,7 @@ class Sizes:
             lateness_tasks=30,
             lateness_span=2.0,
             eta_tasks=100,
+            load_seconds=1.0,
             query_calls=3,
         )
 

@@ -53,15 +53,17 @@ def schedkit_stack(url: str, *, worker: bool = False, **overrides: object) -> It
 
 
 @contextlib.contextmanager
-def server_process(url: str) -> Iterator[str]:
-    """``schedkit serve`` in a process of its own on the bench's Redis; yields its address.
+def server_process(url: str, *, processes: int = 1) -> Iterator[str]:
+    """``schedkit serve`` (with ``--processes``) in a process of its own on the bench's
+    Redis; yields its address.
 
     For latency: a client in the bench process would otherwise share one interpreter (and
     its GIL) with the server it measures, which no deployment does.
     """
     address = f"127.0.0.1:{free_port()}"
+    command = [PYTHON, "-m", "schedkit", "serve", "--store", url, "--listen", address]
     process = subprocess.Popen(
-        [PYTHON, "-m", "schedkit", "serve", "--store", url, "--listen", address],
+        [*command, "--processes", str(processes)],
         env={**os.environ, "SCHEDKIT_PREFIX": fresh_prefix()},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
