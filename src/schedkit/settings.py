@@ -25,6 +25,11 @@ class Settings:
     store_url: str = ""
     #: Seconds a store call waits for Redis to connect or answer before it fails (0: no limit).
     store_timeout: float = 10.0
+    #: Replicas that must confirm a schedule or a cancel (Redis WAIT) before the call answers
+    #: OK; fewer within ``store_replica_timeout`` fail it UNAVAILABLE. 0: the primary's word.
+    store_replicas: int = 0
+    #: Seconds a schedule or cancel waits for ``store_replicas`` replicas.
+    store_replica_timeout: float = 1.0
     #: Celery broker URL; empty means another database of the store's Redis (see
     #: :func:`broker_url_beside`). Never the store's own database.
     broker_url: str = ""

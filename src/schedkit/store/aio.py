@@ -67,8 +67,16 @@ class AsyncStore:
             int(window_seconds * 1000),
             schedule_payload(batch),
         )
+        replicas = self.store.replicas
         with store_errors():
-            verdicts = await self._schedule(keys=self._script_keys, args=argv)
+            if not replicas.count:
+                verdicts = await self._schedule(keys=self._script_keys, args=argv)
+            else:  # WAIT on the write's own connection: see Store._run_acknowledged
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    await self._schedule(keys=self._script_keys, args=argv, client=pipe)
+                    pipe.wait(*replicas.wait_args())
+                    verdicts, confirmed = await pipe.execute()
+                replicas.check(int(confirmed), "schedule")
         return schedule_results(batch.rows, verdicts)
 
     async def get(self, task_id: str) -> TaskRecord:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
-from schedkit.errors import NotFound, Unavailable, excerpt
+from schedkit.errors import ConfigError, NotFound, Unavailable, excerpt
 from schedkit.model import (
     ScheduleResult,
     TaskRecord,
@@ -90,6 +90,49 @@ class TaskQuery:
         )
 
 
+@dataclass(frozen=True)
+class Replicas:
+    """How many replicas must confirm a write the caller is told succeeded (Redis WAIT),
+    and for how long to wait for them. Without it, an OK means the primary has the write;
+    a failover before it reached a replica loses it."""
+
+    count: int = 0
+    timeout: float = 1.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Replicas:
+        if settings.store_replicas < 0:
+            raise ConfigError(
+                f"SCHEDKIT_STORE_REPLICAS is {settings.store_replicas}: give 0 or more"
+            )
+        if settings.store_replicas and settings.store_replica_timeout <= 0:
+            raise ConfigError(
+                "SCHEDKIT_STORE_REPLICA_TIMEOUT must be above 0 seconds "
+                f"(it is {settings.store_replica_timeout:g})"
+            )
+        if settings.store_timeout and settings.store_replica_timeout >= settings.store_timeout:
+            raise ConfigError(
+                f"SCHEDKIT_STORE_REPLICA_TIMEOUT ({settings.store_replica_timeout:g} s) must be "
+                f"below SCHEDKIT_STORE_TIMEOUT ({settings.store_timeout:g} s), or the call "
+                "times out before the replicas can answer"
+            )
+        return cls(settings.store_replicas, settings.store_replica_timeout)
+
+    def wait_args(self) -> tuple[int, int]:
+        """WAIT's arguments: replicas, then the timeout in ms (never 0, which blocks)."""
+        return self.count, max(1, int(self.timeout * 1000))
+
+    def check(self, confirmed: int, write: str) -> None:
+        """Raise Unavailable when fewer than ``count`` replicas confirmed ``write``."""
+        if confirmed < self.count:
+            raise Unavailable(
+                f"the store's primary took the {write}, but {confirmed} of "
+                f"{self.count} replicas confirmed it within {self.timeout:g} s "
+                "(SCHEDKIT_STORE_REPLICAS): a failover could lose it. Retrying is safe: the "
+                "same idempotency key never makes a second task, and a cancel is done once"
+            )
+
+
 @contextlib.contextmanager
 def store_errors() -> Iterator[None]:
     """Map Redis connection failures to Unavailable at the store boundary."""
@@ -134,8 +177,11 @@ class Store:
         waiting: redis.Redis | None = None,
         url: str = "",
         timeout: float = DEFAULT_TIMEOUT,
+        replicas: Replicas | None = None,
     ):
         self.redis = client
+        #: What a schedule or cancel waits for before it is acknowledged.
+        self.replicas = replicas or Replicas()
         #: The URL and timeout the store was opened with, for clients of other kinds (the
         #: server's asyncio reader); empty when built from a client.
         self.url = url
@@ -156,6 +202,7 @@ class Store:
         prefix: str = "schedkit",
         history: int = 100_000,
         timeout: float = DEFAULT_TIMEOUT,
+        replicas: Replicas | None = None,
     ) -> Store:
         """Connect to the store at a redis:// URL (no round trip until first use). A call
         that Redis does not take or answer within ``timeout`` seconds (0: no limit) fails
@@ -179,6 +226,7 @@ class Store:
             waiting=waiting,
             url=url,
             timeout=timeout,
+            replicas=replicas,
         )
 
     @classmethod
@@ -189,6 +237,7 @@ class Store:
             prefix=settings.prefix,
             history=settings.event_history,
             timeout=settings.store_timeout,
+            replicas=Replicas.of(settings),
         )
 
     def close(self) -> None:
@@ -201,6 +250,20 @@ class Store:
         argv = script_argv(self.keys.task_prefix, self.history, now, *args)
         with store_errors():
             return self._scripts[name](keys=self.script_keys, args=argv, client=client)
+
+    def _run_acknowledged(self, name: str, *args: Any, now: datetime | None = None) -> Any:
+        """:meth:`_run` for a write the caller is told succeeded: with replicas asked for,
+        followed by WAIT on the same connection (a pipeline), and Unavailable unless enough
+        replicas confirm it."""
+        if not self.replicas.count:
+            return self._run(name, *args, now=now)
+        pipe = self.redis.pipeline(transaction=False)
+        self._run(name, *args, client=pipe, now=now)
+        pipe.wait(*self.replicas.wait_args())
+        with store_errors():
+            reply, confirmed = pipe.execute()
+        self.replicas.check(int(confirmed), name)
+        return reply
 
     def ping(self) -> None:
         """Raise Unavailable unless the store answers."""
@@ -216,7 +279,9 @@ class Store:
         if not batch.rows:
             return []
         payload = schedule_payload(batch)
-        verdicts = self._run("schedule", int(window_seconds * 1000), payload, now=now)
+        verdicts = self._run_acknowledged(
+            "schedule", int(window_seconds * 1000), payload, now=now
+        )
         return schedule_results(batch.rows, verdicts)
 
     # -- reading ----------------------------------------------------------------------------
@@ -432,7 +497,7 @@ class Store:
 
     def cancel(self, task_id: str, now: datetime | None = None) -> tuple[str, TaskState | None]:
         """Cancel a task not yet started: returns (verdict, state before)."""
-        verdict, previous = self._run("cancel", task_id, now=now)
+        verdict, previous = self._run_acknowledged("cancel", task_id, now=now)
         return verdict, TaskState(previous) if previous else None
 
 

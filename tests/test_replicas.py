@@ -1,0 +1,186 @@
+"""SCHEDKIT_STORE_REPLICAS: an OK schedule or cancel has reached that many replicas.
+
+A real primary and a real replica on free ports. The replica is frozen with SIGSTOP to stand
+for one that lags or is cut off: a call acknowledged while it is frozen could not have been
+confirmed by it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+import redis
+
+from conftest import FAST, poll
+from schedkit.demo import app as demo_app
+from schedkit.dispatch.registry import TaskRegistry
+from schedkit.errors import ConfigError
+from schedkit.model import TaskState
+from schedkit.runtime.embedded import RedisServer
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
+from schedkit.settings import Settings
+from schedkit.store.store import Replicas, Store
+from schedkit.testing import redis_server
+from schedkit.v1 import schedule_service_pb2 as pb
+from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
+
+
+@dataclass
+class Pair:
+    primary: RedisServer
+    replica: RedisServer
+
+    def freeze(self) -> None:
+        assert self.replica.process is not None
+        os.kill(self.replica.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.replica.process is not None
+        os.kill(self.replica.process.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    with redis_server(appendonly=False) as primary, redis_server(appendonly=False) as replica:
+        replica_client = redis.Redis.from_url(replica.url, decode_responses=True)
+        replica_client.replicaof("127.0.0.1", primary.port)
+        poll(
+            lambda: replica_client.info("replication")["master_link_status"] == "up",
+            30,
+            "the replica to connect",
+        )
+        pair = Pair(primary, replica)
+        try:
+            yield pair
+        finally:
+            pair.thaw()  # a frozen replica would not stop
+            replica_client.close()
+
+
+def serve(pair: Pair, replicas: int, timeout: float) -> tuple[Server, Store]:
+    settings = Settings(
+        store_url=pair.primary.url,
+        store_replicas=replicas,
+        store_replica_timeout=timeout,
+        **FAST,  # type: ignore[arg-type]
+    )
+    store = Store.for_settings(settings)
+    schedules = Schedules(store, TaskRegistry(demo_app), settings)
+    return Server(schedules, listen="127.0.0.1:0").start(), store
+
+
+# One run time for the module: a retry must send the same content as the first try.
+RUN_AT = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+
+
+def spec(key: str) -> pb.TaskSpec:
+    made = pb.TaskSpec(task="add", idempotency_key=key)
+    made.args.extend([1, 2])
+    made.run_time.FromDatetime(RUN_AT)
+    return made
+
+
+StubFor = Callable[[int, float], tuple[pb_grpc.ScheduleServiceStub, Store]]
+
+
+@pytest.fixture
+def stub_for(pair: Pair) -> Iterator[StubFor]:
+    """Makes a server on the pair's primary asking for ``replicas`` within ``timeout``."""
+    opened: list[tuple[Server, Store, grpc.Channel]] = []
+
+    def make(replicas: int, timeout: float) -> tuple[pb_grpc.ScheduleServiceStub, Store]:
+        server, store = serve(pair, replicas, timeout)
+        channel = grpc.insecure_channel(server.address)
+        opened.append((server, store, channel))
+        return pb_grpc.ScheduleServiceStub(channel), store
+
+    yield make
+    for server, store, channel in opened:
+        channel.close()
+        server.stop(0)
+        store.close()
+
+
+def test_an_ok_schedule_comes_only_after_the_replica_has_it(pair: Pair, stub_for: StubFor) -> None:
+    stub, store = stub_for(1, 8.0)
+    pair.freeze()
+    call = stub.ScheduleTask.future(pb.ScheduleTaskRequest(spec=spec("after-thaw")), timeout=30)
+    poll(lambda: store.count(TaskState.SCHEDULED) == 1, 10, "the primary to take the write")
+    # The primary has the task; without the replica's word the call must still be waiting.
+    with pytest.raises(grpc.FutureTimeoutError):
+        call.result(timeout=2)
+    pair.thaw()
+    reply = call.result(timeout=10)
+    replica = redis.Redis.from_url(pair.replica.url, decode_responses=True)
+    assert replica.exists(store.keys.task(reply.task.id)) == 1
+    replica.close()
+
+
+def test_a_schedule_no_replica_confirms_fails_unavailable_and_a_retry_makes_one_task(
+    pair: Pair, stub_for: StubFor
+) -> None:
+    stub, _ = stub_for(1, 0.3)
+    pair.freeze()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("k1")), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "0 of 1 replicas" in refused.value.details()
+    assert "SCHEDKIT_STORE_REPLICAS" in refused.value.details()
+    # The batch stream (the synchronous store) says the same.
+    with pytest.raises(grpc.RpcError) as batch_refused:
+        list(stub.ScheduleTasks(iter([pb.ScheduleTasksRequest(specs=[spec("k2")])]), timeout=30))
+    assert batch_refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    pair.thaw()
+    first = stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("k1")), timeout=30)
+    again = stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("k1")), timeout=30)
+    assert first.task.id == again.task.id
+    listed = stub.ListTasks(pb.ListTasksRequest(), timeout=30)
+    assert [t.spec.idempotency_key for t in listed.tasks].count("k1") == 1
+
+
+def test_a_cancel_no_replica_confirms_fails_unavailable(pair: Pair, stub_for: StubFor) -> None:
+    stub, _ = stub_for(1, 0.3)
+    task = stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("to-cancel")), timeout=30).task
+    pair.freeze()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.CancelTask(pb.CancelTaskRequest(id=task.id), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "the cancel" in refused.value.details()
+    pair.thaw()
+    assert stub.CancelTask(pb.CancelTaskRequest(id=task.id), timeout=30).task.state == (
+        pb.TASK_STATE_CANCELLED
+    )
+
+
+def test_without_replicas_asked_a_frozen_replica_does_not_hold_a_call(
+    pair: Pair, stub_for: StubFor
+) -> None:
+    stub, _ = stub_for(0, 0.3)
+    pair.freeze()
+    reply = stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("primary-only")), timeout=30)
+    assert reply.task.id
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"store_replicas": -1}, "SCHEDKIT_STORE_REPLICAS is -1"),
+        ({"store_replicas": 1, "store_replica_timeout": 0.0}, "above 0 seconds"),
+        (
+            {"store_replicas": 1, "store_replica_timeout": 10.0, "store_timeout": 5.0},
+            "below SCHEDKIT_STORE_TIMEOUT",
+        ),
+    ],
+)
+def test_replica_settings_that_cannot_work_are_refused_by_name(
+    overrides: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Replicas.of(replace(Settings(), **overrides))  # type: ignore[arg-type]
