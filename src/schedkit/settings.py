@@ -162,6 +162,17 @@ class Settings:
             )
         return self.broker_url
 
+    def broker_transport_options(self) -> dict[str, Any]:
+        """kombu transport options schedkit adds to the Celery app's own: for a Sentinel
+        broker beside a Sentinel store, the store's service as ``master_name``."""
+        broker = self.effective_broker_url
+        if (
+            urlsplit(broker).scheme == KOMBU_SENTINEL_SCHEME
+            and urlsplit(self.store_url).scheme == SENTINEL_SCHEME
+        ):
+            return {"master_name": SentinelUrl.parse(self.store_url).service}
+        return {}
+
 
 def _parse(name: str, raw: str, kind: Any) -> Any:
     kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
@@ -187,6 +198,70 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
 
 #: The Redis URL schemes whose database schedkit can read and change.
 _REDIS_SCHEMES = ("redis", "rediss")
+#: A store URL naming a primary that Redis Sentinel finds:
+#: ``redis+sentinel://[[user]:password@]host:port[,host:port…]/service[/db][?sentinel_password=…]``.
+SENTINEL_SCHEME = "redis+sentinel"
+#: kombu's scheme for a Redis broker found through Sentinel (Celery's own transport).
+KOMBU_SENTINEL_SCHEME = "sentinel"
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """What a ``redis+sentinel://`` store URL names: the sentinels to ask, the service (the
+    monitored primary's name), the database, and the credentials of primary and sentinels."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl:
+        """Read ``url``; ConfigError naming the part that is missing or wrong."""
+        from schedkit.errors import ConfigError
+
+        parts = urlsplit(url)
+        if parts.scheme != SENTINEL_SCHEME:
+            raise ConfigError(f"{_safe(url)} is not a {SENTINEL_SCHEME}:// URL")
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        username, _, password = credentials.partition(":") if credentials else ("", "", "")
+        sentinels = []
+        for host in filter(None, hosts.split(",")):
+            name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
+            try:
+                sentinels.append((name.strip("[]"), int(port)))
+            except ValueError as exc:
+                raise ConfigError(f"{_safe(url)}: sentinel {host!r} has no valid port") from exc
+        if not sentinels:
+            raise ConfigError(f"{_safe(url)} names no sentinel (host:port, comma separated)")
+        service, _, db = parts.path.strip("/").partition("/")
+        if not service:
+            raise ConfigError(
+                f"{_safe(url)} names no service: the primary's name in Sentinel, as in "
+                f"{SENTINEL_SCHEME}://host:26379/mymaster/0"
+            )
+        try:
+            database = int(db or 0)
+        except ValueError as exc:
+            raise ConfigError(f"{_safe(url)}: database {db!r} is not a number") from exc
+        return cls(
+            sentinels=tuple(sentinels),
+            service=service,
+            db=database,
+            username=username or None,
+            password=password or None,
+            sentinel_password=dict(parse_qsl(parts.query)).get("sentinel_password"),
+        )
+
+    def kombu_url(self, db: int) -> str:
+        """The same primary's database ``db`` as a kombu ``sentinel://`` broker URL (one
+        alternative per sentinel; the service goes in the ``master_name`` transport option)."""
+        auth = f"{self.username or ''}:{self.password}@" if self.password else ""
+        return ";".join(
+            f"{KOMBU_SENTINEL_SCHEME}://{auth}{host}:{port}/{db}" for host, port in self.sentinels
+        )
 
 
 def _database(url: str) -> int:
@@ -217,6 +292,9 @@ def broker_url_beside(store_url: str) -> str:
     within the 16 every Redis has unless told otherwise.
     """
     parts = urlsplit(store_url)
+    if parts.scheme == SENTINEL_SCHEME:
+        sentinel = SentinelUrl.parse(store_url)
+        return sentinel.kombu_url(sentinel.db ^ 1)
     if parts.scheme not in _REDIS_SCHEMES:
         from schedkit.errors import ConfigError
 
@@ -232,6 +310,11 @@ def broker_url_beside(store_url: str) -> str:
 def same_redis_database(first: str, second: str) -> bool:
     """True when two URLs name the same database of the same Redis server."""
     schemes = {urlsplit(first).scheme, urlsplit(second).scheme}
+    if schemes == {SENTINEL_SCHEME, KOMBU_SENTINEL_SCHEME}:
+        # A Sentinel broker is taken to follow the store's own primary (the master_name it
+        # gets by default): the same database number is the same database.
+        store, broker = sorted((first, second), key=lambda url: not url.startswith("redis+"))
+        return SentinelUrl.parse(store).db == _database(broker.split(";", 1)[0])
     if not schemes <= set(_REDIS_SCHEMES):
         return False  # another broker (amqp://...) cannot share the store's key space
     return _server(first) == _server(second) and _database(first) == _database(second)

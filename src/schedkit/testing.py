@@ -12,13 +12,18 @@ Use them to test your own Celery tasks the way schedkit tests itself::
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import redis
 
 from schedkit.client.client import Client
-from schedkit.runtime.embedded import RedisServer
+from schedkit.runtime.embedded import RedisServer, free_port
 from schedkit.runtime.stack import Stack, local_settings
 
 
@@ -66,3 +71,148 @@ def local_stack(
         if worker:
             stack.wait_for_worker(wait_for_worker)
         yield stack
+
+
+@dataclass
+class SentinelSet:
+    """A primary, its replicas and the sentinels watching them, all on loopback."""
+
+    service: str
+    servers: list[RedisServer]
+    sentinel_ports: list[int]
+    sentinels: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def url(self, db: int = 0) -> str:
+        """The store URL: ``redis+sentinel://`` every sentinel, then the service and ``db``."""
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}/{db}"
+
+    def ask(self, *command: str) -> Any:
+        """Send a command to the first sentinel that answers."""
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+            try:
+                return client.execute_command(*command)  # type: ignore[no-untyped-call]
+            except redis.ConnectionError:
+                continue
+            finally:
+                client.close()
+        raise redis.ConnectionError("no sentinel answers")
+
+    def primary_port(self) -> int:
+        """The port of the server the sentinels call primary now."""
+        return int(self.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
+
+    def server(self, port: int) -> RedisServer:
+        """The server listening on ``port``."""
+        return next(server for server in self.servers if server.port == port)
+
+    def failover(self, timeout: float = 60.0, *, settled: bool = False) -> int:
+        """Promote a replica (SENTINEL FAILOVER); return the new primary's port once the
+        sentinels name it and it answers as primary (and, if ``settled``, once every other
+        server replicates from it again)."""
+        old = self.primary_port()
+        self.ask("SENTINEL", "FAILOVER", self.service)
+        _poll(lambda: self._promoted(old), timeout, "the failover")
+        if settled:
+            _poll(self.ready, timeout, "the replicas to follow the new primary")
+        return self.primary_port()
+
+    def replicas_online(self) -> bool:
+        """Every other server replicates from the primary and has caught up (WAIT counts
+        only these)."""
+        client = redis.Redis(port=self.primary_port(), decode_responses=True, socket_timeout=2)
+        try:
+            info = client.info("replication")
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+        online = [
+            name
+            for name, value in info.items()
+            if name.startswith("slave") and isinstance(value, dict)
+            if value.get("state") == "online"
+        ]
+        return len(online) == len(self.servers) - 1
+
+    def _promoted(self, old: int) -> bool:
+        port = self.primary_port()
+        if port == old:
+            return False
+        client = redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+        try:
+            return bool(client.info("replication")["role"] == "master")
+        finally:
+            client.close()
+
+    def ready(self) -> bool:
+        """Every sentinel knows the primary, its replicas and the other sentinels."""
+        wanted_replicas = len(self.servers) - 1
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+            try:
+                info = cast(dict[str, Any], client.sentinel_master(self.service))
+                if int(info["num-slaves"]) < wanted_replicas:
+                    return False
+                if int(info["num-other-sentinels"]) < len(self.sentinel_ports) - 1:
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+        return self.replicas_online()
+
+
+def _poll(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)  # sentinels have no readiness signal to wait on
+
+
+@contextlib.contextmanager
+def sentinel_set(
+    *, replicas: int = 1, sentinels: int = 3, service: str = "schedkit"
+) -> Iterator[SentinelSet]:
+    """A real Sentinel deployment on free loopback ports: one primary, ``replicas`` replicas
+    and ``sentinels`` sentinels (quorum: a majority) that fail over within seconds. Store
+    URL: :meth:`SentinelSet.url`. Everything is stopped and removed on exit."""
+    with contextlib.ExitStack() as cleanup:
+        servers = [
+            cleanup.enter_context(RedisServer(appendonly=False)) for _ in range(1 + replicas)
+        ]
+        primary = servers[0]
+        for replica in servers[1:]:
+            client = redis.Redis(port=replica.port)
+            client.replicaof("127.0.0.1", primary.port)
+            client.close()
+        folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="sentinel-")))
+        deployment = SentinelSet(service, servers, [free_port() for _ in range(sentinels)])
+        for port in deployment.sentinel_ports:
+            config = folder / f"sentinel-{port}.conf"  # sentinels rewrite their own file
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
+                f"sentinel monitor {service} 127.0.0.1 {primary.port} {sentinels // 2 + 1}\n"
+                f"sentinel down-after-milliseconds {service} 1000\n"
+                f"sentinel failover-timeout {service} 10000\n"
+            )
+            process = subprocess.Popen(
+                [primary.executable, str(config), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deployment.sentinels.append(process)
+            cleanup.callback(_stop, process)
+        _poll(deployment.ready, 60, "the sentinels to find each other and the replicas")
+        yield deployment
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

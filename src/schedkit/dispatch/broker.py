@@ -9,20 +9,30 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from celery import Celery
 from kombu import Connection
 
+from schedkit.settings import Settings
+
 
 class Broker:
     """Publishing and control (revoke, ping, inspect) for the broker at ``url``."""
 
-    def __init__(self, app: Celery, url: str | None = None) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        url: str | None = None,
+        *,
+        transport_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self._app = app
         self._url = url or None
-        self.connection: Connection = app.connection_for_write(self._url)
+        # Added to the app's own broker_transport_options (a Sentinel broker's master_name).
+        self._transport_options = dict(transport_options or {})
+        self.connection: Connection = self._connect()
         self._producer: Any = None
         self._lock = threading.Lock()
         # Control commands only need the broker: a bare app keeps them off the user's pools.
@@ -31,7 +41,26 @@ class Broker:
             broker=self.connection.as_uri(include_password=True),
             set_as_current=False,
         )
-        self._control.conf.update(accept_content=["json"], task_serializer="json")
+        self._control.conf.update(
+            accept_content=["json"],
+            task_serializer="json",
+            broker_transport_options={
+                **(app.conf.broker_transport_options or {}),
+                **self._transport_options,
+            },
+        )
+
+    @classmethod
+    def for_settings(cls, app: Celery, settings: Settings) -> Broker:
+        """The broker ``settings`` name (their own, or the one beside the store)."""
+        return cls(
+            app,
+            settings.effective_broker_url,
+            transport_options=settings.broker_transport_options(),
+        )
+
+    def _connect(self) -> Connection:
+        return self._app.connection_for_write(self._url, transport_options=self._transport_options)
 
     @contextlib.contextmanager
     def producer(self) -> Iterator[Any]:
@@ -49,7 +78,7 @@ class Broker:
             self._producer = None
             with contextlib.suppress(Exception):
                 self.connection.release()
-            self.connection = self._app.connection_for_write(self._url)
+            self.connection = self._connect()
 
     def revoke(self, task_id: str) -> None:
         """Ask every worker to drop ``task_id``."""

@@ -52,7 +52,7 @@ class Dispatcher:
         self.settings = settings
         # An explicit broker connection: the app object may be shared (tests, embedding) and
         # its own pool may already point elsewhere.
-        self.broker = broker or Broker(app, settings.effective_broker_url)
+        self.broker = broker or Broker.for_settings(app, settings)
         self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -31,6 +31,8 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
         "unacked_restore_interval", max(1, min(30, settings.visibility_timeout // 5))
     )
     options.setdefault("unacked_restore_throttle", 1)
+    for name, value in settings.broker_transport_options().items():
+        options.setdefault(name, value)
     app.conf.update(broker_transport_options=options)
     install(app, settings if settings.store_url else None)
     return app

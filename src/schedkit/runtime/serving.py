@@ -29,7 +29,7 @@ def connect_store(settings: Settings) -> Store:
 def build_server(settings: Settings, store: Store, *, reuse_port: bool = False) -> Server:
     """A server (not started) over ``store`` and the Celery app that ``settings`` names."""
     app = load_app(settings.app)
-    broker = Broker(app, settings.effective_broker_url)
+    broker = Broker.for_settings(app, settings)
     registry = TaskRegistry(app, settings.allow_tasks, settings.allow_queues)
     schedules = Schedules(store, registry, settings, broker=broker)
     return Server(schedules, reuse_port=reuse_port)

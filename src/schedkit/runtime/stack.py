@@ -98,7 +98,7 @@ class Stack:
         # The app is only read here (task names, signatures); publishing and control go
         # through this stack's own broker connection, so stacks sharing an app stay apart.
         self.app = load_app(settings.app)
-        self.broker = Broker(self.app, settings.effective_broker_url)
+        self.broker = Broker.for_settings(self.app, settings)
         if self.run_worker:
             self.start_worker()
             if wait_for_worker:

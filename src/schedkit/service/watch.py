@@ -20,8 +20,9 @@ from schedkit.backoff import Backoff
 from schedkit.errors import Unavailable
 from schedkit.model import TaskRecord
 from schedkit.service.schedules import matching_changes, wanted_changes
-from schedkit.store.aio import AsyncStore, async_client
+from schedkit.store.aio import AsyncStore
 from schedkit.store.codec import StateChange
+from schedkit.store.connect import async_client, close_async
 from schedkit.store.store import TaskQuery, store_errors
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class ChangeFeed:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 async with asyncio.timeout(TAIL_BLOCK_SECONDS + 1):
                     await self._reader
-        await self._tail.aclose()
+        await close_async(self._tail)
 
     async def latest(self) -> str:
         """The cursor of the newest event, to watch from now on."""

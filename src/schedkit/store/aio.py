@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import redis.asyncio
-
 from schedkit.errors import NotFound
 from schedkit.model import ScheduleResult, TaskRecord
 from schedkit.store.codec import StateChange, changes_of, schedule_payload, schedule_results
+from schedkit.store.connect import async_client, close_async
 from schedkit.store.record import NewTasks, decode
 from schedkit.store.store import (
     Store,
@@ -24,17 +23,6 @@ from schedkit.store.store import (
     script_text,
     store_errors,
 )
-
-
-def async_client(url: str, connect: float | None, read: float | None) -> redis.asyncio.Redis:
-    """An asyncio Redis client for ``url`` with the store's timeouts (None: no limit)."""
-    return redis.asyncio.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=connect,
-        socket_timeout=read,
-        socket_keepalive=True,
-    )
 
 
 class AsyncStore:
@@ -52,7 +40,7 @@ class AsyncStore:
 
     async def close(self) -> None:
         """Release the connections."""
-        await self.redis.aclose()
+        await close_async(self.redis)
 
     async def schedule_new(
         self, batch: NewTasks, *, window_seconds: float, now: datetime

@@ -32,6 +32,7 @@ from schedkit.store.codec import (
     schedule_payload,
     schedule_results,
 )
+from schedkit.store.connect import close_sync, sync_client
 from schedkit.store.header import lua_header
 from schedkit.store.keys import Keys
 from schedkit.store.record import Field, NewTasks, decode
@@ -204,19 +205,13 @@ class Store:
         timeout: float = DEFAULT_TIMEOUT,
         replicas: Replicas | None = None,
     ) -> Store:
-        """Connect to the store at a redis:// URL (no round trip until first use). A call
+        """Connect to the store at a redis://, rediss:// or redis+sentinel:// URL (no round
+        trip until first use). A call
         that Redis does not take or answer within ``timeout`` seconds (0: no limit) fails
         as Unavailable."""
 
         def client(read_timeout: float | None) -> redis.Redis:
-            return redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                health_check_interval=30,
-                socket_connect_timeout=timeout or None,
-                socket_timeout=read_timeout,
-                socket_keepalive=True,
-            )
+            return sync_client(url, connect=timeout or None, read=read_timeout)
 
         waiting = client(timeout + MAX_BLOCK_SECONDS) if timeout else None
         return cls(
@@ -242,9 +237,9 @@ class Store:
 
     def close(self) -> None:
         """Release the connection pools."""
-        self.redis.close()
+        close_sync(self.redis)
         if self._waiting is not self.redis:
-            self._waiting.close()
+            close_sync(self._waiting)
 
     def _run(self, name: str, *args: Any, client: Any = None, now: datetime | None = None) -> Any:
         argv = script_argv(self.keys.task_prefix, self.history, now, *args)
@@ -279,9 +274,7 @@ class Store:
         if not batch.rows:
             return []
         payload = schedule_payload(batch)
-        verdicts = self._run_acknowledged(
-            "schedule", int(window_seconds * 1000), payload, now=now
-        )
+        verdicts = self._run_acknowledged("schedule", int(window_seconds * 1000), payload, now=now)
         return schedule_results(batch.rows, verdicts)
 
     # -- reading ----------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""The store and the broker through Redis Sentinel (`redis+sentinel://`), and a failover.
+
+A real Sentinel deployment on loopback (`schedkit.testing.sentinel_set`: a primary, a
+replica, three sentinels) and a whole local stack on it: the server and dispatcher find the
+primary through the sentinels, and the default broker is Celery's own Sentinel transport on
+another database of the same primary.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from schedkit.errors import Unavailable
+from schedkit.model import TaskState
+from schedkit.settings import Settings
+from schedkit.store.store import Store
+from schedkit.testing import LocalStack, SentinelSet, local_stack, sentinel_set
+
+
+@pytest.fixture(scope="module")
+def sentinels() -> Iterator[SentinelSet]:
+    with sentinel_set() as deployment:
+        yield deployment
+
+
+@pytest.fixture(scope="module")
+def on_sentinel(sentinels: SentinelSet) -> Iterator[LocalStack]:
+    with local_stack(
+        store_url=sentinels.url(),
+        handoff_window=3.0,
+        poll_interval=0.2,
+        claim_lease=5.0,
+        store_replicas=1,
+        # A failover can lose what the broker held (messages are not WAITed for); such a
+        # task comes back after this long (see docs/operations.md), so the test sees it.
+        visibility_timeout=15.0,
+    ) as stack:
+        yield stack
+
+
+def test_the_default_broker_is_celerys_sentinel_transport_beside_the_store(
+    on_sentinel: LocalStack, sentinels: SentinelSet
+) -> None:
+    settings = on_sentinel.settings
+    assert settings.effective_broker_url.startswith("sentinel://127.0.0.1:")
+    assert settings.effective_broker_url.endswith("/1")
+    assert settings.broker_transport_options() == {"master_name": sentinels.service}
+
+
+def test_schedule_idempotency_list_and_cancel_through_sentinel(on_sentinel: LocalStack) -> None:
+    label = {"run": uuid.uuid4().hex[:8]}
+    at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    with on_sentinel.client() as client:
+        run = label["run"]
+        ids = [
+            client.schedule(
+                "add", n, n, run_at=at + timedelta(minutes=n), key=f"{run}-{n}", labels=label
+            ).id
+            for n in range(7)
+        ]
+        again = client.schedule("add", 0, 0, run_at=at, key=f"{run}-0", labels=label)
+        assert again.id == ids[0]
+        listed = list(client.tasks(labels=label, page_size=3))  # three pages
+        assert [task.id for task in listed] == ids
+        assert [t.id for t in client.tasks(labels=label, run_after=at + timedelta(minutes=5))] == (
+            ids[5:]
+        )
+        assert client.cancel(ids[3]).state == TaskState.CANCELLED
+        assert [t.id for t in client.tasks(labels=label, states=["CANCELLED"])] == [ids[3]]
+
+
+def test_a_task_is_watched_handed_off_and_run_once_through_sentinel(
+    on_sentinel: LocalStack,
+) -> None:
+    with on_sentinel.client() as client:
+        task = client.schedule("add", 2, 3, run_at=timedelta(seconds=1))
+        done = client.wait_for(task.id, ["SUCCEEDED", "FAILED"], timeout=60)
+    assert done.state == TaskState.SUCCEEDED
+    assert on_sentinel.store is not None
+    # The run-once guard answers through the sentinel's primary too.
+    assert on_sentinel.store.start(task.id).startswith("duplicate")
+
+
+@pytest.mark.timeout(300)
+def test_a_failover_during_hand_off_loses_no_acknowledged_task(
+    on_sentinel: LocalStack, sentinels: SentinelSet
+) -> None:
+    """With SCHEDKIT_STORE_REPLICAS=1 every OK schedule is on the replica that becomes the
+    primary; a call that failed during the switch is retried with its key, as a caller would."""
+    label = {"run": uuid.uuid4().hex[:8]}
+    start = datetime.now(UTC) + timedelta(seconds=2)
+    acknowledged: list[str] = []
+    with on_sentinel.client() as client:
+        for n in range(40):
+            if n == 15:
+                sentinels.failover()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    task = client.schedule(
+                        "add", n, 1, run_at=start + timedelta(milliseconds=150 * n),
+                        key=f"failover-{label['run']}-{n}", labels=label,
+                    )  # fmt: skip
+                    break
+                except Unavailable:
+                    # During the switch, and until the old primary follows the new one, no
+                    # replica confirms: the call says so and the caller tries again.
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)  # a caller's pause before retrying, not a wait for a state
+            acknowledged.append(task.id)
+        for task_id in acknowledged:
+            finished = client.wait_for(task_id, ["SUCCEEDED", "FAILED"], timeout=120)
+            assert finished.state == TaskState.SUCCEEDED, finished
+        assert sorted(t.id for t in client.tasks(labels=label)) == sorted(acknowledged)
+
+
+def test_a_sentinel_url_without_a_service_is_refused_by_name() -> None:
+    from schedkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="names no service"):
+        Store.for_settings(Settings(store_url="redis+sentinel://127.0.0.1:26379"))
