@@ -20,6 +20,7 @@ from schedkit.model import TaskState
 from schedkit.settings import Settings
 from schedkit.store.store import Store
 from schedkit.testing import LocalStack, SentinelSet, local_stack, sentinel_set
+from store_checks import schedule_idempotency_list_and_cancel, watch_hand_off_and_run_once
 
 
 @pytest.fixture(scope="module")
@@ -53,37 +54,13 @@ def test_the_default_broker_is_celerys_sentinel_transport_beside_the_store(
 
 
 def test_schedule_idempotency_list_and_cancel_through_sentinel(on_sentinel: LocalStack) -> None:
-    label = {"run": uuid.uuid4().hex[:8]}
-    at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
-    with on_sentinel.client() as client:
-        run = label["run"]
-        ids = [
-            client.schedule(
-                "add", n, n, run_at=at + timedelta(minutes=n), key=f"{run}-{n}", labels=label
-            ).id
-            for n in range(7)
-        ]
-        again = client.schedule("add", 0, 0, run_at=at, key=f"{run}-0", labels=label)
-        assert again.id == ids[0]
-        listed = list(client.tasks(labels=label, page_size=3))  # three pages
-        assert [task.id for task in listed] == ids
-        assert [t.id for t in client.tasks(labels=label, run_after=at + timedelta(minutes=5))] == (
-            ids[5:]
-        )
-        assert client.cancel(ids[3]).state == TaskState.CANCELLED
-        assert [t.id for t in client.tasks(labels=label, states=["CANCELLED"])] == [ids[3]]
+    schedule_idempotency_list_and_cancel(on_sentinel)
 
 
 def test_a_task_is_watched_handed_off_and_run_once_through_sentinel(
     on_sentinel: LocalStack,
 ) -> None:
-    with on_sentinel.client() as client:
-        task = client.schedule("add", 2, 3, run_at=timedelta(seconds=1))
-        done = client.wait_for(task.id, ["SUCCEEDED", "FAILED"], timeout=60)
-    assert done.state == TaskState.SUCCEEDED
-    assert on_sentinel.store is not None
-    # The run-once guard answers through the sentinel's primary too.
-    assert on_sentinel.store.start(task.id).startswith("duplicate")
+    watch_hand_off_and_run_once(on_sentinel)
 
 
 @pytest.mark.timeout(300)

@@ -203,6 +203,44 @@ _REDIS_SCHEMES = ("redis", "rediss")
 SENTINEL_SCHEME = "redis+sentinel"
 #: kombu's scheme for a Redis broker found through Sentinel (Celery's own transport).
 KOMBU_SENTINEL_SCHEME = "sentinel"
+#: A store URL naming a Redis (or Valkey) Cluster by any of its nodes:
+#: ``redis+cluster://[[user]:password@]host:port[,host:port…]``; the client finds the rest.
+CLUSTER_SCHEME = "redis+cluster"
+
+
+@dataclass(frozen=True)
+class ClusterUrl:
+    """What a ``redis+cluster://`` store URL names: nodes to start from, and credentials."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterUrl:
+        """Read ``url``; ConfigError naming the part that is missing or wrong."""
+        from schedkit.errors import ConfigError
+
+        parts = urlsplit(url)
+        if parts.scheme != CLUSTER_SCHEME:
+            raise ConfigError(f"{_safe(url)} is not a {CLUSTER_SCHEME}:// URL")
+        if parts.path.strip("/") not in ("", "0"):
+            raise ConfigError(
+                f"{_safe(url)} names database {parts.path.strip('/')!r}: a cluster has only "
+                "database 0"
+            )
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        username, _, password = credentials.partition(":") if credentials else ("", "", "")
+        nodes = []
+        for host in filter(None, hosts.split(",")):
+            name, _, port = host.rpartition(":")
+            try:
+                nodes.append((name.strip("[]") or host, int(port)))
+            except ValueError as exc:
+                raise ConfigError(f"{_safe(url)}: node {host!r} has no valid port") from exc
+        if not nodes:
+            raise ConfigError(f"{_safe(url)} names no node (host:port, comma separated)")
+        return cls(tuple(nodes), username or None, password or None)
 
 
 @dataclass(frozen=True)
@@ -292,6 +330,14 @@ def broker_url_beside(store_url: str) -> str:
     within the 16 every Redis has unless told otherwise.
     """
     parts = urlsplit(store_url)
+    if parts.scheme == CLUSTER_SCHEME:
+        from schedkit.errors import ConfigError
+
+        raise ConfigError(
+            "a Redis Cluster store needs a broker of its own: Celery's Redis transport does "
+            "not speak Redis Cluster. Set SCHEDKIT_BROKER_URL (--broker) to a Redis outside "
+            "the cluster or to RabbitMQ (amqp://…)"
+        )
     if parts.scheme == SENTINEL_SCHEME:
         sentinel = SentinelUrl.parse(store_url)
         return sentinel.kombu_url(sentinel.db ^ 1)

@@ -12,6 +12,7 @@ Use them to test your own Celery tasks the way schedkit tests itself::
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import tempfile
 import time
@@ -216,3 +217,97 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+#: Hash slots of a Redis Cluster.
+CLUSTER_SLOTS = 16384
+
+
+@dataclass
+class ClusterSet:
+    """A Redis Cluster on loopback: primaries owning the slots, each with its replicas."""
+
+    primaries: list[RedisServer]
+    replicas: list[RedisServer]
+
+    def url(self) -> str:
+        """The store URL: ``redis+cluster://`` and every primary (any one would do)."""
+        nodes = ",".join(f"127.0.0.1:{server.port}" for server in self.primaries)
+        return f"redis+cluster://{nodes}"
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        """Every node."""
+        return self.primaries + self.replicas
+
+    def healthy(self) -> bool:
+        """Every node says the cluster is ok, and every replica follows its primary."""
+        for server in self.servers:
+            client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=2)
+            try:
+                info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+                state = info if isinstance(info, dict) else _fields(str(info))
+                if state.get("cluster_state") != "ok":
+                    return False
+                replication = client.info("replication")
+                if replication["role"] == "slave" and replication["master_link_status"] != "up":
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+        return True
+
+
+def _fields(text: str) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def _node_id(server: RedisServer) -> str:
+    client = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        return str(client.execute_command("CLUSTER", "MYID"))  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def cluster_set(*, primaries: int = 3, replicas_each: int = 1) -> Iterator[ClusterSet]:
+    """A real Redis Cluster on free loopback ports (default: 3 primaries, 3 replicas), built
+    with CLUSTER commands as ``redis-cli --cluster create`` would. Store URL:
+    :meth:`ClusterSet.url`. Everything is stopped and removed on exit."""
+    options = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+    with contextlib.ExitStack() as cleanup:
+
+        def node() -> RedisServer:
+            return cleanup.enter_context(RedisServer(appendonly=False, options=options))
+
+        deployment = ClusterSet(
+            [node() for _ in range(primaries)],
+            [node() for _ in range(primaries * replicas_each)],
+        )
+        clients = [
+            redis.Redis(port=server.port, decode_responses=True) for server in deployment.servers
+        ]
+        try:
+            share = CLUSTER_SLOTS // primaries
+            for n, client in enumerate(clients[:primaries]):
+                last = CLUSTER_SLOTS if n == primaries - 1 else (n + 1) * share
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(n * share, last))  # type: ignore[no-untyped-call]
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", n + 1)  # type: ignore[no-untyped-call]
+            for client in clients[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", deployment.primaries[0].port)  # type: ignore[no-untyped-call]
+            ids = [_node_id(server) for server in deployment.primaries]
+
+            def known(client: redis.Redis, node_id: str) -> bool:
+                return node_id in str(client.execute_command("CLUSTER", "NODES"))  # type: ignore[no-untyped-call]
+
+            for n, client in enumerate(clients[primaries:]):
+                primary = ids[n % primaries]
+                _poll(functools.partial(known, client, primary), 30, "the nodes to meet")
+                client.execute_command("CLUSTER", "REPLICATE", primary)  # type: ignore[no-untyped-call]
+        finally:
+            for client in clients:
+                client.close()
+        _poll(deployment.healthy, 60, "the cluster to be ok")
+        yield deployment

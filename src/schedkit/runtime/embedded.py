@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -53,6 +54,7 @@ class RedisServer:
         appendonly: bool = True,
         appendfsync: str = "everysec",
         executable: str | None = None,
+        options: Sequence[str] = (),
     ) -> None:
         self.executable = executable or find_redis_server()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -63,6 +65,8 @@ class RedisServer:
         self.port = port
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        #: More redis-server arguments (``--cluster-enabled yes`` …), after schedkit's own.
+        self.options = tuple(options)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -104,6 +108,7 @@ class RedisServer:
             "--save", "",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
+            *self.options,
         ]  # fmt: skip
 
     def _wait_ready(self, port: int, timeout: float) -> bool:

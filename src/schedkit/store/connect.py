@@ -1,5 +1,5 @@
 """Redis clients for a store URL: ``redis://`` / ``rediss://`` directly, ``redis+sentinel://``
-through Redis Sentinel.
+through Redis Sentinel, ``redis+cluster://`` as a Redis (or Valkey) Cluster.
 
 A Sentinel client asks the sentinels which server is the primary of the service, and asks
 again when its connection fails or the server it reached answers as a replica (after a
@@ -12,10 +12,12 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.sentinel
+import redis.cluster
 import redis.sentinel
 
-from schedkit.settings import SENTINEL_SCHEME, SentinelUrl
+from schedkit.settings import CLUSTER_SCHEME, SENTINEL_SCHEME, ClusterUrl, SentinelUrl
 
 
 def _options(connect: float | None, read: float | None) -> dict[str, Any]:
@@ -45,8 +47,25 @@ def is_sentinel(url: str) -> bool:
     return url.startswith(f"{SENTINEL_SCHEME}://")
 
 
+def is_cluster(url: str) -> bool:
+    """True for a ``redis+cluster://`` URL."""
+    return url.startswith(f"{CLUSTER_SCHEME}://")
+
+
 def sync_client(url: str, *, connect: float | None, read: float | None) -> redis.Redis:
     """A blocking client of the store at ``url``."""
+    if is_cluster(url):
+        cluster = ClusterUrl.parse(url)
+        return cast(
+            redis.Redis,
+            redis.cluster.RedisCluster(
+                startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in cluster.nodes],  # type: ignore[no-untyped-call]
+                username=cluster.username,
+                password=cluster.password,
+                health_check_interval=30,
+                **_options(connect, read),
+            ),
+        )
     if not is_sentinel(url):
         return redis.Redis.from_url(url, health_check_interval=30, **_options(connect, read))
     parsed = SentinelUrl.parse(url)
@@ -64,6 +83,18 @@ def sync_client(url: str, *, connect: float | None, read: float | None) -> redis
 
 def async_client(url: str, connect: float | None, read: float | None) -> redis.asyncio.Redis:
     """An asyncio client of the store at ``url``, with the same timeouts (None: no limit)."""
+    if is_cluster(url):
+        cluster = ClusterUrl.parse(url)
+        nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in cluster.nodes]
+        return cast(
+            redis.asyncio.Redis,
+            redis.asyncio.cluster.RedisCluster(
+                startup_nodes=nodes,
+                username=cluster.username,
+                password=cluster.password,
+                **_options(connect, read),
+            ),
+        )
     if not is_sentinel(url):
         return redis.asyncio.Redis.from_url(url, **_options(connect, read))
     parsed = SentinelUrl.parse(url)
@@ -77,7 +108,7 @@ def async_client(url: str, connect: float | None, read: float | None) -> redis.a
 def close_sync(client: redis.Redis) -> None:
     """Close ``client``'s connections, and its sentinels' when it has them."""
     client.close()
-    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", ()):
         sentinel.close()
 
@@ -85,6 +116,6 @@ def close_sync(client: redis.Redis) -> None:
 async def close_async(client: redis.asyncio.Redis) -> None:
     """Close ``client``'s connections, and its sentinels' when it has them."""
     await client.aclose()
-    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", ()):
         await sentinel.aclose()

@@ -10,6 +10,9 @@
 ``{prefix}:stats``         hash   running totals that the metrics endpoint reads; fields:
                                   :class:`Stat` (finished:STATE, late:BOUND, ...)
 
+On a Redis Cluster the prefix is a hash tag (``{schedkit}:t:{id}``, see :func:`one_slot`): every
+key is in one slot, which the scripts need; a cluster then gives failover, not more room.
+
 The task key is ``t`` rather than ``task``: every parked task pays for its key's length.
 A task id derived from an idempotency key is a hash of that key, so the task record itself is
 the idempotency index: no extra key per task.
@@ -65,6 +68,15 @@ class Stat(enum.StrEnum):
     LATE = "late:"  # followed by the bucket's upper bound in ms
     LATE_INF = "late:inf"  # later than the last bound
     LATE_SUM_MS = "late_sum_ms"
+
+
+def one_slot(prefix: str) -> str:
+    """``prefix`` as a hash tag (``{schedkit}``), unless it holds one: on a Redis Cluster every
+    key then falls in one slot, so each script's keys are on one node."""
+    opened = prefix.find("{")
+    if opened >= 0 and prefix.find("}", opened + 2) > opened:
+        return prefix
+    return f"{{{prefix}}}"
 
 
 @dataclass(frozen=True)

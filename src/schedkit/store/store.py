@@ -15,6 +15,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
+import redis.cluster
 
 from schedkit.errors import ConfigError, NotFound, Unavailable, excerpt
 from schedkit.model import (
@@ -32,9 +33,9 @@ from schedkit.store.codec import (
     schedule_payload,
     schedule_results,
 )
-from schedkit.store.connect import close_sync, sync_client
+from schedkit.store.connect import close_sync, is_cluster, sync_client
 from schedkit.store.header import lua_header
-from schedkit.store.keys import Keys
+from schedkit.store.keys import Keys, one_slot
 from schedkit.store.record import Field, NewTasks, decode
 
 if TYPE_CHECKING:
@@ -141,6 +142,9 @@ def store_errors() -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise Unavailable(f"schedule store unreachable: {exc}") from exc
+    except (redis.exceptions.ClusterError, redis.exceptions.TryAgainError) as exc:
+        # A cluster moving slots or failing over a primary: the next call may succeed.
+        raise Unavailable(f"schedule store cluster not ready: {exc}") from exc
     except redis.ResponseError as exc:
         if "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
             raise Unavailable(f"schedule store not ready: {exc}") from exc
@@ -205,10 +209,18 @@ class Store:
         timeout: float = DEFAULT_TIMEOUT,
         replicas: Replicas | None = None,
     ) -> Store:
-        """Connect to the store at a redis://, rediss:// or redis+sentinel:// URL (no round
-        trip until first use). A call
+        """Connect to the store at a redis://, rediss://, redis+sentinel:// or redis+cluster://
+        URL (no round trip until first use; on a cluster ``prefix`` becomes a hash tag). A call
         that Redis does not take or answer within ``timeout`` seconds (0: no limit) fails
         as Unavailable."""
+
+        if is_cluster(url):
+            prefix = one_slot(prefix)
+            if replicas is not None and replicas.count:
+                raise ConfigError(
+                    "SCHEDKIT_STORE_REPLICAS is not supported on a Redis Cluster store yet: "
+                    "leave it 0 there"
+                )
 
         def client(read_timeout: float | None) -> redis.Redis:
             return sync_client(url, connect=timeout or None, read=read_timeout)
@@ -331,6 +343,9 @@ class Store:
         # EVALSHA by hand: a pipeline given Script objects first asks SCRIPT EXISTS, one
         # more round trip on every ListTasks page.
         keys = self.script_keys
+        if isinstance(self.redis, redis.cluster.RedisCluster):
+            # A cluster pipeline refuses scripts; one call each (a handful, one per state).
+            return [self.redis.evalsha(sha, len(keys), *keys, *argv) for argv in calls]
         pipe = self.redis.pipeline(transaction=False)
         for argv in calls:
             pipe.evalsha(sha, len(keys), *keys, *argv)
