@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis
+import redis.cluster
 
 from schedkit.client.client import Client
 from schedkit.runtime.embedded import RedisServer, free_port
@@ -240,9 +242,23 @@ class ClusterSet:
         """Every node."""
         return self.primaries + self.replicas
 
+    def owner(self, key: str) -> RedisServer:
+        """The primary that holds ``key``'s slot now."""
+        client = redis.cluster.RedisCluster(host="127.0.0.1", port=self._live().port)
+        try:
+            port = client.get_node_from_key(key).port  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+        return next(server for server in self.servers if server.port == port)
+
+    def _live(self) -> RedisServer:
+        return next(s for s in self.servers if s.process is not None and s.process.poll() is None)
+
     def healthy(self) -> bool:
         """Every node says the cluster is ok, and every replica follows its primary."""
         for server in self.servers:
+            if server.process is None or server.process.poll() is not None:
+                continue  # a node killed on purpose
             client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=2)
             try:
                 info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
@@ -263,6 +279,20 @@ def _fields(text: str) -> dict[str, str]:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 higher, so at most 65,535) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def _node_id(server: RedisServer) -> str:
     client = redis.Redis(port=server.port, decode_responses=True)
     try:
@@ -276,11 +306,14 @@ def cluster_set(*, primaries: int = 3, replicas_each: int = 1) -> Iterator[Clust
     """A real Redis Cluster on free loopback ports (default: 3 primaries, 3 replicas), built
     with CLUSTER commands as ``redis-cli --cluster create`` would. Store URL:
     :meth:`ClusterSet.url`. Everything is stopped and removed on exit."""
-    options = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+    # A node silent for 5 s is failed over: fast for drills, slow enough that a busy test
+    # machine does not fail over a primary that is only slow.
+    options = ["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]
     with contextlib.ExitStack() as cleanup:
 
         def node() -> RedisServer:
-            return cleanup.enter_context(RedisServer(appendonly=False, options=options))
+            server = RedisServer(appendonly=False, options=options, port=_cluster_port())
+            return cleanup.enter_context(server)
 
         deployment = ClusterSet(
             [node() for _ in range(primaries)],

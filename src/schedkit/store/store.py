@@ -142,7 +142,11 @@ def store_errors() -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise Unavailable(f"schedule store unreachable: {exc}") from exc
-    except (redis.exceptions.ClusterError, redis.exceptions.TryAgainError) as exc:
+    except (
+        redis.exceptions.ClusterError,
+        redis.exceptions.TryAgainError,
+        redis.exceptions.RedisClusterException,  # no node of the cluster reachable
+    ) as exc:
         # A cluster moving slots or failing over a primary: the next call may succeed.
         raise Unavailable(f"schedule store cluster not ready: {exc}") from exc
     except redis.ResponseError as exc:
