@@ -7,6 +7,9 @@ transport does not speak Redis Cluster.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,8 +18,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from conftest import poll
+from schedkit.client import Client
+from schedkit.demo import app as demo_app
+from schedkit.dispatch.registry import TaskRegistry
 from schedkit.errors import ConfigError, Unavailable
-from schedkit.model import TaskState
+from schedkit.model import TaskSpec, TaskState
+from schedkit.runtime.embedded import RedisServer
+from schedkit.service.schedules import Schedules
+from schedkit.service.server import Server
 from schedkit.settings import Settings
 from schedkit.store.store import Store
 from schedkit.testing import ClusterSet, LocalStack, cluster_set, local_stack, redis_server
@@ -68,10 +78,40 @@ def test_a_cluster_store_without_a_broker_is_refused_with_the_fix() -> None:
         _ = settings.effective_broker_url
 
 
-def test_replicas_are_refused_on_a_cluster_store_until_supported() -> None:
-    settings = Settings(store_url="redis+cluster://127.0.0.1:7000", store_replicas=1)
-    with pytest.raises(ConfigError, match="not supported on a Redis Cluster"):
-        Store.for_settings(settings)
+def test_with_replicas_asked_an_ok_on_a_cluster_has_reached_the_slots_replica(
+    cluster: ClusterSet,
+) -> None:
+    """SCHEDKIT_STORE_REPLICAS=1 on a cluster: WAIT goes to the slot's primary, so a frozen
+    replica of that primary turns a schedule into UNAVAILABLE; thawed, the retry is OK."""
+    settings = Settings(
+        store_url=cluster.url(),
+        prefix="replicated",
+        store_replicas=1,
+        store_replica_timeout=0.5,
+        handoff_window=3.0,
+    )
+    store = Store.for_settings(settings)
+    schedules = Schedules(store, TaskRegistry(demo_app), settings)
+    server = Server(schedules, listen="127.0.0.1:0").start()
+    primary = cluster.owner(store.keys.claims)
+    replica = next(r for r in cluster.replicas if cluster.primary_of(r) == primary.port)
+    assert replica.process is not None
+    try:
+        with Client.connect(server.address) as client:
+            at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+            os.kill(replica.process.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(Unavailable, match="0 of 1 replicas"):
+                    client.schedule("add", 1, 2, run_at=at, key="wait-1")
+                with pytest.raises(Unavailable, match="0 of 1 replicas"):
+                    list(client.schedule_many([TaskSpec("add", at, [3, 4], key="wait-2")]))
+            finally:
+                os.kill(replica.process.pid, signal.SIGCONT)
+            first = client.schedule("add", 1, 2, run_at=at, key="wait-1")
+            assert client.schedule("add", 1, 2, run_at=at, key="wait-1").id == first.id
+    finally:
+        server.stop(0)
+        store.close()
 
 
 def test_a_cluster_url_with_a_database_is_refused_by_name() -> None:
@@ -89,16 +129,27 @@ def test_scripts_without_the_hash_tag_would_be_refused_by_the_cluster(cluster: C
         client.close()
 
 
+def restart_as_replica(cluster: ClusterSet, killed: RedisServer, old_port: int) -> None:
+    """Once the cluster has promoted a replica, start the killed node again: it rejoins (its
+    nodes.conf is kept) as a replica of the new primary, which WAIT then counts."""
+    poll(lambda: cluster.owner("{schedkit}").port != old_port, 60, "the failover")
+    killed.start()
+
+
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("replicas", [0, 1])
 def test_the_stack_carries_on_when_the_primary_of_its_slot_is_killed(
-    record_property: Callable[[str, object], None],
+    replicas: int, record_property: Callable[[str, object], None]
 ) -> None:
     """A drill: the primary holding the store's slot is killed (SIGKILL) while tasks are being
     scheduled and handed off. Calls fail UNAVAILABLE until the cluster promotes its replica
     (node timeout 5 s), callers retry with their keys, and every task the cluster kept runs.
-    A cluster acknowledges a write before its replica has it, so writes acknowledged just
-    before the kill can be lost (and more if a loaded machine makes the cluster fail over a
-    primary that was only slow): how many were is recorded (``lost``), not asserted."""
+
+    Without SCHEDKIT_STORE_REPLICAS a cluster acknowledges a write before its replica has it,
+    so writes acknowledged just before the kill can be lost (and more if a loaded machine
+    makes the cluster fail over a primary that was only slow): how many is recorded
+    (``lost``), not asserted. With SCHEDKIT_STORE_REPLICAS=1 nothing acknowledged is lost;
+    calls wait until the killed node is back as the new primary's replica."""
     label = {"run": uuid.uuid4().hex[:8]}
     with (
         cluster_set() as cluster,
@@ -109,16 +160,25 @@ def test_the_stack_carries_on_when_the_primary_of_its_slot_is_killed(
             handoff_window=3.0,
             poll_interval=0.2,
             claim_lease=5.0,
+            store_replicas=replicas,
+            store_replica_timeout=1.0,
         ) as stack,
         stack.client() as client,
     ):
         start = datetime.now(UTC) + timedelta(seconds=3)
         acknowledged: list[str] = []
         retried = 0
+        restarter: threading.Thread | None = None
         for n in range(150):
             if n == 50:
-                cluster.owner("{schedkit}").kill()
-            deadline = time.monotonic() + 60
+                killed = cluster.owner("{schedkit}")
+                killed.kill()
+                if replicas:
+                    restarter = threading.Thread(
+                        target=restart_as_replica, args=(cluster, killed, killed.port)
+                    )
+                    restarter.start()
+            deadline = time.monotonic() + 90
             while True:
                 try:
                     task = client.schedule(
@@ -132,6 +192,8 @@ def test_the_stack_carries_on_when_the_primary_of_its_slot_is_killed(
                         raise
                     time.sleep(0.1)  # a caller's pause before retrying, not a wait for a state
             acknowledged.append(task.id)
+        if restarter is not None:
+            restarter.join(60)
         kept = {t.id for t in client.tasks(labels=label)}
         lost = [task_id for task_id in acknowledged if task_id not in kept]
         for task_id in sorted(kept):
@@ -139,6 +201,8 @@ def test_the_stack_carries_on_when_the_primary_of_its_slot_is_killed(
             assert finished.state == TaskState.SUCCEEDED, finished
     record_property("lost", len(lost))
     record_property("retried calls", retried)
-    print(f"primary killed: {len(lost)} acknowledged tasks lost, {retried} calls retried")
+    print(f"replicas={replicas}: {len(lost)} acknowledged tasks lost, {retried} calls retried")
     assert retried > 0, "the kill did not interrupt any call: the drill tested nothing"
     assert acknowledged[-1] in kept, "nothing scheduled after the failover was kept"
+    if replicas:
+        assert lost == []

@@ -251,6 +251,14 @@ class ClusterSet:
             client.close()
         return next(server for server in self.servers if server.port == port)
 
+    def primary_of(self, replica: RedisServer) -> int:
+        """The port of the primary ``replica`` follows."""
+        client = redis.Redis(port=replica.port, decode_responses=True)
+        try:
+            return int(client.info("replication")["master_port"])
+        finally:
+            client.close()
+
     def _live(self) -> RedisServer:
         return next(s for s in self.servers if s.process is not None and s.process.poll() is None)
 

@@ -8,6 +8,7 @@ awaits them. Everything else (batches, pages, cancels) stays on the synchronous 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,12 @@ class AsyncStore:
             schedule_payload(batch),
         )
         replicas = self.store.replicas
+        if replicas.count and self.store.on_cluster:
+            # WAIT must follow the write on the slot primary's connection, which redis-py's
+            # asyncio cluster client does not lend out: the blocking store does it.
+            return await asyncio.to_thread(
+                self.store.schedule_new, batch, window_seconds=window_seconds, now=now
+            )
         with store_errors():
             if not replicas.count:
                 verdicts = await self._schedule(keys=self._script_keys, args=argv)

@@ -220,11 +220,6 @@ class Store:
 
         if is_cluster(url):
             prefix = one_slot(prefix)
-            if replicas is not None and replicas.count:
-                raise ConfigError(
-                    "SCHEDKIT_STORE_REPLICAS is not supported on a Redis Cluster store yet: "
-                    "leave it 0 there"
-                )
 
         def client(read_timeout: float | None) -> redis.Redis:
             return sync_client(url, connect=timeout or None, read=read_timeout)
@@ -268,13 +263,35 @@ class Store:
         replicas confirm it."""
         if not self.replicas.count:
             return self._run(name, *args, now=now)
-        pipe = self.redis.pipeline(transaction=False)
+        with store_errors():
+            pipe = self._slot_client().pipeline(transaction=False)
         self._run(name, *args, client=pipe, now=now)
         pipe.wait(*self.replicas.wait_args())
         with store_errors():
-            reply, confirmed = pipe.execute()
+            try:
+                reply, confirmed = pipe.execute()
+            except (redis.exceptions.MovedError, redis.exceptions.AskError) as exc:
+                # The slot's primary changed (a failover) under the node client: learn the
+                # cluster's new layout for the next call, and let the caller retry this one.
+                cast(redis.cluster.RedisCluster, self.redis).nodes_manager.initialize()
+                raise Unavailable(f"the store's slot moved to another node: {exc}") from exc
         self.replicas.check(int(confirmed), name)
         return reply
+
+    def _slot_client(self) -> redis.Redis:
+        """A client of the one server that holds the store's keys: the store's own, or on a
+        cluster the primary of its slot (WAIT counts the replicas of the connection it is
+        sent on, and a cluster pipeline would send it to any node)."""
+        if not self.on_cluster:
+            return self.redis
+        cluster = cast(redis.cluster.RedisCluster, self.redis)
+        node = cluster.get_node_from_key(self.keys.claims)  # type: ignore[no-untyped-call]
+        return cluster.get_redis_connection(node)
+
+    @property
+    def on_cluster(self) -> bool:
+        """True when the store is a Redis Cluster."""
+        return isinstance(self.redis, redis.cluster.RedisCluster)
 
     def ping(self) -> None:
         """Raise Unavailable unless the store answers."""
@@ -347,7 +364,7 @@ class Store:
         # EVALSHA by hand: a pipeline given Script objects first asks SCRIPT EXISTS, one
         # more round trip on every ListTasks page.
         keys = self.script_keys
-        if isinstance(self.redis, redis.cluster.RedisCluster):
+        if self.on_cluster:
             # A cluster pipeline refuses scripts; one call each (a handful, one per state).
             return [self.redis.evalsha(sha, len(keys), *keys, *argv) for argv in calls]
         pipe = self.redis.pipeline(transaction=False)
