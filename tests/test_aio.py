@@ -212,6 +212,39 @@ def test_schedule_frame_schedules_a_timetable_and_names_bad_rows(stack: LocalSta
     assert "did you mean add?" in result["error"].iloc[1]
 
 
+def test_cancelling_schedule_frame_ends_its_stream_and_frees_the_loop(stack: LocalStack) -> None:
+    """Cancelled once its first tasks are stored: the task raises CancelledError, the loop
+    (and asyncio.run, which waits for worker threads) ends, and the rest is never sent."""
+    mine = uuid.uuid4().hex[:12]
+    rows = 20_000
+    frame = pd.DataFrame(
+        {
+            "task": ["add"] * rows,
+            "run_at": [(later(2) + timedelta(seconds=n)).isoformat() for n in range(rows)],
+            "args": [f"[{n}, 1]" for n in range(rows)],
+            "labels": [json.dumps({"cancelled_frame": mine})] * rows,
+        }
+    )
+
+    async def count(client: Client) -> int:
+        return len([t async for t in client.tasks(labels={"cancelled_frame": mine})])
+
+    async def main() -> int:
+        async with Client.connect(stack.address) as client:
+            job = asyncio.create_task(client.schedule_frame(frame, tz="UTC"))
+            while not (await client.tasks_page(labels={"cancelled_frame": mine}, page_size=1))[0]:
+                assert not job.done(), job  # it must still be sending when cancelled
+                await asyncio.sleep(0.01)  # polling the server for the first stored task
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await job
+            return await count(client)
+
+    stored = run(main, timeout=90)
+    print(f"{stored} of {rows} rows stored when cancelled")
+    assert 0 < stored < rows  # the stream ended with the task, not after the last batch
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 

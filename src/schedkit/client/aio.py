@@ -8,6 +8,7 @@ same modules as the blocking client's, so both send and raise the same things.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import (
@@ -245,7 +246,7 @@ class Client:
         try:
             return await asyncio.to_thread(schedule, cast(BlockingClient, bridge), frame, **options)
         except asyncio.CancelledError:
-            bridge.cancelled.set()  # the thread stops at its next answer
+            bridge.cancel()
             raise
 
     # -- reading and cancelling -------------------------------------------------------------
@@ -478,7 +479,15 @@ class _Bridge:
     def __init__(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
         self.client = client
         self.loop = loop
-        self.cancelled = threading.Event()
+        self._cancelled = threading.Event()
+        self._step: concurrent.futures.Future[Any] | None = None
+
+    def cancel(self) -> None:
+        """On the loop, when schedule_frame is cancelled: end the stream now (its call is
+        cancelled with the step in flight) and let the thread stop."""
+        self._cancelled.set()
+        if self._step is not None:
+            self._step.cancel()
 
     def schedule_batches(
         self, batches: Iterable[Batch], **options: Any
@@ -486,20 +495,28 @@ class _Bridge:
         """The blocking ``schedule_batches``, in the worker thread."""
         results = self.client.schedule_batches(_built_in_thread(batches), **options)
         try:
-            while not self.cancelled.is_set():
+            while True:
                 try:
-                    yield self._on_loop(anext(results))
+                    yield self._on_loop(lambda: anext(results))
                 except StopAsyncIteration:
                     return
-            raise Unavailable("schedule_frame was cancelled")
         finally:
-            self._on_loop(results.aclose())
+            if not self._cancelled.is_set():  # else the cancelled step ended the stream
+                self._on_loop(results.aclose)
 
-    def _on_loop(self, step: Awaitable[T]) -> T:
+    def _on_loop(self, step: Callable[[], Awaitable[T]]) -> T:
+        if self._cancelled.is_set():
+            raise Unavailable("schedule_frame was cancelled")
+
         async def run() -> T:
-            return await step
+            return await step()
 
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(run(), self.loop)
+        self._step = future
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise Unavailable("schedule_frame was cancelled") from None
 
 
 async def _built_in_thread(batches: Iterable[Batch]) -> AsyncIterator[Batch]:
