@@ -9,6 +9,7 @@ It raises the same :class:`schedkit.SchedkitError` classes and takes the same to
 options. The public names are listed in ``__all__``; a test pins the list.
 """
 
-from schedkit.client.aio import Client, Watch
+from schedkit.client.aio import Client
+from schedkit.client.aio_watch import Watch
 
 __all__ = ["Client", "Watch"]

@@ -8,18 +8,14 @@ same modules as the blocking client's, so both send and raise the same things.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import threading
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
     Generator,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -32,6 +28,8 @@ import grpc
 import grpc.aio
 
 from schedkit.client import aio_stream
+from schedkit.client.aio_frames import ThreadBridge, frame_of
+from schedkit.client.aio_watch import Watch
 from schedkit.client.channel import (
     DEFAULT_TARGET,
     MAX_MESSAGE_BYTES,
@@ -53,20 +51,17 @@ from schedkit.client.messages import (
     task_types_from_proto,
 )
 from schedkit.client.status import error_from_rpc
-from schedkit.errors import Unavailable
 from schedkit.model import ScheduleResult, TaskRecord, TaskSpec, TaskState, TaskType
 from schedkit.timeutil import DstPolicy
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 from schedkit.wire.batches import Batch
 from schedkit.wire.convert import task_from_proto
-from schedkit.wire.metadata import WATCHING_HEADER
 
 if TYPE_CHECKING:  # pandas only when a DataFrame method is called
     import pandas as pd
 
 T = TypeVar("T")
-WatchCall = grpc.aio.UnaryStreamCall[pb.WatchTasksRequest, pb.WatchTasksResponse]
 
 
 class Client:
@@ -239,7 +234,7 @@ class Client:
         """:meth:`schedkit.Client.schedule_frame`, with the same options and defaults: the
         timetable is checked and expanded in a worker thread, the batches go over this
         client's stream, so the event loop stays free."""
-        bridge = _Bridge(self, asyncio.get_running_loop())
+        bridge = ThreadBridge(self, asyncio.get_running_loop())
         # The blocking method holds the one definition of the options and their defaults;
         # it only calls schedule_batches on its client, which the bridge provides.
         schedule = BlockingClient.schedule_frame
@@ -326,7 +321,7 @@ class Client:
                 if limit is not None and len(records) >= limit:
                     break
                 records.append(record)
-        return await asyncio.to_thread(_tasks_frame, records, tz)
+        return await asyncio.to_thread(frame_of, records, tz)
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a task that has not started; returns it, CANCELLED."""
@@ -395,138 +390,3 @@ class Connecting:
     ) -> None:
         if self._client is not None:
             await self._client.close()
-
-
-class Watch:
-    """A WatchTasks call as an async iterator of tasks, and an async context manager that
-    starts it and cancels it on exit. Iterating without ``async with`` starts it on the first
-    step; :meth:`aclose` ends it early."""
-
-    def __init__(self, start: Callable[[], WatchCall]) -> None:
-        self._start = start
-        self._call: WatchCall | None = None
-        self._closed = False
-
-    async def __aenter__(self) -> Watch:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        """Start the call and wait until the server says it is watching (once)."""
-        if self._call is not None:
-            return
-        self._call = call = self._start()
-        try:
-            # The server sends its headers once its starting point is fixed; a call refused
-            # before that (no token, bad filter) ends with no header and a status instead.
-            headers = dict(await call.initial_metadata() or ())
-            if WATCHING_HEADER not in headers and await call.code() is not grpc.StatusCode.OK:
-                await call.read()  # raises the call's error
-        except grpc.aio.AioRpcError as exc:
-            self._closed = True
-            raise error_from_rpc(exc) from exc
-        except BaseException:
-            call.cancel()
-            raise
-
-    def __aiter__(self) -> Watch:
-        return self
-
-    async def __anext__(self) -> TaskRecord:
-        await self.start()
-        assert self._call is not None
-        if self._closed:
-            raise StopAsyncIteration
-        try:
-            response = await self._call.read()
-        except grpc.aio.AioRpcError as exc:
-            self._closed = True
-            if exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-                raise StopAsyncIteration from None
-            raise error_from_rpc(exc) from exc
-        except asyncio.CancelledError:
-            # grpc.aio raises CancelledError from a read of a call we cancelled (aclose from
-            # another task): that is the end of the watch, unless this task is the one
-            # being cancelled.
-            task = asyncio.current_task()
-            if self._closed and task is not None and not task.cancelling():
-                raise StopAsyncIteration from None
-            raise
-        if response is grpc.aio.EOF:
-            self._closed = True
-            raise StopAsyncIteration
-        return task_from_proto(cast(pb.WatchTasksResponse, response).task)
-
-    async def aclose(self) -> None:
-        """End the call (the server frees its stream slot)."""
-        self._closed = True
-        if self._call is not None:
-            self._call.cancel()
-
-
-class _Bridge:
-    """Lets the blocking timetable code, run in a worker thread, stream its batches over an
-    asyncio client: each answer is awaited on the client's loop, each batch built in a thread."""
-
-    def __init__(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
-        self.client = client
-        self.loop = loop
-        self._cancelled = threading.Event()
-        self._step: concurrent.futures.Future[Any] | None = None
-
-    def cancel(self) -> None:
-        """On the loop, when schedule_frame is cancelled: end the stream now (its call is
-        cancelled with the step in flight) and let the thread stop."""
-        self._cancelled.set()
-        if self._step is not None:
-            self._step.cancel()
-
-    def schedule_batches(
-        self, batches: Iterable[Batch], **options: Any
-    ) -> Iterator[ScheduleResult]:
-        """The blocking ``schedule_batches``, in the worker thread."""
-        results = self.client.schedule_batches(_built_in_thread(batches), **options)
-        try:
-            while True:
-                try:
-                    yield self._on_loop(lambda: anext(results))
-                except StopAsyncIteration:
-                    return
-        finally:
-            if not self._cancelled.is_set():  # else the cancelled step ended the stream
-                self._on_loop(results.aclose)
-
-    def _on_loop(self, step: Callable[[], Awaitable[T]]) -> T:
-        if self._cancelled.is_set():
-            raise Unavailable("schedule_frame was cancelled")
-
-        async def run() -> T:
-            return await step()
-
-        future = asyncio.run_coroutine_threadsafe(run(), self.loop)
-        self._step = future
-        try:
-            return future.result()
-        except concurrent.futures.CancelledError:
-            raise Unavailable("schedule_frame was cancelled") from None
-
-
-async def _built_in_thread(batches: Iterable[Batch]) -> AsyncIterator[Batch]:
-    """``batches`` with each one built off the event loop (the timetable's work is pandas')."""
-    iterator = iter(batches)
-    while (batch := await asyncio.to_thread(next, iterator, None)) is not None:
-        yield batch
-
-
-def _tasks_frame(records: list[TaskRecord], tz: str | tzinfo) -> pd.DataFrame:
-    from schedkit.timetable import frames
-
-    return frames.tasks_frame(records, tz=tz)
