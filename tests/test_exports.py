@@ -83,3 +83,19 @@ def test_the_client_loads_neither_celery_pandas_nor_redis() -> None:
     assert done.stdout.strip() == "[]"
     assert schedkit.Stack.__name__ == "Stack"  # the heavy names are still there, on first use
     assert callable(schedkit.install)
+
+
+def test_aio_names_are_pinned_and_load_neither_celery_pandas_nor_redis() -> None:
+    """An asyncio service that only schedules pays for gRPC, as the blocking client does."""
+    import schedkit.aio
+
+    assert sorted(schedkit.aio.__all__) == ["Client", "Watch"]
+    probe = (
+        "import sys, schedkit.aio\n"
+        "heavy = ('celery', 'kombu', 'redis', 'pandas', 'schedkit.service', 'schedkit.store')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"

@@ -18,7 +18,8 @@ from schedkit.testing import LocalStack, local_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-BUF = ROOT / "node_modules" / ".bin" / "buf"
+# buf from the buf-bin package of the dev extra, beside this interpreter in .venv/bin.
+BUF = Path(sys.executable).parent / "buf"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 
@@ -39,7 +40,7 @@ def tour_commands() -> list[str]:
 def run_shell(block: str, stack: LocalStack, cwd: Path) -> str:
     script = (
         block.replace(DEFAULT_ADDRESS, stack.address)
-        .replace("npx buf", str(BUF))
+        .replace(".venv/bin/buf", str(BUF))
         .replace(".venv/bin/python", sys.executable)
         .replace("examples/", f"{ROOT}/examples/")
     )
@@ -69,7 +70,7 @@ def test_the_readme_has_a_tour_to_run() -> None:
     assert "scripts/test" in first_screen
 
 
-@pytest.mark.skipif(not BUF.exists(), reason="buf is installed by `npm ci` (scripts/bootstrap)")
+@pytest.mark.skipif(not BUF.exists(), reason="buf comes with the dev extra (scripts/bootstrap)")
 def test_buf_curl_tour_runs_as_written(tour_stack: LocalStack, tmp_path: Path) -> None:
     listed, scheduled, cancelled, timetable = tour_commands()
     types = json.loads(run_shell(listed, tour_stack, tmp_path))

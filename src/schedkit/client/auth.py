@@ -1,4 +1,5 @@
-"""The client's credentials: the bearer header on every call, and TLS."""
+"""The client's credentials: TLS, and the blocking channel's interceptor that adds the bearer
+header to every call (the asyncio client passes the same metadata on each call)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import grpc
 
 from schedkit.errors import ConfigError
-from schedkit.wire.metadata import METADATA_KEY, read_pem
+from schedkit.wire.metadata import read_pem
 
 
 class _AddHeader(
@@ -19,11 +20,11 @@ class _AddHeader(
 ):
     """Adds the bearer header to every call (plain and TLS channels alike)."""
 
-    def __init__(self, token: str) -> None:
-        self._header = (METADATA_KEY, f"Bearer {token}")
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
 
     def _details(self, details: Any) -> Any:
-        metadata = [*(details.metadata or ()), self._header]
+        metadata = [*(details.metadata or ()), *self._metadata]
         return details._replace(metadata=metadata)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
@@ -52,6 +53,6 @@ def channel_credentials(
     )
 
 
-def header_interceptor(token: str) -> _AddHeader:
-    """A client interceptor that sends the bearer token on every call."""
-    return _AddHeader(token)
+def header_interceptor(metadata: tuple[tuple[str, str], ...]) -> _AddHeader:
+    """A client interceptor that sends ``metadata`` (the bearer header) on every call."""
+    return _AddHeader(metadata)

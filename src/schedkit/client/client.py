@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from types import TracebackType
@@ -17,25 +16,33 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 
-from schedkit.client.auth import channel_credentials, header_interceptor
+from schedkit.client.auth import header_interceptor
+from schedkit.client.channel import (
+    DEFAULT_TARGET,
+    MAX_MESSAGE_BYTES,
+    closed_error,
+    plan_channel,
+)
+from schedkit.client.messages import (
+    Scheduled,
+    TaskQuery,
+    make_spec,
+    page_from_proto,
+    schedule_request,
+    scheduled_from_proto,
+    spec_batches,
+    still_waiting,
+    task_filter,
+    task_types_from_proto,
+)
 from schedkit.client.status import error_from_rpc
 from schedkit.client.stream import stream_batches
-from schedkit.errors import (
-    SchedkitError,
-    Unavailable,
-)
-from schedkit.model import Outcome, ScheduleResult, TaskRecord, TaskSpec, TaskState, TaskType
-from schedkit.settings import Settings
-from schedkit.timeutil import DstPolicy, to_instant
+from schedkit.model import ScheduleResult, TaskRecord, TaskSpec, TaskState, TaskType
+from schedkit.timeutil import DstPolicy
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
-from schedkit.wire.batches import Batch, checked_spec_to_proto
-from schedkit.wire.convert import (
-    datetime_to_timestamp,
-    outcome_from_proto,
-    state_to_proto,
-    task_from_proto,
-)
+from schedkit.wire.batches import Batch
+from schedkit.wire.convert import task_from_proto
 from schedkit.wire.metadata import WATCHING_HEADER
 
 if TYPE_CHECKING:  # pandas only when a DataFrame method is called: workers never load it
@@ -44,18 +51,17 @@ if TYPE_CHECKING:  # pandas only when a DataFrame method is called: workers neve
     from schedkit.timeutil import PastPolicy
 
 T = TypeVar("T")
-DEFAULT_TARGET = "127.0.0.1:50051"
-MAX_MESSAGE_BYTES = Settings.max_message_bytes
 # A stream whose server answers no batch for this long is given up (see schedule_batches).
 DEFAULT_STALL_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class Scheduled:
-    """What ScheduleTask returned: the task, and whether it was created or already there."""
-
-    task: TaskRecord
-    outcome: Outcome
+# Kept importable from here: the scheduler and older callers read them from this module.
+__all__ = [
+    "DEFAULT_STALL_TIMEOUT",
+    "DEFAULT_TARGET",
+    "MAX_MESSAGE_BYTES",
+    "Client",
+    "Scheduled",
+    "task_filter",
+]
 
 
 class Client:
@@ -87,34 +93,27 @@ class Client:
         (first line), '' sends none. TLS is on when ``tls`` is True or a CA or client
         certificate is given (``tls_ca`` None reads SCHEDKIT_TLS_CA; system roots otherwise).
         """
-        env = Settings.from_env()
-        if token is None:
-            tokens = env.tokens()
-            token = tokens[0] if tokens else ""
-        tls_ca = env.tls_ca or None if tls_ca is None else tls_ca
-        if tls is None:
-            tls = bool(tls_ca or tls_cert)
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        if tls:
-            credentials = channel_credentials(ca=tls_ca, cert=tls_cert, key=tls_key)
-            channel = grpc.secure_channel(target, credentials, options=options)
+        plan = plan_channel(
+            target,
+            token=token,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            max_message_bytes=max_message_bytes,
+        )
+        if plan.credentials is not None:
+            channel = grpc.secure_channel(target, plan.credentials, options=plan.options)
         else:
-            channel = grpc.insecure_channel(target, options=options)
+            channel = grpc.insecure_channel(target, options=plan.options)
         if wait_ready is not None:
             try:
                 grpc.channel_ready_future(channel).result(timeout=wait_ready)
             except grpc.FutureTimeoutError as exc:
                 channel.close()
-                hint = " (with TLS: check the CA and the server's certificate)" if tls else ""
-                raise Unavailable(
-                    f"no schedkit server answered at {target} within {wait_ready:g}s{hint}; "
-                    "is `schedkit up` running?"
-                ) from exc
-        if token:
-            channel = grpc.intercept_channel(channel, header_interceptor(token))
+                raise plan.not_ready(wait_ready) from exc
+        if plan.metadata:
+            channel = grpc.intercept_channel(channel, header_interceptor(plan.metadata))
         return cls(channel, timeout=timeout)
 
     def close(self) -> None:
@@ -126,7 +125,7 @@ class Client:
     def _stub(self) -> pb_grpc.ScheduleServiceStub:
         # grpc raises a bare ValueError on a closed channel; callers catch SchedkitError.
         if self._closed:
-            raise Unavailable("this Client is closed; use Client.connect(...) again")
+            raise closed_error()
         return self._service
 
     def __enter__(self) -> Client:
@@ -167,24 +166,25 @@ class Client:
         ``run_at`` is an aware datetime, a naive one read in ``tz``, an ISO string, or a
         timedelta from now. Re-sending the same ``key`` returns the existing task.
         """
-        spec = TaskSpec(
-            task=task,
-            run_at=to_instant(run_at, tz=tz, dst=dst),
-            args=list(args),
-            kwargs=dict(kwargs or {}),
+        spec = make_spec(
+            task,
+            args,
+            run_at=run_at,
+            tz=tz,
+            dst=dst,
+            kwargs=kwargs,
             key=key,
             queue=queue,
             priority=priority,
-            labels=dict(labels or {}),
+            labels=labels,
             expires_after=expires_after,
         )
         return self.schedule_spec(spec).task
 
     def schedule_spec(self, spec: TaskSpec) -> Scheduled:
         """Schedule one TaskSpec; say whether it was created or already existed."""
-        request = pb.ScheduleTaskRequest(spec=checked_spec_to_proto(spec))
-        response = self._call(self._stub.ScheduleTask, request)
-        return Scheduled(task_from_proto(response.task), outcome_from_proto(response.outcome))
+        response = self._call(self._stub.ScheduleTask, schedule_request(spec))
+        return scheduled_from_proto(response)
 
     def schedule_many(
         self,
@@ -198,16 +198,10 @@ class Client:
         in order. At most ``max_in_flight`` batches wait for their answer at any time; see
         :meth:`schedule_batches` for ``stall_timeout``."""
 
-        def batches() -> Iterator[Batch]:
-            iterator = iter(specs)
-            while batch := list(itertools.islice(iterator, batch_size)):
-                items = [_checked_or_error(spec, index) for index, spec in enumerate(batch)]
-                local_errors = [item if isinstance(item, SchedkitError) else None for item in items]
-                to_send = [item for item in items if not isinstance(item, SchedkitError)]
-                yield Batch(pb.ScheduleTasksRequest(specs=to_send), local_errors)
-
         return self.schedule_batches(
-            batches(), max_in_flight=max_in_flight, stall_timeout=stall_timeout
+            spec_batches(specs, batch_size),
+            max_in_flight=max_in_flight,
+            stall_timeout=stall_timeout,
         )
 
     def schedule_batches(
@@ -248,13 +242,9 @@ class Client:
         page_token: str = "",
     ) -> tuple[list[TaskRecord], str]:
         """One page of tasks by run time, and the next page's token ('' at the end)."""
-        request = pb.ListTasksRequest(
-            filter=task_filter(states, task, labels, run_after, run_before),
-            page_size=page_size,
-            page_token=page_token,
-        )
-        response = self._call(self._stub.ListTasks, request)
-        return [task_from_proto(t) for t in response.tasks], response.next_page_token
+        query = TaskQuery(states, task, labels, run_after, run_before)
+        response = self._call(self._stub.ListTasks, query.page_request(page_size, page_token))
+        return page_from_proto(response)
 
     def tasks(
         self,
@@ -346,8 +336,7 @@ class Client:
 
         ``timeout`` ends the watch quietly after that many seconds.
         """
-        request = pb.WatchTasksRequest(filter=task_filter(states, task, labels, None, None))
-        request.filter.ids.extend(ids)
+        request = TaskQuery(states, task, labels).watch_request(ids)
         call = self._stub.WatchTasks(request, timeout=timeout)
         try:
             # The server sends its headers once its starting point is fixed; a call refused
@@ -385,36 +374,9 @@ class Client:
         task = self.get(task_id)
         if task.state in wanted:
             return task
-        raise Unavailable(f"task {task_id} still {task.state.value} after {timeout:g}s")
+        raise still_waiting(task_id, task.state, timeout)
 
     def task_types(self) -> list[TaskType]:
         """The tasks the server allows, with signature and docstring line."""
         response = self._call(self._stub.ListTaskTypes, pb.ListTaskTypesRequest())
-        return [TaskType(t.name, t.signature, t.doc) for t in response.task_types]
-
-
-def _checked_or_error(spec: TaskSpec, index: int) -> pb.TaskSpec | SchedkitError:
-    try:
-        return checked_spec_to_proto(spec, prefix=f"specs[{index}].")
-    except SchedkitError as exc:
-        return exc
-
-
-def task_filter(
-    states: Sequence[TaskState | str],
-    task: str,
-    labels: Mapping[str, str] | None,
-    run_after: datetime | None,
-    run_before: datetime | None,
-) -> pb.TaskFilter:
-    """A TaskFilter message from keyword arguments."""
-    msg = pb.TaskFilter(
-        states=[state_to_proto(TaskState(s)) for s in states],
-        task=task,
-        labels=dict(labels or {}),
-    )
-    if run_after is not None:
-        msg.run_after.CopyFrom(datetime_to_timestamp(run_after))
-    if run_before is not None:
-        msg.run_before.CopyFrom(datetime_to_timestamp(run_before))
-    return msg
+        return task_types_from_proto(response)

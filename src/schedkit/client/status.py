@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import grpc.aio
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -12,11 +13,18 @@ from schedkit.errors import FieldViolation, SchedkitError, error_class_for
 
 
 def error_from_rpc(exc: grpc.RpcError) -> SchedkitError:
-    """The schedkit error for a failed call, with BadRequest field violations decoded."""
-    code: grpc.StatusCode = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    message = (exc.details() if isinstance(exc, grpc.Call) else "") or code.name
+    """The schedkit error for a failed call, blocking or asyncio (``grpc.aio.AioRpcError``),
+    with BadRequest field violations decoded."""
+    # A blocking call's error is also its grpc.Call; an AioRpcError carries the same three
+    # accessors (code, details, trailing metadata) without being one.
+    code = grpc.StatusCode.UNKNOWN
+    message = ""
+    status = None
+    if isinstance(exc, grpc.Call | grpc.aio.AioRpcError):
+        code, message = exc.code(), exc.details() or ""
+        status = rpc_status.from_call(exc)
+    message = message or code.name
     violations: list[FieldViolation] = []
-    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
     details: list[Any] = list(status.details) if status is not None else []
     for detail in details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

@@ -84,6 +84,7 @@ class ChangeFeed:
         while True:
             appended = self._appended  # taken before reading: a later append sets it
             changes = await self._store.events_after(cursor)
+            _raise_if_cancelled()
             if not changes:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(REREAD_EVERY):
@@ -92,6 +93,7 @@ class ChangeFeed:
             cursor = changes[-1].cursor
             wanted = wanted_changes(query, changes)
             records = await self._store.get_many([c.task_id for c in wanted])
+            _raise_if_cancelled()
             for found in matching_changes(query, wanted, records):
                 yield found
 
@@ -120,3 +122,11 @@ class ChangeFeed:
     def _wake(self) -> None:
         appended, self._appended = self._appended, asyncio.Event()
         appended.set()
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a Redis read swallowed (redis-py's asyncio reads can):
+    a watcher whose caller went away must end, or it holds its stream slot for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
