@@ -39,6 +39,7 @@ class Sizes:
     eta_tasks: int = 20_000  # ETA messages a plain Celery worker is given
     query_calls: int = 50
     load_seconds: float = 20.0  # seconds of 32-client load per server process count
+    cluster_rows: int = 100_000  # timetable rows into one Redis and into a cluster
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -56,6 +57,7 @@ class Sizes:
             eta_tasks=3_000,
             query_calls=20,
             load_seconds=8.0,
+            cluster_rows=20_000,
         )
 
     @classmethod
@@ -73,6 +75,7 @@ class Sizes:
             lateness_span=2.0,
             eta_tasks=100,
             load_seconds=1.0,
+            cluster_rows=300,
             query_calls=3,
         )
 

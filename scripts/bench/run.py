@@ -38,11 +38,12 @@ TARGETS: dict[str, tuple[str, float]] = {
     "worker RSS growth": ("<=", 50),
     "query: first page (100)": ("<=", 10),
 }
-GROUPS = ("ingest", "latency", "handoff", "lateness", "memory", "processes")
+GROUPS = ("ingest", "latency", "handoff", "lateness", "memory", "processes", "cluster")
 
 
 def benchmarks(group: str) -> list[Callable[[Report, Sizes, str, Path], None]]:
     """The benchmark functions of one group, schedkit first."""
+    import cluster
     import ingest
     import latency
     import memory
@@ -70,6 +71,7 @@ def benchmarks(group: str) -> list[Callable[[Report, Sizes, str, Path], None]]:
             lambda r, s, u, w: memory.celery_worker_memory(r, s, u),
         ],
         "processes": [lambda r, s, u, w: processes.schedkit_processes(r, s, u)],
+        "cluster": [lambda r, s, u, w: cluster.cluster_ingest(r, s, u, w)],
     }
     return table[group]
 
