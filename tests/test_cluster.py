@@ -8,6 +8,7 @@ transport does not speak Redis Cluster.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -114,9 +115,18 @@ def test_with_replicas_asked_an_ok_on_a_cluster_has_reached_the_slots_replica(
         store.close()
 
 
-def test_a_cluster_url_with_a_database_is_refused_by_name() -> None:
-    with pytest.raises(ConfigError, match="a cluster has only database 0"):
-        Store.for_settings(Settings(store_url="redis+cluster://127.0.0.1:7000/3"))
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis+cluster://127.0.0.1:7000/3", "names database '3': a cluster has only database 0"),
+        ("redis+cluster://127.0.0.1", "node '127.0.0.1' has no valid port"),
+        ("redis+cluster://a:1,b:x", "node 'b:x' has no valid port"),
+        ("redis+cluster://", "names no node"),
+    ],
+)
+def test_a_cluster_url_that_cannot_work_is_refused_naming_the_part(url: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        Store.for_settings(Settings(store_url=url))
 
 
 def test_scripts_without_the_hash_tag_would_be_refused_by_the_cluster(cluster: ClusterSet) -> None:

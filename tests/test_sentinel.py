@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from conftest import FAST
 from schedkit.errors import Unavailable
 from schedkit.model import TaskState
 from schedkit.settings import Settings
@@ -33,9 +34,7 @@ def sentinels() -> Iterator[SentinelSet]:
 def on_sentinel(sentinels: SentinelSet) -> Iterator[LocalStack]:
     with local_stack(
         store_url=sentinels.url(),
-        handoff_window=3.0,
-        poll_interval=0.2,
-        claim_lease=5.0,
+        **FAST,
         store_replicas=1,
         # A failover can lose what the broker held (messages are not WAITed for); such a
         # task comes back after this long (see docs/operations.md), so the test sees it.

@@ -209,6 +209,38 @@ CLUSTER_SCHEME = "redis+cluster"
 
 
 @dataclass(frozen=True)
+class _Servers:
+    """The part of a several-server URL before its path: credentials, then host:port pairs
+    separated by commas."""
+
+    hosts: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str, scheme: str, what: str, default_port: int | None) -> _Servers:
+        from schedkit.errors import ConfigError
+
+        parts = urlsplit(url)
+        if parts.scheme != scheme:
+            raise ConfigError(f"{_safe(url)} is not a {scheme}:// URL")
+        credentials, _, netloc = parts.netloc.rpartition("@")
+        username, _, password = credentials.partition(":") if credentials else ("", "", "")
+        hosts = []
+        for host in filter(None, netloc.split(",")):
+            if ":" not in host and default_port is not None:
+                host = f"{host}:{default_port}"
+            name, _, port = host.rpartition(":")
+            try:
+                hosts.append((name.strip("[]"), int(port)))
+            except ValueError as exc:
+                raise ConfigError(f"{_safe(url)}: {what} {host!r} has no valid port") from exc
+        if not hosts:
+            raise ConfigError(f"{_safe(url)} names no {what} (host:port, comma separated)")
+        return cls(tuple(hosts), username or None, password or None)
+
+
+@dataclass(frozen=True)
 class ClusterUrl:
     """What a ``redis+cluster://`` store URL names: nodes to start from, and credentials."""
 
@@ -221,26 +253,13 @@ class ClusterUrl:
         """Read ``url``; ConfigError naming the part that is missing or wrong."""
         from schedkit.errors import ConfigError
 
-        parts = urlsplit(url)
-        if parts.scheme != CLUSTER_SCHEME:
-            raise ConfigError(f"{_safe(url)} is not a {CLUSTER_SCHEME}:// URL")
-        if parts.path.strip("/") not in ("", "0"):
+        servers = _Servers.parse(url, CLUSTER_SCHEME, "node", None)
+        path = urlsplit(url).path.strip("/")
+        if path not in ("", "0"):
             raise ConfigError(
-                f"{_safe(url)} names database {parts.path.strip('/')!r}: a cluster has only "
-                "database 0"
+                f"{_safe(url)} names database {path!r}: a cluster has only database 0"
             )
-        credentials, _, hosts = parts.netloc.rpartition("@")
-        username, _, password = credentials.partition(":") if credentials else ("", "", "")
-        nodes = []
-        for host in filter(None, hosts.split(",")):
-            name, _, port = host.rpartition(":")
-            try:
-                nodes.append((name.strip("[]") or host, int(port)))
-            except ValueError as exc:
-                raise ConfigError(f"{_safe(url)}: node {host!r} has no valid port") from exc
-        if not nodes:
-            raise ConfigError(f"{_safe(url)} names no node (host:port, comma separated)")
-        return cls(tuple(nodes), username or None, password or None)
+        return cls(servers.hosts, servers.username, servers.password)
 
 
 @dataclass(frozen=True)
@@ -260,20 +279,8 @@ class SentinelUrl:
         """Read ``url``; ConfigError naming the part that is missing or wrong."""
         from schedkit.errors import ConfigError
 
+        servers = _Servers.parse(url, SENTINEL_SCHEME, "sentinel", 26379)
         parts = urlsplit(url)
-        if parts.scheme != SENTINEL_SCHEME:
-            raise ConfigError(f"{_safe(url)} is not a {SENTINEL_SCHEME}:// URL")
-        credentials, _, hosts = parts.netloc.rpartition("@")
-        username, _, password = credentials.partition(":") if credentials else ("", "", "")
-        sentinels = []
-        for host in filter(None, hosts.split(",")):
-            name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
-            try:
-                sentinels.append((name.strip("[]"), int(port)))
-            except ValueError as exc:
-                raise ConfigError(f"{_safe(url)}: sentinel {host!r} has no valid port") from exc
-        if not sentinels:
-            raise ConfigError(f"{_safe(url)} names no sentinel (host:port, comma separated)")
         service, _, db = parts.path.strip("/").partition("/")
         if not service:
             raise ConfigError(
@@ -285,11 +292,11 @@ class SentinelUrl:
         except ValueError as exc:
             raise ConfigError(f"{_safe(url)}: database {db!r} is not a number") from exc
         return cls(
-            sentinels=tuple(sentinels),
+            sentinels=servers.hosts,
             service=service,
             db=database,
-            username=username or None,
-            password=password or None,
+            username=servers.username,
+            password=servers.password,
             sentinel_password=dict(parse_qsl(parts.query)).get("sentinel_password"),
         )
 
