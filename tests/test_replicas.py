@@ -168,6 +168,11 @@ def test_without_replicas_asked_a_frozen_replica_does_not_hold_a_call(
     assert reply.task.id
 
 
+def test_a_short_store_timeout_alone_is_fine_when_no_replica_is_asked_for() -> None:
+    settings = Settings(store_timeout=1.0)  # the replica timeout (1 s) is not used then
+    assert Replicas.of(settings) == Replicas(0, 1.0)
+
+
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [

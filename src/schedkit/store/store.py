@@ -112,7 +112,11 @@ class Replicas:
                 "SCHEDKIT_STORE_REPLICA_TIMEOUT must be above 0 seconds "
                 f"(it is {settings.store_replica_timeout:g})"
             )
-        if settings.store_timeout and settings.store_replica_timeout >= settings.store_timeout:
+        if (
+            settings.store_replicas
+            and settings.store_timeout
+            and settings.store_replica_timeout >= settings.store_timeout
+        ):
             raise ConfigError(
                 f"SCHEDKIT_STORE_REPLICA_TIMEOUT ({settings.store_replica_timeout:g} s) must be "
                 f"below SCHEDKIT_STORE_TIMEOUT ({settings.store_timeout:g} s), or the call "
