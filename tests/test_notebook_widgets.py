@@ -19,6 +19,7 @@ import pytest
 from conftest import ARTIFACTS
 from schedkit.client.client import Client
 from schedkit.notebook import ScheduleBuilder, ScheduleInspector, timeline
+from schedkit.notebook._common import ERROR_CLASS
 from schedkit.testing import LocalStack
 
 matplotlib.use("Agg")  # no display in tests
@@ -196,8 +197,78 @@ def test_builder_runs_a_row_whose_time_passed_instead_of_dropping_it(client: Cli
         builder.close()
 
 
-def _builder_with_one_row(client: Client) -> ScheduleBuilder:
+def test_builder_asks_for_a_zone_and_flags_an_unknown_one(client: Client) -> None:
     builder = ScheduleBuilder(client)
+    try:
+        # A fresh form says what it needs, in grey: nothing is wrong before anything is typed.
+        for part in (builder.arguments_check, builder.when, builder.feedback.message):
+            assert ERROR_CLASS not in part.value
+        assert "pick the time zone" in builder.when.value
+        builder.task.value = "add"
+        assert ERROR_CLASS not in builder.arguments_check.value  # add(x, y) not yet filled
+        builder.args.value = "[1]"
+        assert ERROR_CLASS in builder.arguments_check.value  # typed, and wrong
+        builder.args.value = "[1, 2]"
+        builder.run_at.value = _later(30, "Europe/Paris")
+
+        builder.add_button.click()  # a naive time with no zone: refused, draft unchanged
+        assert "time zone: required: the run time has no zone" in builder.feedback.message.value
+        assert len(builder.frame) == 0
+
+        builder.tz.value = "Paris"  # shown as typed, flagged, never silently replaced
+        assert builder.tz.value == "Paris"
+        assert "did you mean Europe/Paris?" in builder.when.value
+        builder.add_button.click()
+        assert "unknown time zone 'Paris'" in unescape(builder.feedback.message.value)
+        assert len(builder.frame) == 0
+
+        builder.tz.value = "Europe/Paris"
+        assert "CET" in builder.when.value or "CEST" in builder.when.value
+        builder.add_button.click()
+        assert list(builder.frame["tz"]) == ["Europe/Paris"]
+    finally:
+        builder.close()
+
+
+def test_builder_refuses_frame_rows_without_a_zone_unless_tz_is_given(client: Client) -> None:
+    frame = pd.DataFrame(
+        {"task": ["add"], "run_at": [_later(60, "UTC").isoformat()], "args": ["[1, 2]"]}
+    )
+    builder = ScheduleBuilder(client, frame=frame)
+    try:
+        result = builder.schedule()
+        assert list(result["outcome"]) == ["invalid"]
+        assert "has no time zone" in result["error"].iloc[0]
+    finally:
+        builder.close()
+    builder = ScheduleBuilder(client, frame=frame, tz="UTC")
+    try:
+        assert list(builder.schedule()["outcome"]) == ["created"]
+    finally:
+        builder.close()
+
+
+def test_builder_previews_the_next_runs_of_a_rule_in_its_zone(builder: ScheduleBuilder) -> None:
+    assert builder.preview.value == ""
+    builder.repeat.value = "cron"
+    builder.rule.value = "0 8 * * *"
+    shown = builder.preview.value
+    assert shown.startswith("next runs: ")
+    runs = shown.removeprefix("next runs: ").split(", ")
+    assert len(runs) == 5
+    assert all(" 08:00:00 CE" in r for r in runs)  # 08:00 in Paris (CET or CEST)
+    builder.tz.value = "Asia/Tokyo"
+    assert all(" 08:00:00 JST" in r for r in builder.preview.value.split(", "))
+    builder.repeat.value = "every"
+    builder.rule.value = "6h"
+    builder.count.value = 3
+    assert len(builder.preview.value.split(", ")) == 3
+    builder.rule.value = "6 parsecs"
+    assert ERROR_CLASS in builder.preview.value
+
+
+def _builder_with_one_row(client: Client) -> ScheduleBuilder:
+    builder = ScheduleBuilder(client, tz="UTC")
     builder.task.value = "add"
     builder.args.value = "[1, 2]"
     builder.run_at.value = _later(30, "UTC")
@@ -379,6 +450,7 @@ def test_inspector_close_stops_its_thread(client: Client) -> None:
 
 
 def test_timeline_draws_planned_and_actual_runs(client: Client) -> None:
+    from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
 
     tag = _tag()
@@ -398,7 +470,10 @@ def test_timeline_draws_planned_and_actual_runs(client: Client) -> None:
     assert "Europe/Paris" in ax.get_xlabel()
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["scheduled", "succeeded", "failed", "planned"]
-    assert len(ax.collections) == 2  # one bar per run that started
+    bars = [
+        c for c in ax.collections if isinstance(c, LineCollection) and c.get_linewidth()[0] == 6
+    ]
+    assert sum(len(c.get_segments()) for c in bars) == 2  # one bar per run that started
     ARTIFACTS.mkdir(exist_ok=True)
     figure.savefig(ARTIFACTS / "timeline.png")
     if os.environ.get("SCHEDKIT_UPDATE_DOCS_IMAGES") == "1":
