@@ -485,3 +485,67 @@ def test_timeline_names_a_missing_column() -> None:
 
     with pytest.raises(InvalidArgument, match="run_at"):
         timeline(pd.DataFrame({"task": ["add"]}))
+
+
+def _runs(count: int, start: str = "2026-06-01 08:00", every: str = "1s") -> pd.DataFrame:
+    """A tasks_frame-like frame of ``count`` runs, no server needed (only drawing is tested)."""
+    run_at = pd.date_range(start, periods=count, freq=every, tz="Europe/Paris")
+    states = ["SUCCEEDED", "FAILED", "SCHEDULED", "CANCELLED"]
+    return pd.DataFrame(
+        {
+            "task": [f"task_{i % 3}" for i in range(count)],
+            "state": [states[i % 4] for i in range(count)],
+            "run_at": run_at,
+            "labels": [{"team": "ops" if i % 2 else "garden"} for i in range(count)],
+        }
+    )
+
+
+def test_timeline_lanes_by_task_state_or_label() -> None:
+    frame = _runs(12)
+    by_state = timeline(frame, lanes="state").axes[0]
+    labels = [t.get_text() for t in by_state.get_yticklabels()]
+    assert labels == ["CANCELLED", "FAILED", "SCHEDULED", "SUCCEEDED"]
+    by_team = timeline(frame, lanes="label:team").axes[0]
+    assert [t.get_text() for t in by_team.get_yticklabels()] == ["garden", "ops"]
+    from schedkit.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="lanes"):
+        timeline(frame, lanes="colour")
+
+
+def test_timeline_draws_runs_per_bucket_stacked_by_state_when_there_are_many() -> None:
+    frame = _runs(5000)
+    ax = timeline(frame).axes[0]
+    assert ax.get_title() == "5,000 run(s) per time bucket"
+    assert ax.get_ylabel().startswith("runs per ")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["scheduled", "succeeded", "failed", "cancelled"]
+    # The top of the stack, bucket by bucket, adds up to every run.
+    top = max(ax.patches, key=lambda p: p.get_path().vertices[:, 1].max())
+    assert top.get_path().vertices[:, 1].max() <= 5000
+    assert timeline(frame, density=False).axes[0].get_ylabel() == ""
+
+
+def test_timeline_window_follows_the_filter_not_an_outlier() -> None:
+    import matplotlib.dates as mdates
+
+    frame = _runs(50, every="2min")  # 08:00 to 09:38 in Paris
+    outlier = _runs(1, start="2027-06-01 08:00")
+    both = pd.concat([frame, outlier], ignore_index=True)
+    ax = timeline(both).axes[0]
+    low, high = (mdates.num2date(x) for x in ax.get_xlim())
+    assert high - low < timedelta(hours=4)  # a year away does not squeeze two hours
+    assert "(1 outside the window not shown)" in ax.get_title()
+
+    start = datetime(2026, 6, 1, 8, 30, tzinfo=ZoneInfo("Europe/Paris"))
+    ax = timeline(both, window=(start, start + timedelta(minutes=30))).axes[0]
+    assert ax.get_title().startswith("16 run(s)")  # 08:30 to 09:00, both ends
+    assert "35 outside the window" in ax.get_title()
+
+
+def test_timeline_is_as_wide_as_a_notebook_cell() -> None:
+    figure = timeline(_runs(10))
+    width, height = figure.get_size_inches() * figure.dpi
+    assert width >= 1000
+    assert height < width / 3
