@@ -17,13 +17,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from common import load, machine  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from common import load, machine
 
-from schedkit.notebook import timeline  # noqa: E402
-from schedkit.notebook.timeline import STATE_COLOURS  # noqa: E402
+from schedkit.notebook import timeline
+from schedkit.notebook.timeline import STATE_COLOURS
 
 STATES = ["SUCCEEDED", "FAILED", "SCHEDULED", "CANCELLED", "QUEUED"]
 
