@@ -323,27 +323,66 @@ def test_inspector_filters_cancels_and_shows_details(
     inspector.label.value = f"test={tag}"
 
     assert list(inspector.frame["id"]) == [first.id, second.id]
-    assert first.id in inspector.table.value
-    assert second.id in inspector.table.value
-    assert "JST" in inspector.table.value
-    assert "2 task(s): 2 SCHEDULED" in inspector.summary.value
+    shown = inspector.grid.df
+    assert list(shown["id"]) == [first.id, second.id]
+    assert all(t.endswith(" JST") for t in shown["run_at"])  # times with their zone
+    assert "2 of 2 shown" in inspector.summary.value
+    assert "2 SCHEDULED" in inspector.summary.value
 
     inspector.task.value = "add"
     assert list(inspector.frame["id"]) == [second.id]
     inspector.task.value = ""
 
-    inspector.selection.value = (first.id,)
+    inspector.select([first.id, second.id])  # as a click and a shift-click in the grid do
+    assert inspector.selected == [first.id, second.id]
     assert "rose" in inspector.detail.value
     assert "water_plants" in inspector.detail.value
+    assert second.id in inspector.detail.value  # every selected task, not only the first
+    inspector.select([first.id])
 
     inspector.cancel_button.click()
 
     assert client.get(first.id).state == "CANCELLED"
     assert client.get(second.id).state == "SCHEDULED"
     assert f"cancelled 1: {first.id}" in inspector.feedback.message.value
+    assert inspector.selected == [first.id]  # the redrawn page keeps the selection
     assert "CANCELLED" in inspector.detail.value  # the detail view follows the change
     inspector.states.value = ("CANCELLED",)
     assert list(inspector.frame["id"]) == [first.id]
+
+
+def test_inspector_pages_reach_every_task_and_say_how_many_match(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    from schedkit.model import TaskSpec
+
+    tag = _tag()
+    start = datetime.now(ZoneInfo("UTC")) + timedelta(days=1)
+    specs = [
+        TaskSpec("add", start + timedelta(seconds=i), [i, 1], labels={"test": tag})
+        for i in range(504)
+    ]
+    ids = [r.id for r in client.schedule_many(specs)]
+    inspector = ScheduleInspector(client, live=False, limit=200)
+    inspector_of.append(inspector)
+    inspector.label.value = f"test={tag}"  # a label filter: server pages may come short
+
+    assert inspector.total == 504
+    assert "200 of 504 shown" in inspector.summary.value
+    assert "page 1 of 3" in inspector.summary.value
+    assert inspector.previous_button.disabled
+    seen = list(inspector.frame["id"])
+    inspector.next_button.click()
+    assert "rows 201 to 400" in inspector.summary.value
+    seen += list(inspector.frame["id"])
+    inspector.last_button.click()
+    assert "104 of 504 shown" in inspector.summary.value
+    assert inspector.next_button.disabled
+    seen += list(inspector.frame["id"])
+    assert seen == ids  # every task once, by run time
+    assert len(inspector.grid.df) == 104  # the grid holds one page, never all
+    inspector.first_button.click()
+    assert list(inspector.frame["id"]) == ids[:200]
 
 
 def test_inspector_says_why_a_cancel_is_refused(
@@ -355,13 +394,13 @@ def test_inspector_says_why_a_cancel_is_refused(
     inspector = ScheduleInspector(client, live=False)
     inspector_of.append(inspector)
     inspector.label.value = f"test={tag}"
-    inspector.selection.value = (done.id,)
+    inspector.select([done.id])
     inspector.cancel_button.click()
     assert "refused 1" in inspector.feedback.message.value
     assert done.id in inspector.feedback.message.value
     assert client.get(done.id).state == "SUCCEEDED"
 
-    inspector.selection.value = ()
+    inspector.select([])
     inspector.cancel_button.click()
     assert "select the tasks to cancel first" in inspector.feedback.message.value
 
@@ -377,62 +416,78 @@ def test_inspector_detail_shows_a_failure_with_its_traceback(
     inspector = ScheduleInspector(client, live=False)
     inspector_of.append(inspector)
     inspector.label.value = f"test={tag}"
-    assert "RuntimeError: pump jammed" in inspector.table.value
-    inspector.selection.value = (failed.id,)
+    assert "RuntimeError: pump jammed" in list(inspector.grid.df["result or error"])
+    inspector.select([failed.id])
     assert "FAILED" in inspector.detail.value
     assert "Traceback" in inspector.detail.value
     assert "raise RuntimeError(message)" in inspector.detail.value
 
 
-def test_inspector_shows_a_bad_filter_in_the_widget(
+def test_inspector_shows_a_bad_filter_and_clears_it_once_valid(
     client: Client, inspector_of: list[ScheduleInspector]
 ) -> None:
     inspector = ScheduleInspector(client, live=False)
     inspector_of.append(inspector)
-    inspector.label.value = "no equals sign"
+    inspector.label.value = "b"  # typed on the way to b=1
     assert "labels filter" in inspector.feedback.message.value
     assert "is not name=value" in inspector.feedback.message.value
+    inspector.label.value = "b=1"
+    assert inspector.feedback.message.value == ""
+    inspector.tz.value = "Tokio"
+    assert "did you mean Asia/Tokyo?" in unescape(inspector.feedback.message.value)
+    inspector.tz.value = "Asia/Tokyo"
+    assert inspector.feedback.message.value == ""
 
 
-def test_inspector_publishes_its_frame_only_once_the_table_shows_it(
+def test_inspector_publishes_its_frame_only_once_the_grid_shows_it(
     client: Client, inspector_of: list[ScheduleInspector]
 ) -> None:
     # The live thread redraws while a notebook reads ``frame``: a reader must never find a
-    # frame the table does not show yet.
+    # frame the grid does not show yet.
     tag = _tag()
     client.schedule("add", 1, 1, run_at=timedelta(hours=1), labels={"test": tag})
     inspector = ScheduleInspector(client, live=False)
     inspector_of.append(inspector)
     before = inspector.frame
     frames_while_drawing: list[pd.DataFrame] = []
-    inspector.table.observe(lambda _: frames_while_drawing.append(inspector.frame), names="value")
+    inspector.grid.observe(lambda _: frames_while_drawing.append(inspector.frame), names="_dt_args")
     inspector.label.value = f"test={tag}"
-    assert frames_while_drawing, "the table was not redrawn"
+    assert frames_while_drawing, "the grid was not redrawn"
     assert all(frame is before for frame in frames_while_drawing)
     assert list(inspector.frame["state"]) == ["SCHEDULED"]
-    assert tag in inspector.table.value
+    assert tag in inspector.grid.df["labels"].iloc[0]
 
 
-def test_inspector_follows_changes_live_and_stops(
+def test_inspector_follows_changes_live_keeping_the_selection_and_stops(
     client: Client, inspector_of: list[ScheduleInspector]
 ) -> None:
     tag = _tag()
+    later = client.schedule("add", 1, 1, run_at=timedelta(hours=1), labels={"test": tag})
     inspector = ScheduleInspector(client, live=True, period=0.5, min_interval=0.1)
     inspector_of.append(inspector)
     inspector.label.value = f"test={tag}"
     assert inspector.running
+    inspector.select([later.id])
 
     task = client.schedule("add", 2, 2, run_at=timedelta(seconds=0.3), labels={"test": tag})
     client.wait_for(task.id, ["SUCCEEDED"])
+
+    def state_of_task() -> list[str]:
+        frame = inspector.frame
+        return list(frame[frame["id"] == task.id]["state"]) if len(frame) else []
+
     seen = inspector.refresh_count
     # The thread redraws on its own after the change; wait for a redraw that shows it.
     for _ in range(20):
-        if list(inspector.frame.get("state", [])) == ["SUCCEEDED"]:
+        if state_of_task() == ["SUCCEEDED"]:
             break
         assert inspector.wait_refreshed(seen, timeout=5.0)
         seen = inspector.refresh_count
-    assert list(inspector.frame["state"]) == ["SUCCEEDED"]
-    assert "SUCCEEDED" in inspector.table.value
+    assert state_of_task() == ["SUCCEEDED"]
+    assert list(inspector.grid.df["state"]) == ["SUCCEEDED", "SCHEDULED"]
+    # The new task came first on the page; the selection followed its task, not its row.
+    assert inspector.selected == [later.id]
+    assert inspector.grid.selected_rows == [1]
 
     inspector.live.value = False
     inspector.stop(timeout=5.0)
