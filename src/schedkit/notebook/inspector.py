@@ -50,7 +50,24 @@ TABLE_COLUMNS = ("state", "task", "run_at", "labels", "id", "lateness", "result 
 LIVE_RECOUNT = 5000
 #: Selected tasks shown in full below the grid.
 DETAILS_SHOWN = 5
-_GRID_HEIGHT = "420px"
+#: The grid's options, given again on every update: itables fills what an update leaves out
+#: with its defaults, which would make only the small arrow of a header sort.
+GRID_OPTIONS: dict[str, Any] = {
+    "select": {"style": "multi+shift"},
+    # One page of tasks, scrolled inside the grid under a header that stays.
+    "paging": False,
+    "scrollY": "420px",
+    "scrollCollapse": True,
+    "scrollX": True,
+    "showIndex": False,
+    "classes": "display compact nowrap cell-border",
+    "layout": {"topStart": "search", "topEnd": None, "bottomStart": None, "bottomEnd": None},
+    "order": [],
+    # A click anywhere on a header sorts by it (not only on its small arrow).
+    "text_in_header_can_be_selected": False,
+    "maxBytes": 0,
+    "allow_html": False,
+}
 
 
 def _grid(frame: pd.DataFrame) -> Any:
@@ -61,21 +78,7 @@ def _grid(frame: pd.DataFrame) -> Any:
         raise ConfigError(
             "the inspector's grid needs itables: pip install 'schedkit[notebook]'"
         ) from exc
-    return ITable(
-        frame,
-        select={"style": "multi+shift"},
-        # One page of tasks, scrolled inside the grid under a header that stays.
-        paging=False,
-        scrollY=_GRID_HEIGHT,
-        scrollCollapse=True,
-        scrollX=True,
-        showIndex=False,
-        classes="display compact nowrap cell-border",
-        layout={"topStart": "search", "topEnd": None, "bottomStart": None, "bottomEnd": None},
-        order=[],
-        maxBytes=0,
-        allow_html=False,
-    )
+    return ITable(frame, **GRID_OPTIONS)
 
 
 class ScheduleInspector(widgets.VBox):
@@ -311,7 +314,7 @@ class ScheduleInspector(widgets.VBox):
             # by task id, so a task that moved keeps being selected.
             wanted = set(keep)
             rows = [i for i, v in enumerate(frame["id"]) if v in wanted]
-            self.grid.update(shown, selected_rows=rows)
+            self.grid.update(shown, selected_rows=rows, **GRID_OPTIONS)
         self._summarise(frame)
 
     def _summarise(self, frame: pd.DataFrame) -> None:

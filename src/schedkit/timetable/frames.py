@@ -70,7 +70,15 @@ class ScheduleOutcomes(pd.DataFrame):
 
     def _repr_html_(self) -> str | None:
         with pd.option_context("display.max_colwidth", None):
-            return super()._repr_html_()  # type: ignore[misc,no-any-return]
+            table = super()._repr_html_()  # type: ignore[misc]
+        if table is None:
+            return None
+        # Left-aligned and wide enough to read: the error is the 3rd cell (after the index).
+        return (
+            "<div class='schedkit-outcomes'><style>.schedkit-outcomes td,.schedkit-outcomes th"
+            "{text-align:left !important;vertical-align:top}.schedkit-outcomes td:nth-child(3)"
+            "{min-width:32em;white-space:normal}</style>" + str(table) + "</div>"
+        )
 
     def __repr__(self) -> str:
         with pd.option_context("display.max_colwidth", None):
