@@ -604,3 +604,38 @@ def test_timeline_is_as_wide_as_a_notebook_cell() -> None:
     width, height = figure.get_size_inches() * figure.dpi
     assert width >= 1000
     assert height < width / 3
+
+
+def test_inspector_pages_end_exactly_on_a_page_boundary_and_draw_their_timeline(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    import matplotlib.dates as mdates
+
+    from schedkit.model import TaskSpec
+
+    tag = _tag()
+    start = datetime.now(ZoneInfo("UTC")).replace(microsecond=0) + timedelta(days=2)
+    specs = [
+        TaskSpec("add", start + timedelta(minutes=i), [i, 1], labels={"test": tag})
+        for i in range(40)
+    ]
+    ids = [r.id for r in client.schedule_many(specs)]
+    inspector = ScheduleInspector(client, live=False, limit=20)
+    inspector_of.append(inspector)
+    inspector.label.value = f"test={tag}"
+    assert "20 of 40 shown" in inspector.summary.value
+    assert "page 1 of 2" in inspector.summary.value
+    inspector.go_to(7)  # past the end: the last page
+    assert inspector.page_number == 1
+    assert list(inspector.frame["id"]) == ids[20:]
+    assert inspector.next_button.disabled
+
+    # The timeline of the page, its window the from/to filter.
+    inspector.after.value = (start + timedelta(minutes=25)).replace(tzinfo=None)
+    inspector.before.value = (start + timedelta(minutes=35)).replace(tzinfo=None)
+    assert list(inspector.frame["id"]) == ids[25:35]  # "to" is exclusive
+    ax = inspector.timeline().axes[0]
+    low, high = (mdates.num2date(x) for x in ax.get_xlim())
+    assert low <= start + timedelta(minutes=25)
+    assert high >= start + timedelta(minutes=35)
+    assert high - low < timedelta(minutes=12)

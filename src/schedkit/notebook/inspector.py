@@ -385,6 +385,16 @@ class ScheduleInspector(widgets.VBox):
             f"<table class='schedkit-table'>{body}</table>{trace}</div>"
         )
 
+    def timeline(self, **options: Any) -> Any:
+        """The page shown as a :func:`~schedkit.notebook.timeline.timeline` Figure, its window
+        the from/to filter when set (so an outlier does not set it), in the chosen zone."""
+        from schedkit.notebook.timeline import timeline
+
+        filters = self._filters or self.filters()
+        options.setdefault("window", (filters["run_after"], filters["run_before"]))
+        options.setdefault("tz", zone(self.tz.value.strip()))
+        return timeline(self.frame, **options)
+
     # -- acting -----------------------------------------------------------------------------
 
     def cancel_selected(self) -> list[str]:
