@@ -322,6 +322,7 @@ def test_inspector_filters_cancels_and_shows_details(
     inspector_of.append(inspector)
     inspector.label.value = f"test={tag}"
 
+    assert inspector.wait_counted()  # the count runs in a thread, after the page shows
     assert list(inspector.frame["id"]) == [first.id, second.id]
     shown = inspector.grid.df
     assert list(shown["id"]) == [first.id, second.id]
@@ -367,6 +368,7 @@ def test_inspector_pages_reach_every_task_and_say_how_many_match(
     inspector_of.append(inspector)
     inspector.label.value = f"test={tag}"  # a label filter: server pages may come short
 
+    assert inspector.wait_counted()  # the count runs in a thread, after the page shows
     assert inspector.total == 504
     assert "200 of 504 shown" in inspector.summary.value
     assert "page 1 of 3" in inspector.summary.value
@@ -623,6 +625,7 @@ def test_inspector_pages_end_exactly_on_a_page_boundary_and_draw_their_timeline(
     inspector = ScheduleInspector(client, live=False, limit=20)
     inspector_of.append(inspector)
     inspector.label.value = f"test={tag}"
+    assert inspector.wait_counted()  # the count runs in a thread, after the page shows
     assert "20 of 40 shown" in inspector.summary.value
     assert "page 1 of 2" in inspector.summary.value
     inspector.go_to(7)  # past the end: the last page

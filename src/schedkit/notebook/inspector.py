@@ -104,7 +104,11 @@ class ScheduleInspector(widgets.VBox):
         self.pager = Pager(client, page_size=limit)
         self.page_number = 0
         self._filters: dict[str, Any] | None = None
-        self._refreshes = 0
+        # The match count runs in a thread of its own (a walk over 100,000 tasks takes
+        # seconds): the page shows first. A newer count, or close(), abandons an older one.
+        self._count_generation = 0
+        self._count_thread: threading.Thread | None = None
+        self.counted = threading.Event()
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -246,13 +250,44 @@ class ScheduleInspector(widgets.VBox):
             if changed:
                 self.pager.reset(filters, page_size=self.limit.value)
                 self._filters, self.page_number = filters, 0
-            total = self.pager.total
-            if recount or changed or (recount is None and (total or 0) <= LIVE_RECOUNT):
-                self.pager.reset(filters)
-                self.pager.count()
             self._read_page(self.page_number)
+            counting = self._count_thread is not None and self._count_thread.is_alive()
+            small = (self.pager.total or 0) <= LIVE_RECOUNT
+            if recount or changed or (recount is None and not counting and small):
+                self._start_count(filters)
         self.feedback.clear_error()  # the filters are valid again: an old error is stale
         return self.frame
+
+    def wait_counted(self, timeout: float | None = 30.0) -> bool:
+        """Block until the latest count of the matches is shown (for tests and scripts)."""
+        return self.counted.wait(timeout)
+
+    def _start_count(self, filters: dict[str, Any]) -> None:
+        self._count_generation += 1
+        generation, size = self._count_generation, self.pager.page_size
+        self.counted.clear()
+
+        def stale() -> bool:
+            return generation != self._count_generation
+
+        def run() -> None:
+            counter = Pager(self.client, page_size=size, filters=filters)
+            try:
+                if counter.count(stop=stale) is None:
+                    return
+            except Exception as exc:  # shown in the widget, as a refresh's error would be
+                if not stale():
+                    self.feedback.error(exc)
+                return
+            with self._lock:
+                if stale():
+                    return
+                self.pager.adopt(counter)
+                self._summarise(self.frame)
+            self.counted.set()
+
+        self._count_thread = threading.Thread(target=run, name="schedkit-count", daemon=True)
+        self._count_thread.start()
 
     def go_to(self, number: int) -> pd.DataFrame:
         """Show grid page ``number`` (from 0; clamped to the pages there are)."""
@@ -262,8 +297,10 @@ class ScheduleInspector(widgets.VBox):
 
     def last_page(self) -> pd.DataFrame:
         """Show the last page (counting first if the end is not known yet)."""
+        if self.pager.pages is None:
+            self.wait_counted(timeout=None if self.running else 120.0)
         with self._lock:
-            if self.pager.pages is None:
+            if self.pager.pages is None:  # the count failed or was abandoned: count here
                 self.pager.count()
             return self.go_to((self.pager.pages or 1) - 1)
 
@@ -321,14 +358,16 @@ class ScheduleInspector(widgets.VBox):
         pager, size = self.pager, self.pager.page_size
         first = self.page_number * size + 1
         total = pager.total
-        of = f"{total:,}" if total is not None else "more"
+        of = f"of {total:,} " if total is not None else ""
+        counting = "" if total is not None else " (counting the matches…)"
         pages = f"page {self.page_number + 1:,} of {pager.pages:,}" if pager.pages else ""
         counts = frame["state"].value_counts()
         states = ", ".join(f"{n} {s}" for s, n in counts.items())
         if len(frame):
             rows = f"rows {first:,} to {first + len(frame) - 1:,}"
             self.summary.value = (
-                f"<b>{len(frame):,} of {of} shown</b> ({rows}; {pages}): {html.escape(states)}"
+                f"<b>{len(frame):,} {of}shown</b>{counting} ({rows}"
+                f"{'; ' + pages if pages else ''}): {html.escape(states)}"
             )
         else:
             self.summary.value = "<i>no task matches the filters</i>"
@@ -437,7 +476,8 @@ class ScheduleInspector(widgets.VBox):
         return self._thread is not None and self._thread.is_alive()
 
     def close(self) -> None:
-        """Stop the live refresh, then close the widgets."""
+        """Stop the live refresh and any count, then close the widgets."""
+        self._count_generation += 1
         self.stop()
         super().close()
 

@@ -48,6 +48,11 @@ class Pager:
             self.__post_init__()
         self.starts, self.pages, self.total = {0: ""}, None, None
 
+    def adopt(self, other: Pager) -> None:
+        """Take what ``other`` (a count over the same filters and page size) learnt."""
+        self.starts.update(other.starts)
+        self.pages, self.total = other.pages, other.total
+
     def page(self, number: int) -> tuple[list[TaskRecord], int]:
         """The tasks of grid page ``number`` (from 0; past the end: the last page), and the
         number of the page returned."""
