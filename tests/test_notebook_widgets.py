@@ -18,6 +18,7 @@ import pytest
 
 from conftest import ARTIFACTS
 from schedkit.client.client import Client
+from schedkit.errors import InvalidArgument
 from schedkit.notebook import ScheduleBuilder, ScheduleInspector, timeline
 from schedkit.notebook._common import ERROR_CLASS
 from schedkit.testing import LocalStack
@@ -642,3 +643,33 @@ def test_inspector_pages_end_exactly_on_a_page_boundary_and_draw_their_timeline(
     assert low <= start + timedelta(minutes=25)
     assert high >= start + timedelta(minutes=35)
     assert high - low < timedelta(minutes=12)
+
+
+def test_builder_follows_its_dst_policy_in_the_form_and_when_scheduling(client: Client) -> None:
+    gap = datetime(2099, 3, 29, 2, 30)  # clocks jump from 02:00 to 03:00 in Paris that night
+    strict = ScheduleBuilder(client, tz="Europe/Paris")
+    try:
+        strict.task.value = "add"
+        strict.args.value = "[1, 2]"
+        strict.run_at.value = gap
+        assert "does not exist in Europe/Paris" in strict.when.value
+        strict.add_button.click()
+        assert "does not exist in Europe/Paris" in strict.feedback.message.value
+        assert len(strict.frame) == 0
+    finally:
+        strict.close()
+    shifted = ScheduleBuilder(client, tz="Europe/Paris", dst="shift")
+    try:
+        shifted.task.value = "add"
+        shifted.args.value = "[1, 2]"
+        shifted.run_at.value = gap
+        assert "2099-03-29 03:30:00 CEST" in shifted.when.value
+        shifted.add_button.click()
+        result = shifted.schedule()
+        assert list(result["outcome"]) == ["created"]
+        stored = client.get(result["id"].iloc[0])
+        assert stored.spec.run_at == datetime(2099, 3, 29, 1, 30, tzinfo=ZoneInfo("UTC"))
+    finally:
+        shifted.close()
+    with pytest.raises(InvalidArgument, match="dst"):
+        ScheduleBuilder(client, dst="sometimes")  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from schedkit.notebook._common import (
 from schedkit.timetable.check import check_timetable
 from schedkit.timetable.options import TimetableOptions
 from schedkit.timetable.outcomes import OUTCOME_COLUMNS
-from schedkit.timeutil import zone
+from schedkit.timeutil import DstPolicy, localize, zone
 
 #: Columns of a row added with the form.
 DRAFT_COLUMNS = (
@@ -63,7 +63,9 @@ class ScheduleBuilder(widgets.VBox):
 
     ``tz`` is the zone the form starts with, and the zone of naive times in ``frame`` rows
     without a ``tz`` cell. Without it the form asks for a zone, and such rows are refused:
-    a naive time is never read as UTC unless someone chose UTC.
+    a naive time is never read as UTC unless someone chose UTC. ``dst`` is the policy for a
+    local time in a daylight saving gap or overlap (raise, shift, earliest, latest), in the
+    form, the preview and the scheduling alike.
     """
 
     def __init__(
@@ -72,10 +74,12 @@ class ScheduleBuilder(widgets.VBox):
         *,
         frame: pd.DataFrame | None = None,
         tz: str = "",
+        dst: DstPolicy = "raise",
         source: str = "notebook",
     ) -> None:
         self.client = client
         self.source = source
+        self.dst: DstPolicy = TimetableOptions(dst=dst).dst  # a bad policy fails here
         self.default_tz = tz or None
         # Argument errors are shown once the user has typed: a fresh form is not wrong yet.
         self._typed = False
@@ -230,7 +234,7 @@ class ScheduleBuilder(widgets.VBox):
     def add(self) -> None:
         """Check the form's row as a timetable row and append it to the draft."""
         row = self.row()
-        options = TimetableOptions(past="error")  # the row carries its zone
+        options = TimetableOptions(past="error", dst=self.dst)  # the row carries its zone
         checked = check_timetable(pd.DataFrame([row]), options)
         if checked.errors:
             raise InvalidArgument(
@@ -256,7 +260,7 @@ class ScheduleBuilder(widgets.VBox):
             raise InvalidArgument.for_field("draft", "empty: add a row first")
         # past="run": a row whose time passed while the form was open runs now, not never.
         result = self.client.schedule_frame(
-            self._draft, tz=self.default_tz, source=self.source, past="run"
+            self._draft, tz=self.default_tz, dst=self.dst, source=self.source, past="run"
         )
         self.results = result
         shown = result.reindex(columns=list(RESULT_COLUMNS))
@@ -334,13 +338,12 @@ class ScheduleBuilder(widgets.VBox):
         except InvalidArgument as exc:  # an unknown zone: said, with close matches
             self.when.value = error_html(exc.violations[0].description)
             return
-        moment = pd.Timestamp(self.run_at.value).tz_localize(
-            place, nonexistent="NaT", ambiguous="NaT"
-        )
-        if pd.isna(moment):
-            self.when.value = error_html(
-                "this local time does not exist or happens twice (daylight saving change)"
+        try:
+            moment = pd.Timestamp(localize(self.run_at.value, place, dst=self.dst)).tz_convert(
+                place
             )
+        except InvalidArgument as exc:  # a DST gap or overlap, and dst="raise"
+            self.when.value = error_html(exc.violations[0].description)
             return
         self.when.value = f"runs at {fmt_time(moment)} = {fmt_time(moment.tz_convert('UTC'))}"
 
@@ -364,7 +367,7 @@ class ScheduleBuilder(widgets.VBox):
             self.repeat.value: rule,
             "until": self.until.value.isoformat() if self.until.value else "",
         }
-        options = TimetableOptions(past="skip", horizon=PREVIEW_HORIZON)
+        options = TimetableOptions(past="skip", horizon=PREVIEW_HORIZON, dst=self.dst)
         checked = check_timetable(pd.DataFrame([row]), options)
         if checked.errors:
             self.preview.value = error_html(
