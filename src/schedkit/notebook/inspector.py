@@ -232,13 +232,16 @@ class ScheduleInspector(widgets.VBox):
     @property
     def selected(self) -> list[str]:
         """The ids of the tasks selected in the grid, in the order shown on the page."""
-        rows = sorted(r for r in self.grid.selected_rows if 0 <= r < len(self.frame))
-        return [str(self.frame["id"].iat[r]) for r in rows]
+        with self._lock:  # the grid's rows and ``frame`` change together, under the lock
+            frame = self.frame
+            rows = sorted(r for r in self.grid.selected_rows if 0 <= r < len(frame))
+            return [str(frame["id"].iat[r]) for r in rows]
 
     def select(self, ids: list[str] | tuple[str, ...]) -> None:
         """Select these tasks in the grid (those on the page shown)."""
         wanted = set(ids)
-        self.grid.selected_rows = [i for i, v in enumerate(self.frame["id"]) if v in wanted]
+        with self._lock:
+            self.grid.selected_rows = [i for i, v in enumerate(self.frame["id"]) if v in wanted]
 
     def refresh(self, recount: bool | None = None) -> pd.DataFrame:
         """Read the page shown again (after a filter change: the first page) and redraw;
