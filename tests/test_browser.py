@@ -9,27 +9,19 @@ replace the pictures under docs/img/.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
+from browser_kit import ROOT, browser_page, save, wait_http
 from conftest import ARTIFACTS, FAST
 from schedkit.runtime.embedded import free_port
 from schedkit.testing import LocalStack, local_stack
-
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-DOCS_IMAGES = ROOT / "docs" / "img"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +56,7 @@ def voila(own_stack: LocalStack) -> Iterator[str]:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/"
         try:
-            _wait_http(url, process, timeout=60.0)
+            wait_http(url, process, timeout=60.0, name="voila")
             yield url
         finally:
             process.terminate()
@@ -75,42 +67,9 @@ def voila(own_stack: LocalStack) -> Iterator[str]:
                 process.wait()
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"voila exited with {process.returncode}; see test-artifacts/voila.log")
-        try:
-            with urllib.request.urlopen(url + "static/", timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # any HTTP answer: the server is up (GET / would already run the notebook)
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.2)  # polling a server that is starting, bounded by the deadline
-    pytest.fail(f"voila did not answer at {url} within {timeout:g}s")
-
-
 @pytest.fixture(scope="module")
 def page() -> Iterator[Page]:
-    if not CHROMIUM.exists():
-        pytest.fail("no /usr/bin/chromium: run scripts/bootstrap (it installs Debian's chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        context = browser.new_context(viewport={"width": 1280, "height": 2000})
-        yield context.new_page()
-        context.close()
-        browser.close()
-
-
-def _save(page: Page, selector: str | None, name: str) -> None:
-    target = ARTIFACTS / name
-    if selector is None:
-        page.screenshot(path=str(target), full_page=True)
-    else:
-        page.locator(selector).screenshot(path=str(target))
-    if selector and os.environ.get("SCHEDKIT_UPDATE_DOCS_IMAGES") == "1":
-        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(target, DOCS_IMAGES / name)
+    yield from browser_page("voila")
 
 
 @pytest.mark.timeout(300)
@@ -128,7 +87,7 @@ def test_dashboard_lists_cancels_and_schedules_in_a_browser(
 
         page.goto(voila, timeout=90_000)
         inspector = page.locator(".schedkit-inspector")
-        tasks = page.locator(".schedkit-tasks")
+        tasks = page.locator(".schedkit-grid")
         # Voila runs the notebook, then the widget manager renders the widgets' state.
         expect(tasks).to_contain_text(doomed.id, timeout=90_000)
         expect(tasks).to_contain_text(keep.id)
@@ -137,29 +96,28 @@ def test_dashboard_lists_cancels_and_schedules_in_a_browser(
         expect(tasks).to_contain_text("pump jammed")  # a failure's error, in place
         paris = keep.spec.run_at.astimezone(ZoneInfo("Europe/Paris"))
         expect(tasks).to_contain_text(f"{paris:%Y-%m-%d %H:%M:%S %Z}")  # in the chosen zone
+        expect(inspector.locator(".schedkit-summary")).to_contain_text("4 of 4 shown")
 
         # Live: a task made after the page loaded shows up with no click (the kernel's thread).
         late = client.schedule("nap", 0.1, run_at=timedelta(hours=3))
         expect(tasks).to_contain_text(late.id, timeout=20_000)
 
-        select = page.locator(".schedkit-selection select")
-        position = select.evaluate(
-            "(el, id) => [...el.options].findIndex(o => o.textContent.includes(id))", doomed.id
-        )
-        assert position >= 0
-        select.select_option(index=position)
-        expect(inspector.locator("table").last).to_contain_text("[1, 2]")  # the detail view
+        # Select in the grid itself: a click on the row.
+        tasks.locator("tbody tr", has_text=doomed.id).click()
+        detail = inspector.locator(".schedkit-detail")
+        expect(detail).to_contain_text("[1, 2]")
         page.locator(".schedkit-cancel").click()
 
         assert client.wait_for(doomed.id, ["CANCELLED"], timeout=20).state == "CANCELLED"
         assert client.get(keep.id).state == "SCHEDULED"
         expect(inspector).to_contain_text(f"cancelled 1: {doomed.id}", timeout=20_000)
-        expect(tasks).to_contain_text("CANCELLED", timeout=20_000)
-        expect(inspector.locator("table").last).to_contain_text("CANCELLED")
-        _save(page, ".schedkit-inspector", "inspector.png")
+        expect(tasks.locator("tbody tr", has_text=doomed.id)).to_contain_text("CANCELLED")
+        expect(detail).to_contain_text("CANCELLED")
+        save(page, ".schedkit-inspector", "inspector.png")
 
         builder = page.locator(".schedkit-builder")
         builder.locator(".schedkit-task select").select_option(label="water_plants")
+        expect(builder.locator(".schedkit-tz input")).to_have_value("Europe/Paris")
         builder.locator(".schedkit-args input").fill('["fern"]')
         builder.locator(".schedkit-labels input").fill("demo=browser")
         builder.locator(".schedkit-labels input").press("Enter")
@@ -168,8 +126,8 @@ def test_dashboard_lists_cancels_and_schedules_in_a_browser(
         expect(builder).to_contain_text("added row 1", timeout=20_000)
         builder.locator(".schedkit-schedule").click()
         expect(builder).to_contain_text("1 created", timeout=20_000)
-        _save(page, ".schedkit-builder", "builder.png")
-        _save(page, None, "dashboard.png")
+        save(page, ".schedkit-builder", "builder.png")
+        save(page, None, "dashboard.png")
 
         made = client.tasks_frame(labels={"demo": "browser"})
         assert list(made["task"]) == ["water_plants"]

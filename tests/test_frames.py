@@ -126,3 +126,65 @@ def test_schedule_frame_result_is_indexed_like_the_frame(client: Client) -> None
     assert result.loc["broken", "outcome"] == "invalid"
     assert result.loc["broken", "task"] == "add"  # the invalid row still says which task
     assert result.loc["broken", "column"] == "run_at"
+
+
+def test_schedule_frame_refuses_a_naive_time_without_a_zone(client: Client) -> None:
+    # What a user meant for Paris, with no zone anywhere: refused with its row, column and a
+    # hint, never created as UTC; the rows that say their zone are scheduled.
+    label = json.dumps(_label())
+    frame = pd.DataFrame(
+        {
+            "task": ["add", "add", "add", "add"],
+            "run_at": [
+                "2099-03-01 09:00",
+                "2099-03-01 09:00",
+                "2099-03-01T09:00:00+01:00",
+                "2027-03-28 02:30",
+            ],
+            "tz": ["", "Europe/Paris", "", "Europe/Paris"],
+            "args": ["[1, 1]", "[2, 2]", "[3, 3]", "[4, 4]"],
+            "labels": label,
+        }
+    )
+    result = client.schedule_frame(frame)
+    assert list(result["outcome"]) == ["invalid", "created", "created", "invalid"]
+    assert list(result["column"]) == ["run_at", "", "", "run_at"]
+    assert "'2099-03-01 09:00' has no time zone" in result.loc[0, "error"]
+    assert "tz='UTC' if UTC is meant" in result.loc[0, "error"]
+    assert "does not exist in Europe/Paris" in result.loc[3, "error"]
+    # The invalid rows show the time as it was written, not NaT.
+    assert result.loc[0, "run_at_as_written"] == "2099-03-01 09:00"
+    assert result.loc[3, "run_at_as_written"] == "2027-03-28 02:30"
+    assert pd.Timestamp(result.loc[1, "run_at"]) == pd.Timestamp("2099-03-01 08:00", tz="UTC")
+
+    # The same cells with the zone said on purpose, and a DST policy chosen.
+    chosen = client.schedule_frame(frame, tz="UTC", dst="shift")
+    assert list(chosen["outcome"]) == ["created", "existing", "existing", "created"]
+    assert pd.Timestamp(chosen.loc[0, "run_at"]) == pd.Timestamp("2099-03-01 09:00", tz="UTC")
+    # 02:30 does not exist in Paris that night: shifted by the jump, to 03:30 CEST.
+    assert pd.Timestamp(chosen.loc[3, "run_at"]) == pd.Timestamp("2027-03-28 01:30", tz="UTC")
+
+
+def test_schedule_frame_result_reads_outcome_and_whole_error_first(client: Client) -> None:
+    start = pd.Timestamp.now(tz="UTC").floor("s") + pd.Timedelta(hours=2)
+    frame = pd.DataFrame(
+        {
+            "task": ["add", "water_plant", "add"],
+            "run_at": [start, start, "soon"],
+            "args": ["[1, 2]", '["fern"]', "[]"],
+            "labels": json.dumps(_label()),
+        }
+    )
+    result = client.schedule_frame(frame)
+    assert list(result.columns[:3]) == ["outcome", "error", "column"]
+    assert list(result["outcome"]) == ["created", "rejected", "invalid"]
+    error = result.loc[1, "error"]
+    assert "did you mean" in error
+    assert len(error) > 50
+    # pandas cuts cells at 50 characters; the result (and its problems) shows errors whole.
+    assert error in result._repr_html_()
+    problems = result.problems
+    assert error in problems._repr_html_()
+    assert list(problems.index) == [1, 2]
+    assert list(problems["outcome"]) == ["rejected", "invalid"]
+    assert problems.loc[2, "run_at_as_written"] == "soon"

@@ -18,7 +18,9 @@ import pytest
 
 from conftest import ARTIFACTS
 from schedkit.client.client import Client
+from schedkit.errors import InvalidArgument
 from schedkit.notebook import ScheduleBuilder, ScheduleInspector, timeline
+from schedkit.notebook._common import ERROR_CLASS
 from schedkit.testing import LocalStack
 
 matplotlib.use("Agg")  # no display in tests
@@ -196,8 +198,78 @@ def test_builder_runs_a_row_whose_time_passed_instead_of_dropping_it(client: Cli
         builder.close()
 
 
-def _builder_with_one_row(client: Client) -> ScheduleBuilder:
+def test_builder_asks_for_a_zone_and_flags_an_unknown_one(client: Client) -> None:
     builder = ScheduleBuilder(client)
+    try:
+        # A fresh form says what it needs, in grey: nothing is wrong before anything is typed.
+        for part in (builder.arguments_check, builder.when, builder.feedback.message):
+            assert ERROR_CLASS not in part.value
+        assert "pick the time zone" in builder.when.value
+        builder.task.value = "add"
+        assert ERROR_CLASS not in builder.arguments_check.value  # add(x, y) not yet filled
+        builder.args.value = "[1]"
+        assert ERROR_CLASS in builder.arguments_check.value  # typed, and wrong
+        builder.args.value = "[1, 2]"
+        builder.run_at.value = _later(30, "Europe/Paris")
+
+        builder.add_button.click()  # a naive time with no zone: refused, draft unchanged
+        assert "time zone: required: the run time has no zone" in builder.feedback.message.value
+        assert len(builder.frame) == 0
+
+        builder.tz.value = "Paris"  # shown as typed, flagged, never silently replaced
+        assert builder.tz.value == "Paris"
+        assert "did you mean Europe/Paris?" in builder.when.value
+        builder.add_button.click()
+        assert "unknown time zone 'Paris'" in unescape(builder.feedback.message.value)
+        assert len(builder.frame) == 0
+
+        builder.tz.value = "Europe/Paris"
+        assert "CET" in builder.when.value or "CEST" in builder.when.value
+        builder.add_button.click()
+        assert list(builder.frame["tz"]) == ["Europe/Paris"]
+    finally:
+        builder.close()
+
+
+def test_builder_refuses_frame_rows_without_a_zone_unless_tz_is_given(client: Client) -> None:
+    frame = pd.DataFrame(
+        {"task": ["add"], "run_at": [_later(60, "UTC").isoformat()], "args": ["[1, 2]"]}
+    )
+    builder = ScheduleBuilder(client, frame=frame)
+    try:
+        result = builder.schedule()
+        assert list(result["outcome"]) == ["invalid"]
+        assert "has no time zone" in result["error"].iloc[0]
+    finally:
+        builder.close()
+    builder = ScheduleBuilder(client, frame=frame, tz="UTC")
+    try:
+        assert list(builder.schedule()["outcome"]) == ["created"]
+    finally:
+        builder.close()
+
+
+def test_builder_previews_the_next_runs_of_a_rule_in_its_zone(builder: ScheduleBuilder) -> None:
+    assert builder.preview.value == ""
+    builder.repeat.value = "cron"
+    builder.rule.value = "0 8 * * *"
+    shown = builder.preview.value
+    assert shown.startswith("next runs: ")
+    runs = shown.removeprefix("next runs: ").split(", ")
+    assert len(runs) == 5
+    assert all(" 08:00:00 CE" in r for r in runs)  # 08:00 in Paris (CET or CEST)
+    builder.tz.value = "Asia/Tokyo"
+    assert all(" 08:00:00 JST" in r for r in builder.preview.value.split(", "))
+    builder.repeat.value = "every"
+    builder.rule.value = "6h"
+    builder.count.value = 3
+    assert len(builder.preview.value.split(", ")) == 3
+    builder.rule.value = "6 parsecs"
+    assert ERROR_CLASS in builder.preview.value
+
+
+def _builder_with_one_row(client: Client) -> ScheduleBuilder:
+    builder = ScheduleBuilder(client, tz="UTC")
     builder.task.value = "add"
     builder.args.value = "[1, 2]"
     builder.run_at.value = _later(30, "UTC")
@@ -251,28 +323,69 @@ def test_inspector_filters_cancels_and_shows_details(
     inspector_of.append(inspector)
     inspector.label.value = f"test={tag}"
 
+    assert inspector.wait_counted()  # the count runs in a thread, after the page shows
     assert list(inspector.frame["id"]) == [first.id, second.id]
-    assert first.id in inspector.table.value
-    assert second.id in inspector.table.value
-    assert "JST" in inspector.table.value
-    assert "2 task(s): 2 SCHEDULED" in inspector.summary.value
+    shown = inspector.grid.df
+    assert list(shown["id"]) == [first.id, second.id]
+    assert all(t.endswith(" JST") for t in shown["run_at"])  # times with their zone
+    assert "2 of 2 shown" in inspector.summary.value
+    assert "2 SCHEDULED" in inspector.summary.value
 
     inspector.task.value = "add"
     assert list(inspector.frame["id"]) == [second.id]
     inspector.task.value = ""
 
-    inspector.selection.value = (first.id,)
+    inspector.select([first.id, second.id])  # as a click and a shift-click in the grid do
+    assert inspector.selected == [first.id, second.id]
     assert "rose" in inspector.detail.value
     assert "water_plants" in inspector.detail.value
+    assert second.id in inspector.detail.value  # every selected task, not only the first
+    inspector.select([first.id])
 
     inspector.cancel_button.click()
 
     assert client.get(first.id).state == "CANCELLED"
     assert client.get(second.id).state == "SCHEDULED"
     assert f"cancelled 1: {first.id}" in inspector.feedback.message.value
+    assert inspector.selected == [first.id]  # the redrawn page keeps the selection
     assert "CANCELLED" in inspector.detail.value  # the detail view follows the change
     inspector.states.value = ("CANCELLED",)
     assert list(inspector.frame["id"]) == [first.id]
+
+
+def test_inspector_pages_reach_every_task_and_say_how_many_match(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    from schedkit.model import TaskSpec
+
+    tag = _tag()
+    start = datetime.now(ZoneInfo("UTC")) + timedelta(days=1)
+    specs = [
+        TaskSpec("add", start + timedelta(seconds=i), [i, 1], labels={"test": tag})
+        for i in range(504)
+    ]
+    ids = [r.id for r in client.schedule_many(specs)]
+    inspector = ScheduleInspector(client, live=False, limit=200)
+    inspector_of.append(inspector)
+    inspector.label.value = f"test={tag}"  # a label filter: server pages may come short
+
+    assert inspector.wait_counted()  # the count runs in a thread, after the page shows
+    assert inspector.total == 504
+    assert "200 of 504 shown" in inspector.summary.value
+    assert "page 1 of 3" in inspector.summary.value
+    assert inspector.previous_button.disabled
+    seen = list(inspector.frame["id"])
+    inspector.next_button.click()
+    assert "rows 201 to 400" in inspector.summary.value
+    seen += list(inspector.frame["id"])
+    inspector.last_button.click()
+    assert "104 of 504 shown" in inspector.summary.value
+    assert inspector.next_button.disabled
+    seen += list(inspector.frame["id"])
+    assert seen == ids  # every task once, by run time
+    assert len(inspector.grid.df) == 104  # the grid holds one page, never all
+    inspector.first_button.click()
+    assert list(inspector.frame["id"]) == ids[:200]
 
 
 def test_inspector_says_why_a_cancel_is_refused(
@@ -284,13 +397,13 @@ def test_inspector_says_why_a_cancel_is_refused(
     inspector = ScheduleInspector(client, live=False)
     inspector_of.append(inspector)
     inspector.label.value = f"test={tag}"
-    inspector.selection.value = (done.id,)
+    inspector.select([done.id])
     inspector.cancel_button.click()
     assert "refused 1" in inspector.feedback.message.value
     assert done.id in inspector.feedback.message.value
     assert client.get(done.id).state == "SUCCEEDED"
 
-    inspector.selection.value = ()
+    inspector.select([])
     inspector.cancel_button.click()
     assert "select the tasks to cancel first" in inspector.feedback.message.value
 
@@ -306,62 +419,78 @@ def test_inspector_detail_shows_a_failure_with_its_traceback(
     inspector = ScheduleInspector(client, live=False)
     inspector_of.append(inspector)
     inspector.label.value = f"test={tag}"
-    assert "RuntimeError: pump jammed" in inspector.table.value
-    inspector.selection.value = (failed.id,)
+    assert "RuntimeError: pump jammed" in list(inspector.grid.df["result or error"])
+    inspector.select([failed.id])
     assert "FAILED" in inspector.detail.value
     assert "Traceback" in inspector.detail.value
     assert "raise RuntimeError(message)" in inspector.detail.value
 
 
-def test_inspector_shows_a_bad_filter_in_the_widget(
+def test_inspector_shows_a_bad_filter_and_clears_it_once_valid(
     client: Client, inspector_of: list[ScheduleInspector]
 ) -> None:
     inspector = ScheduleInspector(client, live=False)
     inspector_of.append(inspector)
-    inspector.label.value = "no equals sign"
+    inspector.label.value = "b"  # typed on the way to b=1
     assert "labels filter" in inspector.feedback.message.value
     assert "is not name=value" in inspector.feedback.message.value
+    inspector.label.value = "b=1"
+    assert inspector.feedback.message.value == ""
+    inspector.tz.value = "Tokio"
+    assert "did you mean Asia/Tokyo?" in unescape(inspector.feedback.message.value)
+    inspector.tz.value = "Asia/Tokyo"
+    assert inspector.feedback.message.value == ""
 
 
-def test_inspector_publishes_its_frame_only_once_the_table_shows_it(
+def test_inspector_publishes_its_frame_only_once_the_grid_shows_it(
     client: Client, inspector_of: list[ScheduleInspector]
 ) -> None:
     # The live thread redraws while a notebook reads ``frame``: a reader must never find a
-    # frame the table does not show yet.
+    # frame the grid does not show yet.
     tag = _tag()
     client.schedule("add", 1, 1, run_at=timedelta(hours=1), labels={"test": tag})
     inspector = ScheduleInspector(client, live=False)
     inspector_of.append(inspector)
     before = inspector.frame
     frames_while_drawing: list[pd.DataFrame] = []
-    inspector.table.observe(lambda _: frames_while_drawing.append(inspector.frame), names="value")
+    inspector.grid.observe(lambda _: frames_while_drawing.append(inspector.frame), names="_dt_args")
     inspector.label.value = f"test={tag}"
-    assert frames_while_drawing, "the table was not redrawn"
+    assert frames_while_drawing, "the grid was not redrawn"
     assert all(frame is before for frame in frames_while_drawing)
     assert list(inspector.frame["state"]) == ["SCHEDULED"]
-    assert tag in inspector.table.value
+    assert tag in inspector.grid.df["labels"].iloc[0]
 
 
-def test_inspector_follows_changes_live_and_stops(
+def test_inspector_follows_changes_live_keeping_the_selection_and_stops(
     client: Client, inspector_of: list[ScheduleInspector]
 ) -> None:
     tag = _tag()
+    later = client.schedule("add", 1, 1, run_at=timedelta(hours=1), labels={"test": tag})
     inspector = ScheduleInspector(client, live=True, period=0.5, min_interval=0.1)
     inspector_of.append(inspector)
     inspector.label.value = f"test={tag}"
     assert inspector.running
+    inspector.select([later.id])
 
     task = client.schedule("add", 2, 2, run_at=timedelta(seconds=0.3), labels={"test": tag})
     client.wait_for(task.id, ["SUCCEEDED"])
+
+    def state_of_task() -> list[str]:
+        frame = inspector.frame
+        return list(frame[frame["id"] == task.id]["state"]) if len(frame) else []
+
     seen = inspector.refresh_count
     # The thread redraws on its own after the change; wait for a redraw that shows it.
     for _ in range(20):
-        if list(inspector.frame.get("state", [])) == ["SUCCEEDED"]:
+        if state_of_task() == ["SUCCEEDED"]:
             break
         assert inspector.wait_refreshed(seen, timeout=5.0)
         seen = inspector.refresh_count
-    assert list(inspector.frame["state"]) == ["SUCCEEDED"]
-    assert "SUCCEEDED" in inspector.table.value
+    assert state_of_task() == ["SUCCEEDED"]
+    assert list(inspector.grid.df["state"]) == ["SUCCEEDED", "SCHEDULED"]
+    # The new task came first on the page; the selection followed its task, not its row.
+    assert inspector.selected == [later.id]
+    assert inspector.grid.selected_rows == [1]
 
     inspector.live.value = False
     inspector.stop(timeout=5.0)
@@ -379,6 +508,7 @@ def test_inspector_close_stops_its_thread(client: Client) -> None:
 
 
 def test_timeline_draws_planned_and_actual_runs(client: Client) -> None:
+    from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
 
     tag = _tag()
@@ -398,7 +528,10 @@ def test_timeline_draws_planned_and_actual_runs(client: Client) -> None:
     assert "Europe/Paris" in ax.get_xlabel()
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["scheduled", "succeeded", "failed", "planned"]
-    assert len(ax.collections) == 2  # one bar per run that started
+    bars = [
+        c for c in ax.collections if isinstance(c, LineCollection) and c.get_linewidth()[0] == 6
+    ]
+    assert sum(len(c.get_segments()) for c in bars) == 2  # one bar per run that started
     ARTIFACTS.mkdir(exist_ok=True)
     figure.savefig(ARTIFACTS / "timeline.png")
     if os.environ.get("SCHEDKIT_UPDATE_DOCS_IMAGES") == "1":
@@ -410,3 +543,133 @@ def test_timeline_names_a_missing_column() -> None:
 
     with pytest.raises(InvalidArgument, match="run_at"):
         timeline(pd.DataFrame({"task": ["add"]}))
+
+
+def _runs(count: int, start: str = "2026-06-01 08:00", every: str = "1s") -> pd.DataFrame:
+    """A tasks_frame-like frame of ``count`` runs, no server needed (only drawing is tested)."""
+    run_at = pd.date_range(start, periods=count, freq=every, tz="Europe/Paris")
+    states = ["SUCCEEDED", "FAILED", "SCHEDULED", "CANCELLED"]
+    return pd.DataFrame(
+        {
+            "task": [f"task_{i % 3}" for i in range(count)],
+            "state": [states[i % 4] for i in range(count)],
+            "run_at": run_at,
+            "labels": [{"team": "ops" if i % 2 else "garden"} for i in range(count)],
+        }
+    )
+
+
+def test_timeline_lanes_by_task_state_or_label() -> None:
+    frame = _runs(12)
+    by_state = timeline(frame, lanes="state").axes[0]
+    labels = [t.get_text() for t in by_state.get_yticklabels()]
+    assert labels == ["CANCELLED", "FAILED", "SCHEDULED", "SUCCEEDED"]
+    by_team = timeline(frame, lanes="label:team").axes[0]
+    assert [t.get_text() for t in by_team.get_yticklabels()] == ["garden", "ops"]
+    from schedkit.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="lanes"):
+        timeline(frame, lanes="colour")
+
+
+def test_timeline_draws_runs_per_bucket_stacked_by_state_when_there_are_many() -> None:
+    frame = _runs(5000)
+    ax = timeline(frame).axes[0]
+    assert ax.get_title() == "5,000 run(s) per time bucket"
+    assert ax.get_ylabel().startswith("runs per ")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["scheduled", "succeeded", "failed", "cancelled"]
+    # The top of the stack, bucket by bucket, adds up to every run.
+    top = max(ax.patches, key=lambda p: p.get_path().vertices[:, 1].max())
+    assert top.get_path().vertices[:, 1].max() <= 5000
+    assert timeline(frame, density=False).axes[0].get_ylabel() == ""
+
+
+def test_timeline_window_follows_the_filter_not_an_outlier() -> None:
+    import matplotlib.dates as mdates
+
+    frame = _runs(50, every="2min")  # 08:00 to 09:38 in Paris
+    outlier = _runs(1, start="2027-06-01 08:00")
+    both = pd.concat([frame, outlier], ignore_index=True)
+    ax = timeline(both).axes[0]
+    low, high = (mdates.num2date(x) for x in ax.get_xlim())
+    assert high - low < timedelta(hours=4)  # a year away does not squeeze two hours
+    assert "(1 outside the window not shown)" in ax.get_title()
+
+    start = datetime(2026, 6, 1, 8, 30, tzinfo=ZoneInfo("Europe/Paris"))
+    ax = timeline(both, window=(start, start + timedelta(minutes=30))).axes[0]
+    assert ax.get_title().startswith("16 run(s)")  # 08:30 to 09:00, both ends
+    assert "35 outside the window" in ax.get_title()
+
+
+def test_timeline_is_as_wide_as_a_notebook_cell() -> None:
+    figure = timeline(_runs(10))
+    width, height = figure.get_size_inches() * figure.dpi
+    assert width >= 1000
+    assert height < width / 3
+
+
+def test_inspector_pages_end_exactly_on_a_page_boundary_and_draw_their_timeline(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    import matplotlib.dates as mdates
+
+    from schedkit.model import TaskSpec
+
+    tag = _tag()
+    start = datetime.now(ZoneInfo("UTC")).replace(microsecond=0) + timedelta(days=2)
+    specs = [
+        TaskSpec("add", start + timedelta(minutes=i), [i, 1], labels={"test": tag})
+        for i in range(40)
+    ]
+    ids = [r.id for r in client.schedule_many(specs)]
+    inspector = ScheduleInspector(client, live=False, limit=20)
+    inspector_of.append(inspector)
+    inspector.label.value = f"test={tag}"
+    assert inspector.wait_counted()  # the count runs in a thread, after the page shows
+    assert "20 of 40 shown" in inspector.summary.value
+    assert "page 1 of 2" in inspector.summary.value
+    inspector.go_to(7)  # past the end: the last page
+    assert inspector.page_number == 1
+    assert list(inspector.frame["id"]) == ids[20:]
+    assert inspector.next_button.disabled
+
+    # The timeline of the page, its window the from/to filter.
+    inspector.after.value = (start + timedelta(minutes=25)).replace(tzinfo=None)
+    inspector.before.value = (start + timedelta(minutes=35)).replace(tzinfo=None)
+    assert list(inspector.frame["id"]) == ids[25:35]  # "to" is exclusive
+    ax = inspector.timeline().axes[0]
+    low, high = (mdates.num2date(x) for x in ax.get_xlim())
+    assert low <= start + timedelta(minutes=25)
+    assert high >= start + timedelta(minutes=35)
+    assert high - low < timedelta(minutes=12)
+
+
+def test_builder_follows_its_dst_policy_in_the_form_and_when_scheduling(client: Client) -> None:
+    gap = datetime(2099, 3, 29, 2, 30)  # clocks jump from 02:00 to 03:00 in Paris that night
+    strict = ScheduleBuilder(client, tz="Europe/Paris")
+    try:
+        strict.task.value = "add"
+        strict.args.value = "[1, 2]"
+        strict.run_at.value = gap
+        assert "does not exist in Europe/Paris" in strict.when.value
+        strict.add_button.click()
+        assert "does not exist in Europe/Paris" in strict.feedback.message.value
+        assert len(strict.frame) == 0
+    finally:
+        strict.close()
+    shifted = ScheduleBuilder(client, tz="Europe/Paris", dst="shift")
+    try:
+        shifted.task.value = "add"
+        shifted.args.value = "[1, 2]"
+        shifted.run_at.value = gap
+        assert "2099-03-29 03:30:00 CEST" in shifted.when.value
+        shifted.add_button.click()
+        result = shifted.schedule()
+        assert list(result["outcome"]) == ["created"]
+        stored = client.get(result["id"].iloc[0])
+        assert stored.spec.run_at == datetime(2099, 3, 29, 1, 30, tzinfo=ZoneInfo("UTC"))
+    finally:
+        shifted.close()
+    with pytest.raises(InvalidArgument, match="dst"):
+        ScheduleBuilder(client, dst="sometimes")  # type: ignore[arg-type]

@@ -55,4 +55,8 @@ def test_pandas_notebook_against_a_running_server(
     notebook = execute("pandas.ipynb")
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # the timeline was drawn
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the timeline of the runs, and the density view of 10,000
+    shown = "".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert "has no time zone" in shown  # the naive times refused, whole, in result.problems
+    assert "2099-03-29 03:30:00+02:00" in shown  # 02:30 in the DST gap, shifted on request

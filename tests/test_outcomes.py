@@ -43,7 +43,7 @@ def test_already_exists_for_a_run_moved_to_now_is_existing() -> None:
 
 def test_outcome_rows_hold_runs_past_runs_and_invalid_rows_in_row_order() -> None:
     text = "task,run_at\nadd,2026-01-16 08:00\nadd,2026-01-10 08:00\nadd,nope\n"
-    table = load_timetable(io.StringIO(text), TimetableOptions(now=NOW))
+    table = load_timetable(io.StringIO(text), TimetableOptions(now=NOW, tz="UTC"))
     outcomes = RunOutcomes.empty(len(table.runs))
     rows = outcome_rows(table, outcomes, past_error="in the past")
     assert list(rows["row"]) == [1, 2, 3]
@@ -53,7 +53,9 @@ def test_outcome_rows_hold_runs_past_runs_and_invalid_rows_in_row_order() -> Non
 
 
 def test_outcome_rows_of_invalid_rows_only_still_have_every_column() -> None:
-    table = load_timetable(io.StringIO("task,run_at\nadd,nope\n"), TimetableOptions(now=NOW))
+    table = load_timetable(
+        io.StringIO("task,run_at\nadd,nope\n"), TimetableOptions(now=NOW, tz="UTC")
+    )
     rows = outcome_rows(table, RunOutcomes.empty(0), past_error="in the past")
     assert list(rows.columns) == [*table.runs.columns, *OUTCOME_COLUMNS]
     assert list(rows["outcome"]) == ["invalid"]

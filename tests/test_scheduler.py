@@ -73,7 +73,7 @@ def test_example_timetable_is_scheduled(
 ) -> None:
     assert run(str(EXAMPLE), "--server", stack.address, "--source", source) == 0
     out = capsys.readouterr().out
-    assert "naive times read in UTC" in out
+    assert "naive times need a tz cell or --tz (none given: such rows are refused)" in out
     assert "past runs: skip" in out
     expected = load_timetable(EXAMPLE, TimetableOptions(source=source)).runs
     assert {t.spec.key for t in tasks_of(client, source)} == set(expected["key"])
@@ -162,6 +162,7 @@ def test_recurring_row_over_a_moving_horizon_has_no_duplicate_runs(
     )
     out1, out2 = tmp_path / "1.csv", tmp_path / "2.csv"
     base = ("--server", stack.address, "--source", source)
+    base = (*base, "--tz", "UTC")  # the naive start time is meant as UTC
     assert run(str(path), *base, "--horizon", "3h", "--output", str(out1)) == 0
     assert run(str(path), *base, "--horizon", "6h", "--output", str(out2)) == 0
     first, second = pd.read_csv(out1), pd.read_csv(out2)
@@ -193,6 +194,28 @@ def test_dst_gap_row_is_refused_with_its_row_number(
     assert [t.spec.args for t in tasks_of(client, source)] == [[1, 1]]
     assert run(str(path), "--server", stack.address, "--source", source, "--dst", "shift") == 0
     assert len(tasks_of(client, source)) == 2
+
+
+def test_a_naive_time_needs_tz_and_tz_utc_says_utc_on_purpose(
+    stack: LocalStack,
+    client: Client,
+    source: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write(
+        tmp_path / "t.csv",
+        ['add,2099-05-01 09:00,"[1, 1]",', 'add,2099-05-01T09:00:00+02:00,"[2, 1]",'],
+    )
+    assert run(str(path), "--server", stack.address, "--source", source) == 1
+    out = capsys.readouterr().out
+    assert "row 1, run_at: '2099-05-01 09:00' has no time zone" in out
+    assert "--tz Europe/Paris" in out
+    assert [t.spec.args for t in tasks_of(client, source)] == [[2, 1]]
+
+    assert run(str(path), "--server", stack.address, "--source", source, "--tz", "UTC") == 0
+    runs = {tuple(t.spec.args): t.spec.run_at for t in tasks_of(client, source)}
+    assert runs[(1, 1)] == datetime(2099, 5, 1, 9, 0, tzinfo=UTC)
 
 
 def test_bad_rows_are_reported_and_every_good_row_is_scheduled(
@@ -244,7 +267,7 @@ def test_past_rows_are_skipped_by_default_and_said_so(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = write(
-        tmp_path / "t.csv", ['add,2020-01-01 00:00,"[1, 1]",', f'add,{tomorrow()},"[2, 1]",']
+        tmp_path / "t.csv", ['add,2020-01-01T00:00Z,"[1, 1]",', f'add,{tomorrow()},"[2, 1]",']
     )
     assert run(str(path), "--server", stack.address, "--source", source) == 0
     out = capsys.readouterr().out

@@ -27,8 +27,10 @@ NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
 
 def load(text: str, **options: Any) -> Timetable:
-    """A timetable from CSV text, checked at a fixed ``now``."""
+    """A timetable from CSV text, checked at a fixed ``now``; naive times in UTC unless the
+    test says otherwise (tz=None: no default zone, as schedule_frame and the CLI start)."""
     options.setdefault("now", NOW)
+    options.setdefault("tz", "UTC")
     return load_timetable(io.StringIO(text), TimetableOptions(**options))
 
 
@@ -66,7 +68,7 @@ def test_read_timetable_is_public_and_takes_a_dataframe() -> None:
             "args": ["[1, 2]", "[3, 4]"],
         }
     )
-    runs = schedkit.read_timetable(frame, now=NOW)
+    runs = schedkit.read_timetable(frame, now=NOW, tz="UTC")
     assert list(runs["task"]) == ["add", "add"]
     assert list(runs["args"]) == [[1, 2], [3, 4]]
     assert list(runs["run_at"]) == [
@@ -78,7 +80,7 @@ def test_read_timetable_is_public_and_takes_a_dataframe() -> None:
 def test_read_timetable_raises_naming_every_bad_cell() -> None:
     frame = pd.DataFrame({"task": ["add", ""], "run_at": ["2026-02-01 10:00", "tomorrow"]})
     with pytest.raises(InvalidArgument) as caught:
-        schedkit.read_timetable(frame, now=NOW)
+        schedkit.read_timetable(frame, now=NOW, tz="UTC")
     fields = [v.field for v in caught.value.violations]
     assert fields == ["row 2: run_at", "row 2: task"]
 
@@ -176,6 +178,51 @@ def test_naive_times_use_the_row_zone_then_the_default() -> None:
         pd.Timestamp("2026-02-01 09:00", tz="UTC"),
     ]
     assert errors_of(table) == [(3, "tz")]
+
+
+def test_a_naive_time_without_any_zone_is_a_row_error_with_a_hint() -> None:
+    # No default zone (tz=None, what schedule_frame and the scheduler start with): a naive
+    # time on a row without a tz cell is refused, never read as UTC; the other rows pass.
+    table = load(
+        "task,run_at,tz,until,every\n"
+        "add,2026-02-01 10:00,,,\n"  # naive, no zone: refused
+        "add,2026-02-01 10:00,Europe/Paris,,\n"  # the row names its zone
+        "add,2026-02-01T10:00:00+01:00,,,\n"  # an offset is an instant
+        "add,2026-02-01T10:00:00Z,,2026-02-03 10:00,1D\n",  # a naive until, no zone
+        tz=None,
+    )
+    assert errors_of(table) == [(1, "run_at"), (4, "until")]
+    message = table.errors[0].message
+    assert "'2026-02-01 10:00' has no time zone" in message
+    assert "tz='UTC' if UTC is meant" in message
+    assert "--tz" in message
+    assert list(table.runs["row"]) == [2, 3]
+    assert set(table.runs["run_at"]) == {pd.Timestamp("2026-02-01 09:00", tz="UTC")}
+
+
+def test_tz_utc_reads_naive_times_as_utc_on_purpose() -> None:
+    table = load("task,run_at\nadd,2026-02-01 10:00\n", tz="UTC")
+    assert list(table.runs["run_at"]) == [pd.Timestamp("2026-02-01 10:00", tz="UTC")]
+
+
+def test_a_cron_rule_needs_a_zone_and_an_every_rule_from_an_instant_does_not() -> None:
+    table = load(
+        "task,run_at,tz,every,cron,count\n"
+        "add,,,,0 8 * * *,2\n"
+        "add,,Europe/Paris,,0 8 * * *,2\n"
+        "add,2026-01-16T08:00:00Z,,1D,,2\n",
+        tz=None,
+    )
+    assert errors_of(table) == [(1, "cron")]
+    assert "needs a time zone" in table.errors[0].message
+    assert table.runs["row"].value_counts().to_dict() == {2: 2, 3: 2}
+
+
+def test_an_unknown_zone_names_close_matches() -> None:
+    table = load("task,run_at,tz\nadd,2026-02-01 10:00,Paris\nadd,2026-02-01 10:00,Mars\n")
+    assert errors_of(table) == [(1, "tz"), (2, "tz")]
+    assert "did you mean Europe/Paris?" in table.errors[0].message
+    assert "use an IANA name like Europe/Paris" in table.errors[1].message
 
 
 DST = "task,run_at,tz\nadd,2026-02-01 10:00,Europe/Paris\nadd,2026-03-29 02:30,Europe/Paris\n"
@@ -340,7 +387,9 @@ def test_other_formats(tmp_path: Path) -> None:
         {"task": ["add", "add"], "run_at": ["2026-02-01 10:00", "2026-02-01 11:00"]}
     )
     frame.to_parquet(tmp_path / "t.parquet")
-    assert len(load_timetable(tmp_path / "t.parquet", TimetableOptions(now=NOW)).runs) == 2
+    assert (
+        len(load_timetable(tmp_path / "t.parquet", TimetableOptions(now=NOW, tz="UTC")).runs) == 2
+    )
     lines = [
         json.dumps({"task": "add", "run_at": "2026-02-01 10:00", "args": [1, 2]}),
         "{not json",
@@ -348,7 +397,7 @@ def test_other_formats(tmp_path: Path) -> None:
         json.dumps({"task": "add", "run_at": "2026-02-01 11:00", "kwargs": {"y": 1}}),
     ]
     (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
-    table = load_timetable(tmp_path / "t.jsonl", TimetableOptions(now=NOW))
+    table = load_timetable(tmp_path / "t.jsonl", TimetableOptions(now=NOW, tz="UTC"))
     assert errors_of(table) == [(2, "(row)")]
     assert list(table.runs["row"]) == [1, 4]
     assert table.runs["args"].iloc[0] == [1, 2]
@@ -359,7 +408,7 @@ def test_excel_without_its_reader_says_what_to_install(tmp_path: Path) -> None:
     path = tmp_path / "t.xlsx"
     path.write_bytes(b"PK\x03\x04")
     with pytest.raises(ConfigError, match="pip install openpyxl"):
-        load_timetable(path, TimetableOptions(now=NOW))
+        load_timetable(path, TimetableOptions(now=NOW, tz="UTC"))
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -383,7 +432,7 @@ def test_a_million_rows_with_three_bad_ones(tmp_path: Path) -> None:
     frame.loc[n - 1, "task"] = ""
     path = tmp_path / "big.csv"
     frame.to_csv(path, index=False)
-    table = load_timetable(path, TimetableOptions(now=NOW))
+    table = load_timetable(path, TimetableOptions(now=NOW, tz="UTC"))
     assert errors_of(table) == [(11, "args"), (500_001, "run_at"), (n, "task")]
     assert len(table.runs) == n - 3
     assert table.runs["key"].is_unique
@@ -427,9 +476,9 @@ def test_any_table_parses_or_yields_row_errors(columns: list[str], rows: list[li
     frame = pd.DataFrame([row[: len(columns)] for row in rows], columns=columns)
     if not {"task", "run_at"} <= set(columns):  # only a table that cannot be used at all
         with pytest.raises(SchedkitError, match="missing required column"):
-            load_timetable(frame, TimetableOptions(now=NOW))
+            load_timetable(frame, TimetableOptions(now=NOW, tz="UTC"))
         return
-    table = load_timetable(frame, TimetableOptions(now=NOW, horizon=timedelta(days=2)))
+    table = load_timetable(frame, TimetableOptions(now=NOW, tz="UTC", horizon=timedelta(days=2)))
     bad = {e.row for e in table.errors}
     assert set(table.runs["row"]).isdisjoint(
         bad - {e.row for e in table.errors if "a run" in e.message}

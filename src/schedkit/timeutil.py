@@ -7,9 +7,11 @@ or exists twice (clocks fall back) is an error unless the caller picks a policy:
 
 from __future__ import annotations
 
+import difflib
 from datetime import UTC, datetime, timedelta, tzinfo
+from functools import cache
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from schedkit.errors import InvalidArgument
 
@@ -20,8 +22,39 @@ PastPolicy = Literal["skip", "run", "error"]
 PAST_POLICIES: tuple[str, ...] = ("skip", "run", "error")
 
 
+@cache
+def _zone_names() -> tuple[str, ...]:
+    return tuple(sorted(available_timezones()))
+
+
+def close_zones(name: str, limit: int = 3) -> list[str]:
+    """IANA zones close to ``name``: 'Paris' and 'europe/paris' give Europe/Paris."""
+    wanted = name.strip().replace(" ", "_").lower()
+    names = _zone_names()
+    exact = [n for n in names if n.lower() == wanted or n.rsplit("/", 1)[-1].lower() == wanted]
+    if exact:
+        return exact[:limit]
+    by_lower = {n.lower(): n for n in names}
+    by_city = {n.rsplit("/", 1)[-1].lower(): n for n in names}
+    found = difflib.get_close_matches(wanted, list(by_lower), n=limit, cutoff=0.7)
+    found += difflib.get_close_matches(wanted, list(by_city), n=limit, cutoff=0.7)
+    matches = [by_lower.get(f) or by_city[f] for f in found]
+    return list(dict.fromkeys(matches))[:limit]
+
+
+def unknown_zone_message(name: str) -> str:
+    """Why ``name`` is refused as a zone, with the close matches if there are any."""
+    near = close_zones(name)
+    hint = f"did you mean {' or '.join(near)}?" if near else "use an IANA name like Europe/Paris"
+    return f"unknown time zone {name!r}; {hint}"
+
+
 def zone(name: str | tzinfo | None, field: str = "tz") -> tzinfo:
-    """A tzinfo from an IANA name ('Europe/Paris', 'UTC'), or InvalidArgument naming ``field``."""
+    """A tzinfo from an IANA name ('Europe/Paris', 'UTC'), or InvalidArgument naming ``field``.
+
+    None or '' is UTC: callers that must not guess a zone check for it before (see
+    :class:`schedkit.timetable.options.TimetableOptions`).
+    """
     if name is None or name == "":
         return UTC
     if isinstance(name, tzinfo):
@@ -29,7 +62,7 @@ def zone(name: str | tzinfo | None, field: str = "tz") -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidArgument.for_field(field, f"unknown time zone {name!r}") from exc
+        raise InvalidArgument.for_field(field, unknown_zone_message(name)) from exc
 
 
 def localize(

@@ -304,14 +304,17 @@ class Client:
         self,
         frame: pd.DataFrame,
         *,
-        tz: str | tzinfo = "UTC",
+        tz: str | tzinfo | None = None,
         dst: DstPolicy = "raise",
         past: PastPolicy = "skip",
         horizon: timedelta = timedelta(days=7),
         source: str = "",
     ) -> pd.DataFrame:
-        """Schedule a timetable DataFrame; return its runs with ``id``, ``outcome``,
-        ``column`` and ``error``, one row per run (bad rows included, never raised)."""
+        """Schedule a timetable DataFrame; return its runs with ``outcome``, ``error``,
+        ``column`` and ``id`` first, one row per run (bad rows included, never raised).
+
+        A naive time on a row without a ``tz`` cell needs ``tz`` (``tz="UTC"`` if UTC is
+        meant); without it the row is refused, never read as UTC."""
         from schedkit.timetable import frames
         from schedkit.timetable.options import TimetableOptions
 

@@ -74,6 +74,11 @@ class Feedback:
         """Show a success line."""
         self.message.value = ok_html(text)
 
+    def clear_error(self) -> None:
+        """Take an error off the status line (its cause was fixed); a success line stays."""
+        if ERROR_CLASS in self.message.value:
+            self.message.value = ""
+
     def error(self, exc: BaseException) -> None:
         """Show ``exc`` in the widget; an unexpected one with its traceback."""
         self.message.value = error_html(describe(exc))
@@ -161,7 +166,7 @@ def signature_from_text(text: str) -> inspect.Signature | None:
     return inspect.Signature(params)
 
 
-def instant(value: datetime | None, tz: str | tzinfo, field: str) -> datetime | None:
+def instant(value: datetime | None, tz: str | tzinfo | None, field: str) -> datetime | None:
     """A picker's naive wall-clock time read in ``tz``, as an aware UTC datetime."""
     from schedkit.timeutil import to_instant
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import ipywidgets as widgets
 import pandas as pd
@@ -34,6 +33,7 @@ from schedkit.notebook._common import (
 from schedkit.timetable.check import check_timetable
 from schedkit.timetable.options import TimetableOptions
 from schedkit.timetable.outcomes import OUTCOME_COLUMNS
+from schedkit.timeutil import DstPolicy, localize, zone
 
 #: Columns of a row added with the form.
 DRAFT_COLUMNS = (
@@ -51,12 +51,21 @@ DRAFT_COLUMNS = (
 # The result table: which row and task, then the outcome columns the scheduler writes too.
 RESULT_COLUMNS = ("row", "task", "run_at", *OUTCOME_COLUMNS)
 REPEATS = (("once", ""), ("every (pandas offset: 15min, 1h, 1D)", "every"), ("cron", "cron"))
+#: How many next runs of a recurring rule the form previews, and how far ahead it looks.
+PREVIEW_RUNS = 5
+PREVIEW_HORIZON = timedelta(days=400)
 _WIDE = widgets.Layout(width="420px")
 
 
 class ScheduleBuilder(widgets.VBox):
     """A form for building a schedule row by row; ``frame`` is the draft, ``results`` the
     outcome of the last "Schedule" (one row per run, with ``id``, ``outcome`` and ``error``).
+
+    ``tz`` is the zone the form starts with, and the zone of naive times in ``frame`` rows
+    without a ``tz`` cell. Without it the form asks for a zone, and such rows are refused:
+    a naive time is never read as UTC unless someone chose UTC. ``dst`` is the policy for a
+    local time in a daylight saving gap or overlap (raise, shift, earliest, latest), in the
+    form, the preview and the scheduling alike.
     """
 
     def __init__(
@@ -64,11 +73,16 @@ class ScheduleBuilder(widgets.VBox):
         client: Client,
         *,
         frame: pd.DataFrame | None = None,
-        tz: str = "UTC",
+        tz: str = "",
+        dst: DstPolicy = "raise",
         source: str = "notebook",
     ) -> None:
         self.client = client
         self.source = source
+        self.dst: DstPolicy = TimetableOptions(dst=dst).dst  # a bad policy fails here
+        self.default_tz = tz or None
+        # Argument errors are shown once the user has typed: a fresh form is not wrong yet.
+        self._typed = False
         self.feedback = Feedback()
         self.types: dict[str, TaskType] = {t.name: t for t in client.task_types()}
         self._draft = pd.DataFrame(columns=list(DRAFT_COLUMNS))
@@ -81,6 +95,7 @@ class ScheduleBuilder(widgets.VBox):
         self._observe_controls()
         self._check_arguments()
         self._show_when()
+        self._show_preview()
         self._show_draft()
         super().__init__(self._layout())
         # Stable CSS hooks for styling and for browser tests.
@@ -90,6 +105,10 @@ class ScheduleBuilder(widgets.VBox):
             (self.args, "args"),
             (self.kwargs, "kwargs"),
             (self.labels, "labels"),
+            (self.tz, "tz"),
+            (self.run_at, "run-at"),
+            (self.when, "when"),
+            (self.preview, "preview"),
             (self.add_button, "add"),
             (self.schedule_button, "schedule"),
         ):
@@ -110,14 +129,20 @@ class ScheduleBuilder(widgets.VBox):
 
     def _build_time_controls(self, tz: str) -> None:
         """When it runs: the first run (five minutes from now, in ``tz``) and how it repeats."""
-        start = (datetime.now(ZoneInfo(tz)) + timedelta(minutes=5)).replace(
+        start = (datetime.now(zone(tz)) + timedelta(minutes=5)).replace(
             second=0, microsecond=0, tzinfo=None
         )
         self.run_at = widgets.NaiveDatetimePicker(value=start, description="run at")
+        # No ensure_option: the box shows what was typed, and _zone() says if it is unknown,
+        # so the draft never keeps a zone other than the one on screen.
         self.tz = widgets.Combobox(
-            value=tz, options=zone_names(), ensure_option=True, description="time zone"
+            value=tz,
+            options=zone_names(),
+            description="time zone",
+            placeholder="Europe/Paris, or UTC",
         )
         self.when = widgets.HTML()
+        self.preview = widgets.HTML()
         self.repeat = widgets.Dropdown(options=REPEATS, value="", description="repeat")
         self.rule = widgets.Text(description="rule", placeholder="15min  or  0 8 * * mon-fri")
         self.until = widgets.NaiveDatetimePicker(value=None, description="until")
@@ -139,10 +164,13 @@ class ScheduleBuilder(widgets.VBox):
     def _observe_controls(self) -> None:
         """Check the arguments and the run time as they are edited; act on the buttons."""
         guard = self.feedback.guard
-        for control in (self.task, self.args, self.kwargs):
-            control.observe(guard(lambda _: self._check_arguments()), names="value")
+        self.task.observe(guard(lambda _: self._check_arguments()), names="value")
+        for control in (self.args, self.kwargs):
+            control.observe(guard(lambda _: self._check_arguments(typed=True)), names="value")
         for control in (self.run_at, self.tz):
             control.observe(guard(lambda _: self._show_when()), names="value")
+        for control in (self.run_at, self.tz, self.repeat, self.rule, self.until, self.count):
+            control.observe(guard(lambda _: self._show_preview()), names="value")
         self.add_button.on_click(guard(lambda _: self.add()))
         self.remove_button.on_click(guard(lambda _: self.remove(self.remove_select.value)))
         self.schedule_button.on_click(guard(lambda _: self.schedule()))
@@ -160,6 +188,7 @@ class ScheduleBuilder(widgets.VBox):
             self.when,
             widgets.HBox([self.repeat, self.rule]),
             widgets.HBox([self.until, self.count]),
+            self.preview,
             self.labels,
             self.add_button,
             widgets.HTML("<b>Draft</b>"),
@@ -181,6 +210,7 @@ class ScheduleBuilder(widgets.VBox):
     def row(self) -> dict[str, Any]:
         """The form as one timetable row; InvalidArgument naming the field if it is wrong."""
         self._arguments()
+        self._zone()
         labels = parse_labels(self.labels.value)
         if self.run_at.value is None and self.repeat.value != "cron":
             raise InvalidArgument.for_field("run at", "required: pick when the task runs")
@@ -191,7 +221,7 @@ class ScheduleBuilder(widgets.VBox):
         return {
             "task": self.task.value or "",
             "run_at": self.run_at.value.isoformat() if self.run_at.value else "",
-            "tz": self.tz.value,
+            "tz": self.tz.value.strip(),
             "args": self.args.value.strip() or "[]",
             "kwargs": self.kwargs.value.strip() or "{}",
             "every": self.rule.value.strip() if self.repeat.value == "every" else "",
@@ -204,7 +234,7 @@ class ScheduleBuilder(widgets.VBox):
     def add(self) -> None:
         """Check the form's row as a timetable row and append it to the draft."""
         row = self.row()
-        options = TimetableOptions(tz=self.tz.value, past="error")
+        options = TimetableOptions(past="error", dst=self.dst)  # the row carries its zone
         checked = check_timetable(pd.DataFrame([row]), options)
         if checked.errors:
             raise InvalidArgument(
@@ -230,7 +260,7 @@ class ScheduleBuilder(widgets.VBox):
             raise InvalidArgument.for_field("draft", "empty: add a row first")
         # past="run": a row whose time passed while the form was open runs now, not never.
         result = self.client.schedule_frame(
-            self._draft, tz=self.tz.value, source=self.source, past="run"
+            self._draft, tz=self.default_tz, dst=self.dst, source=self.source, past="run"
         )
         self.results = result
         shown = result.reindex(columns=list(RESULT_COLUMNS))
@@ -265,7 +295,18 @@ class ScheduleBuilder(widgets.VBox):
                 ) from exc
         return args, kwargs
 
-    def _check_arguments(self) -> None:
+    def _zone(self) -> tzinfo:
+        """The zone typed in the form; InvalidArgument (with close matches) if none or unknown."""
+        name = self.tz.value.strip()
+        if not name:
+            raise InvalidArgument.for_field(
+                "time zone",
+                "required: the run time has no zone; pick one (UTC if UTC is meant)",
+            )
+        return zone(name, field="time zone")
+
+    def _check_arguments(self, typed: bool = False) -> None:
+        self._typed = self._typed or typed
         task = self.types.get(self.task.value or "")
         self.task_help.value = (
             f"<code>{task.name}{html.escape(task.signature)}</code> {html.escape(task.doc)}"
@@ -275,7 +316,11 @@ class ScheduleBuilder(widgets.VBox):
         try:
             self._arguments()
         except InvalidArgument as exc:
-            self.arguments_check.value = error_html(exc.message)
+            self.arguments_check.value = (
+                error_html(exc.message)
+                if self._typed
+                else "<i>fill in the arguments the task takes</i>"
+            )
             self.add_button.disabled = True
         else:
             self.arguments_check.value = ok_html("arguments fit the task")
@@ -285,19 +330,56 @@ class ScheduleBuilder(widgets.VBox):
         if self.run_at.value is None:
             self.when.value = "<i>no run time picked</i>"
             return
-        try:
-            moment = pd.Timestamp(self.run_at.value).tz_localize(
-                self.tz.value, nonexistent="NaT", ambiguous="NaT"
-            )
-        except Exception as exc:  # an unknown zone while typing: say so, keep the form usable
-            self.when.value = error_html(f"time zone: {exc}")
+        if not self.tz.value.strip():
+            self.when.value = "<i>pick the time zone of the run time (UTC if UTC is meant)</i>"
             return
-        if pd.isna(moment):
-            self.when.value = error_html(
-                "this local time does not exist or happens twice (daylight saving change)"
+        try:
+            place = self._zone()
+        except InvalidArgument as exc:  # an unknown zone: said, with close matches
+            self.when.value = error_html(exc.violations[0].description)
+            return
+        try:
+            moment = pd.Timestamp(localize(self.run_at.value, place, dst=self.dst)).tz_convert(
+                place
             )
+        except InvalidArgument as exc:  # a DST gap or overlap, and dst="raise"
+            self.when.value = error_html(exc.violations[0].description)
             return
         self.when.value = f"runs at {fmt_time(moment)} = {fmt_time(moment.tz_convert('UTC'))}"
+
+    def _show_preview(self) -> None:
+        """The next runs of an every/cron rule, in the form's zone, as the timetable expands
+        them (the same code that schedules them)."""
+        rule = self.rule.value.strip()
+        if not self.repeat.value or not rule or not self.tz.value.strip():
+            self.preview.value = ""
+            return
+        try:
+            place = self._zone()
+        except InvalidArgument:
+            self.preview.value = ""  # _show_when already says why
+            return
+        limit = self.count.value if 0 < self.count.value < PREVIEW_RUNS else PREVIEW_RUNS
+        row = {
+            "task": "preview",
+            "run_at": self.run_at.value.isoformat() if self.run_at.value else "",
+            "tz": self.tz.value.strip(),
+            self.repeat.value: rule,
+            "until": self.until.value.isoformat() if self.until.value else "",
+        }
+        options = TimetableOptions(past="skip", horizon=PREVIEW_HORIZON, dst=self.dst)
+        checked = check_timetable(pd.DataFrame([row]), options)
+        if checked.errors:
+            self.preview.value = error_html(
+                "; ".join(f"{e.column}: {e.message}" for e in checked.errors)
+            )
+            return
+        runs = checked.runs["run_at"].head(limit).dt.tz_convert(place)
+        if not len(runs):
+            self.preview.value = "<i>no run in the next 400 days</i>"
+            return
+        shown = ", ".join(html.escape(fmt_time(t)) for t in runs)
+        self.preview.value = f"next runs: {shown}"
 
     def _show_draft(self) -> None:
         shown = self._draft.copy()

@@ -1,9 +1,17 @@
-"""The schedule inspector: a live, filtered table of tasks; select to see details or cancel.
+"""The schedule inspector: tasks in a data grid, one server-side page at a time, live.
+
+The grid is itables' ``ITable`` widget (DataTables): sort by any column, select rows in the
+grid itself (click, shift-click for a range), a header that stays while the rows scroll.
+It holds one page of ``page size`` tasks; :class:`~schedkit.notebook.pages.Pager` reaches
+every other page with ListTasks' page tokens and counts the matches, so "200 of 504 shown"
+is exact and 100,000 matching tasks never reach the browser at once. Sorting orders the
+page shown; pages follow run time.
 
 It stays live without blocking the kernel: a background thread holds a WatchTasks call open
-and re-reads the table when a task changes (at most every ``min_interval`` seconds), and at
-least every ``period`` seconds when nothing changes. "Live" off, :meth:`stop` or
-:meth:`close` end the thread; it notices within ``period`` seconds.
+and re-reads the page when a task changes (at most every ``min_interval`` seconds), and at
+least every ``period`` seconds when nothing changes. A page that did not change is not sent
+again (the grid keeps its scroll); one that did keeps its selection, by task id. "Live" off,
+:meth:`stop` or :meth:`close` end the thread; it notices within ``period`` seconds.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from schedkit.client.client import Client
-from schedkit.errors import SchedkitError
+from schedkit.errors import ConfigError, SchedkitError
 from schedkit.model import TaskState
 from schedkit.notebook._common import (
     TABLE_STYLE,
@@ -27,19 +35,55 @@ from schedkit.notebook._common import (
     error_html,
     fmt_duration,
     fmt_time,
-    html_table,
     instant,
     parse_labels,
     short_json,
     zone_names,
 )
+from schedkit.notebook.pages import MAX_PAGE_SIZE, Pager
 from schedkit.timetable.frames import tasks_frame
+from schedkit.timeutil import zone
 
 TABLE_COLUMNS = ("state", "task", "run_at", "labels", "id", "lateness", "result or error")
+#: Live refreshes recount the matches while there are at most this many (a count walks them
+#: all); beyond, the count is redone on a filter change, Refresh or Cancel.
+LIVE_RECOUNT = 5000
+#: Selected tasks shown in full below the grid.
+DETAILS_SHOWN = 5
+#: The grid's options, given again on every update: itables fills what an update leaves out
+#: with its defaults, which would make only the small arrow of a header sort.
+GRID_OPTIONS: dict[str, Any] = {
+    "select": {"style": "multi+shift"},
+    # One page of tasks, scrolled inside the grid under a header that stays.
+    "paging": False,
+    "scrollY": "420px",
+    "scrollCollapse": True,
+    "scrollX": True,
+    "showIndex": False,
+    "classes": "display compact nowrap cell-border",
+    "layout": {"topStart": "search", "topEnd": None, "bottomStart": None, "bottomEnd": None},
+    "order": [],
+    # A click anywhere on a header sorts by it (not only on its small arrow).
+    "text_in_header_can_be_selected": False,
+    "maxBytes": 0,
+    "allow_html": False,
+}
+
+
+def _grid(frame: pd.DataFrame) -> Any:
+    """The ITable widget over ``frame``: sortable, multi-row selection, inner scroll."""
+    try:
+        from itables.widget import ITable
+    except ImportError as exc:
+        raise ConfigError(
+            "the inspector's grid needs itables: pip install 'schedkit[notebook]'"
+        ) from exc
+    return ITable(frame, **GRID_OPTIONS)
 
 
 class ScheduleInspector(widgets.VBox):
-    """Tasks of a schedkit server, filtered and refreshed live; ``frame`` is what is shown."""
+    """Tasks of a schedkit server, filtered, paged and refreshed live; ``frame`` is the page
+    shown, ``selected`` the ids selected in the grid."""
 
     def __init__(
         self,
@@ -56,7 +100,15 @@ class ScheduleInspector(widgets.VBox):
         self.period = period
         self.min_interval = min_interval
         self.feedback = Feedback()
-        self.frame = pd.DataFrame()
+        self.frame = tasks_frame([], tz=zone(tz))
+        self.pager = Pager(client, page_size=limit)
+        self.page_number = 0
+        self._filters: dict[str, Any] | None = None
+        # The match count runs in a thread of its own (a walk over 100,000 tasks takes
+        # seconds): the page shows first. A newer count, or close(), abandons an older one.
+        self._count_generation = 0
+        self._count_thread: threading.Thread | None = None
+        self.counted = threading.Event()
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -69,16 +121,25 @@ class ScheduleInspector(widgets.VBox):
         super().__init__(self._layout())
         # Stable CSS hooks for styling and for browser tests.
         self.add_class("schedkit-inspector")
-        self.selection.add_class("schedkit-selection")
-        self.cancel_button.add_class("schedkit-cancel")
-        self.table.add_class("schedkit-tasks")
+        for control, name in (
+            (self.grid, "grid"),
+            (self.cancel_button, "cancel"),
+            (self.summary, "summary"),
+            (self.first_button, "first"),
+            (self.previous_button, "previous"),
+            (self.next_button, "next"),
+            (self.last_button, "last"),
+            (self.detail, "detail"),
+            (self.label, "label-filter"),
+        ):
+            control.add_class(f"schedkit-{name}")
         self.refresh()
         self.live.value = live
 
     def _build_filter_controls(
         self, names: list[str], tz: str, states: tuple[str, ...], limit: int
     ) -> None:
-        """Which tasks are shown: state, task name, labels, run-time range and how many."""
+        """Which tasks are shown: state, task name, labels, run-time range and page size."""
         self.states = widgets.SelectMultiple(
             options=[s.value for s in TaskState], value=states, description="state", rows=8
         )
@@ -88,20 +149,23 @@ class ScheduleInspector(widgets.VBox):
         self.label = widgets.Text(description="labels", placeholder="team=ops")
         self.after = widgets.NaiveDatetimePicker(description="from")
         self.before = widgets.NaiveDatetimePicker(description="to")
-        self.tz = widgets.Combobox(
-            value=tz, options=zone_names(), ensure_option=True, description="time zone"
+        # No ensure_option: what is typed is what is used, or said to be unknown.
+        self.tz = widgets.Combobox(value=tz, options=zone_names(), description="time zone")
+        self.limit = widgets.BoundedIntText(
+            value=limit, min=1, max=MAX_PAGE_SIZE, description="page size"
         )
-        self.limit = widgets.BoundedIntText(value=limit, min=1, max=100_000, description="at most")
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.live = widgets.ToggleButton(value=False, description="Live", icon="play")
 
     def _build_table_controls(self) -> None:
-        """The table, the selection in it, its details and the cancel button."""
+        """The grid, its pages, the cancel button and the selected tasks' details."""
         self.summary = widgets.HTML()
-        self.table = widgets.HTML()
-        self.selection = widgets.SelectMultiple(
-            description="select", rows=6, layout=widgets.Layout(width="620px")
-        )
+        self.grid = _grid(self._shown(self.frame))
+        small = widgets.Layout(width="90px")
+        self.first_button = widgets.Button(description="First", layout=small)
+        self.previous_button = widgets.Button(description="Previous", layout=small)
+        self.next_button = widgets.Button(description="Next", layout=small)
+        self.last_button = widgets.Button(description="Last", layout=small)
         self.cancel_button = widgets.Button(
             description="Cancel selected", button_style="danger", icon="ban"
         )
@@ -113,13 +177,17 @@ class ScheduleInspector(widgets.VBox):
         filters = (self.states, self.task, self.label, self.after, self.before, self.tz, self.limit)
         for control in filters:
             control.observe(guard(lambda _: self.refresh()), names="value")
-        self.refresh_button.on_click(guard(lambda _: self.refresh()))
+        self.refresh_button.on_click(guard(lambda _: self.refresh(recount=True)))
+        self.first_button.on_click(guard(lambda _: self.go_to(0)))
+        self.previous_button.on_click(guard(lambda _: self.go_to(self.page_number - 1)))
+        self.next_button.on_click(guard(lambda _: self.go_to(self.page_number + 1)))
+        self.last_button.on_click(guard(lambda _: self.last_page()))
         self.cancel_button.on_click(guard(lambda _: self.cancel_selected()))
-        self.selection.observe(guard(lambda _: self.show_detail()), names="value")
+        self.grid.observe(guard(lambda _: self.show_detail()), names="selected_rows")
         self.live.observe(guard(self._toggle_live), names="value")
 
     def _layout(self) -> list[widgets.Widget]:
-        """Filters across the top, then the table, then the selection beside its details."""
+        """Filters across the top, then the page bar, the grid, and the selection's details."""
         return [
             widgets.HBox(
                 [
@@ -128,93 +196,204 @@ class ScheduleInspector(widgets.VBox):
                     widgets.VBox([self.tz, self.limit, self.refresh_button, self.live]),
                 ]
             ),
-            self.summary,
-            self.table,
             widgets.HBox(
                 [
-                    widgets.VBox([self.selection, self.cancel_button, self.feedback.message]),
-                    self.detail,
+                    self.first_button,
+                    self.previous_button,
+                    self.next_button,
+                    self.last_button,
+                    self.summary,
                 ]
             ),
+            self.grid,
+            widgets.HBox([self.cancel_button, self.feedback.message]),
+            self.detail,
             self.feedback.out,
         ]
 
     # -- reading ----------------------------------------------------------------------------
 
     def filters(self) -> dict[str, Any]:
-        """The filter controls as keyword arguments of :meth:`schedkit.Client.tasks_frame`."""
+        """The filter controls as keyword arguments of :meth:`schedkit.Client.tasks_page`."""
+        place = zone(self.tz.value.strip(), field="time zone")
         return {
             "states": list(self.states.value),
             "task": self.task.value or "",
             "labels": parse_labels(self.label.value, field="labels filter"),
-            "run_after": instant(self.after.value, self.tz.value, "from"),
-            "run_before": instant(self.before.value, self.tz.value, "to"),
-            "tz": self.tz.value,
-            "limit": self.limit.value,
+            "run_after": instant(self.after.value, place, "from"),
+            "run_before": instant(self.before.value, place, "to"),
         }
 
-    def refresh(self) -> pd.DataFrame:
-        """Read the tasks again and redraw the table; return them."""
+    @property
+    def total(self) -> int | None:
+        """How many tasks match the filters (None until counted)."""
+        return self.pager.total
+
+    @property
+    def selected(self) -> list[str]:
+        """The ids of the tasks selected in the grid, in the order shown on the page."""
+        with self._lock:  # the grid's rows and ``frame`` change together, under the lock
+            frame = self.frame
+            rows = sorted(r for r in self.grid.selected_rows if 0 <= r < len(frame))
+            return [str(frame["id"].iat[r]) for r in rows]
+
+    def select(self, ids: list[str] | tuple[str, ...]) -> None:
+        """Select these tasks in the grid (those on the page shown)."""
+        wanted = set(ids)
         with self._lock:
-            frame = self.client.tasks_frame(**self.filters())
-            self._draw(frame)
-            # Published only once drawn: whoever reads ``frame`` finds the table showing it.
-            self.frame = frame
-            self.show_detail()  # the selected task may have changed state
-        with self.refreshed:
-            self.refresh_count += 1
-            self.refreshed.notify_all()
-        return frame
+            self.grid.selected_rows = [i for i, v in enumerate(self.frame["id"]) if v in wanted]
+
+    def refresh(self, recount: bool | None = None) -> pd.DataFrame:
+        """Read the page shown again (after a filter change: the first page) and redraw;
+        return it. ``recount``: count the matches again (default: when the filters changed,
+        or while there are at most :data:`LIVE_RECOUNT`)."""
+        with self._lock:
+            filters = self.filters()
+            changed = filters != self._filters or self.limit.value != self.pager.page_size
+            if changed:
+                self.pager.reset(filters, page_size=self.limit.value)
+                self._filters, self.page_number = filters, 0
+            self._read_page(self.page_number)
+            counting = self._count_thread is not None and self._count_thread.is_alive()
+            small = (self.pager.total or 0) <= LIVE_RECOUNT
+            if recount or changed or (recount is None and not counting and small):
+                self._start_count(filters)
+        self.feedback.clear_error()  # the filters are valid again: an old error is stale
+        return self.frame
+
+    def wait_counted(self, timeout: float | None = 30.0) -> bool:
+        """Block until the latest count of the matches is shown (for tests and scripts)."""
+        return self.counted.wait(timeout)
+
+    def _start_count(self, filters: dict[str, Any]) -> None:
+        self._count_generation += 1
+        generation, size = self._count_generation, self.pager.page_size
+        self.counted.clear()
+
+        def stale() -> bool:
+            return generation != self._count_generation
+
+        def run() -> None:
+            counter = Pager(self.client, page_size=size, filters=filters)
+            try:
+                if counter.count(stop=stale) is None:
+                    return
+            except Exception as exc:  # shown in the widget, as a refresh's error would be
+                if not stale():
+                    self.feedback.error(exc)
+                return
+            with self._lock:
+                if stale():
+                    return
+                self.pager.adopt(counter)
+                self._summarise(self.frame)
+            self.counted.set()
+
+        self._count_thread = threading.Thread(target=run, name="schedkit-count", daemon=True)
+        self._count_thread.start()
+
+    def go_to(self, number: int) -> pd.DataFrame:
+        """Show grid page ``number`` (from 0; clamped to the pages there are)."""
+        with self._lock:
+            self._read_page(max(number, 0))
+        return self.frame
+
+    def last_page(self) -> pd.DataFrame:
+        """Show the last page (counting first if the end is not known yet)."""
+        if self.pager.pages is None:
+            self.wait_counted(timeout=None if self.running else 120.0)
+        with self._lock:
+            if self.pager.pages is None:  # the count failed or was abandoned: count here
+                self.pager.count()
+            return self.go_to((self.pager.pages or 1) - 1)
 
     def wait_refreshed(self, after: int, timeout: float = 10.0) -> bool:
-        """Block until the table was redrawn more than ``after`` times (for tests and scripts)."""
+        """Block until the grid was redrawn more than ``after`` times (for tests and scripts)."""
         with self.refreshed:
             return self.refreshed.wait_for(lambda: self.refresh_count > after, timeout=timeout)
 
-    def _draw(self, frame: pd.DataFrame) -> None:
-        shown = pd.DataFrame(
+    def _read_page(self, number: int) -> None:
+        records, self.page_number = self.pager.page(number)
+        frame = tasks_frame(records, tz=zone(self.tz.value.strip()))
+        keep = self.selected
+        self._draw(frame, keep)
+        # Published only once drawn: whoever reads ``frame`` finds the grid showing it.
+        self.frame = frame
+        self.show_detail()  # the selected tasks may have changed state
+        with self.refreshed:
+            self.refresh_count += 1
+            self.refreshed.notify_all()
+
+    @staticmethod
+    def _shown(frame: pd.DataFrame) -> pd.DataFrame:
+        """The grid's columns: text, times with their zone, so every column sorts as read."""
+        return pd.DataFrame(
             {
                 "state": frame["state"],
                 "task": frame["task"],
-                "run_at": frame["run_at"].map(fmt_time),
+                "run_at": [fmt_time(t) for t in frame["run_at"]],
                 "labels": [
                     ", ".join(f"{k}={v}" for k, v in labels.items()) for labels in frame["labels"]
                 ],
                 "id": frame["id"],
-                "lateness": frame["lateness"].map(fmt_duration),
+                "lateness": [fmt_duration(t) for t in frame["lateness"]],
                 "result or error": [
                     error or result
                     for result, error in zip(frame["result"], frame["error"], strict=True)
                 ],
             },
             columns=list(TABLE_COLUMNS),
-        )
-        self.table.value = html_table(shown, "no task matches the filters")
+            dtype=object,  # text only, also when empty: every column sorts as it reads
+        ).reset_index(drop=True)
+
+    def _draw(self, frame: pd.DataFrame, keep: list[str]) -> None:
+        shown = self._shown(frame)
+        previous = self.grid.df
+        if previous is None or not shown.equals(previous):
+            # A page that changed is sent again (the grid is redrawn); its selection is kept
+            # by task id, so a task that moved keeps being selected.
+            wanted = set(keep)
+            rows = [i for i, v in enumerate(frame["id"]) if v in wanted]
+            self.grid.update(shown, selected_rows=rows, **GRID_OPTIONS)
+        self._summarise(frame)
+
+    def _summarise(self, frame: pd.DataFrame) -> None:
+        pager, size = self.pager, self.pager.page_size
+        first = self.page_number * size + 1
+        total = pager.total
+        of = f"of {total:,} " if total is not None else ""
+        counting = "" if total is not None else " (counting the matches…)"
+        pages = f"page {self.page_number + 1:,} of {pager.pages:,}" if pager.pages else ""
         counts = frame["state"].value_counts()
-        self.summary.value = (
-            f"{len(frame)} task(s): " + ", ".join(f"{n} {s}" for s, n in counts.items())
-            if len(frame)
-            else ""
-        )
-        options = [
-            (f"{i}  {t}  {fmt_time(r, with_zone=False)}", i)
-            for i, t, r in zip(frame["id"], frame["task"], frame["run_at"], strict=True)
-        ]
-        if options != list(self.selection.options):
-            # Only when the tasks differ, so a refresh does not undo what the user selected.
-            chosen = [v for v in self.selection.value if v in set(frame["id"])]
-            self.selection.options = options
-            self.selection.value = tuple(chosen)
+        states = ", ".join(f"{n} {s}" for s, n in counts.items())
+        if len(frame):
+            rows = f"rows {first:,} to {first + len(frame) - 1:,}"
+            self.summary.value = (
+                f"<b>{len(frame):,} {of}shown</b>{counting} ({rows}"
+                f"{'; ' + pages if pages else ''}): {html.escape(states)}"
+            )
+        else:
+            self.summary.value = "<i>no task matches the filters</i>"
+        last = pager.pages is not None and self.page_number >= pager.pages - 1
+        self.first_button.disabled = self.previous_button.disabled = self.page_number == 0
+        self.next_button.disabled = self.last_button.disabled = last
 
     def show_detail(self) -> None:
-        """Show the first selected task in full: arguments, times, result, error, traceback."""
-        if not self.selection.value:
+        """Show the selected tasks in full: arguments, times, result, error, traceback."""
+        ids = self.selected
+        if not ids:
             self.detail.value = ""
             return
-        task_id = self.selection.value[0]
+        blocks = [self._detail_of(task_id) for task_id in ids[:DETAILS_SHOWN]]
+        more = len(ids) - DETAILS_SHOWN
+        if more > 0:
+            blocks.append(f"<i>and {more} more selected</i>")
+        self.detail.value = TABLE_STYLE + "".join(blocks)
+
+    def _detail_of(self, task_id: str) -> str:
         found = self.frame[self.frame["id"] == task_id] if len(self.frame) else self.frame
-        if not len(found):  # filtered out since it was selected: ask the server
-            found = tasks_frame([self.client.get(task_id)], tz=self.tz.value)
+        if not len(found):  # gone from the page since it was selected: ask the server
+            found = tasks_frame([self.client.get(task_id)], tz=zone(self.tz.value.strip()))
         task = found.iloc[0]
         fields = {
             "id": task["id"],
@@ -243,13 +422,26 @@ class ScheduleInspector(widgets.VBox):
             if task["traceback"]
             else ""
         )
-        self.detail.value = f"{TABLE_STYLE}<table class='schedkit-table'>{body}</table>{trace}"
+        return (
+            f"<div style='display:inline-block;vertical-align:top;margin:0 12px 8px 0'>"
+            f"<table class='schedkit-table'>{body}</table>{trace}</div>"
+        )
+
+    def timeline(self, **options: Any) -> Any:
+        """The page shown as a :func:`~schedkit.notebook.timeline.timeline` Figure, its window
+        the from/to filter when set (so an outlier does not set it), in the chosen zone."""
+        from schedkit.notebook.timeline import timeline
+
+        filters = self._filters or self.filters()
+        options.setdefault("window", (filters["run_after"], filters["run_before"]))
+        options.setdefault("tz", zone(self.tz.value.strip()))
+        return timeline(self.frame, **options)
 
     # -- acting -----------------------------------------------------------------------------
 
     def cancel_selected(self) -> list[str]:
         """Cancel every selected task; return the ids cancelled, show those refused and why."""
-        ids = list(self.selection.value)
+        ids = self.selected
         if not ids:
             self.feedback.message.value = error_html("select the tasks to cancel first")
             return []
@@ -261,7 +453,7 @@ class ScheduleInspector(widgets.VBox):
                 done.append(task_id)
             except SchedkitError as exc:
                 refused.append(f"{task_id}: {describe(exc)}")
-        self.refresh()
+        self.refresh(recount=True)
         if refused:
             self.feedback.message.value = error_html(
                 f"cancelled {len(done)}, refused {len(refused)}:\n" + "\n".join(refused)
@@ -287,7 +479,8 @@ class ScheduleInspector(widgets.VBox):
         return self._thread is not None and self._thread.is_alive()
 
     def close(self) -> None:
-        """Stop the live refresh, then close the widgets."""
+        """Stop the live refresh and any count, then close the widgets."""
+        self._count_generation += 1
         self.stop()
         super().close()
 

@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format", choices=sorted(set(FORMATS.values())), help="override the file extension"
     )
-    parser.add_argument("--tz", default="UTC", help="zone of naive times (default UTC)")
+    parser.add_argument(
+        "--tz",
+        default=None,
+        help="zone of naive times on rows without a tz cell, e.g. Europe/Paris; --tz UTC if "
+        "UTC is meant. Without it such a row is refused, never read as UTC",
+    )
     parser.add_argument(
         "--dst",
         choices=DST_POLICIES,

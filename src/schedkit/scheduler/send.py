@@ -241,7 +241,7 @@ def _print_header(options: SendOptions, table: Timetable, out: IO[str]) -> None:
     horizon = f"{read.horizon.total_seconds() / 86400:g}d"
     print(
         f"schedkit scheduler: {options.timetable} (source {read.source!r}) -> {options.server}\n"
-        f"  naive times read in {read.tz} (--tz) unless the row has tz; DST gaps and "
+        f"  {_naive_rule(read.tz)}; DST gaps and "
         f"overlaps: {read.dst} (--dst)\n"
         f"  past runs: {read.past} (--past); recurring rows expanded up to "
         f"{_fmt_time(table.horizon_end)} (--horizon {horizon})\n"
@@ -422,3 +422,9 @@ def _write_output(path: Path | None, table: Timetable, report: Report) -> None:
     frame = frame.reindex(columns=list(OUTPUT_COLUMNS))
     frame["row"] = frame["row"].astype("Int64")
     frame.to_csv(path, index=False)
+
+
+def _naive_rule(tz: object) -> str:
+    if tz is None:
+        return "naive times need a tz cell or --tz (none given: such rows are refused)"
+    return f"naive times read in {tz} (--tz) unless the row has tz"

@@ -25,7 +25,7 @@ from schedkit.timetable.schema import (
     SOURCE_LABEL,
     RowError,
 )
-from schedkit.timeutil import DstPolicy, localize, zone
+from schedkit.timeutil import DstPolicy, localize, unknown_zone_message, zone
 
 # ASCII classes and \Z instead of \d, \s and $: with those, pandas can hand the match to
 # pyarrow's RE2 (8x faster over a million cells) instead of running Python's re per cell.
@@ -119,27 +119,41 @@ def column_cells(frame: pd.DataFrame, name: str) -> pd.Series:
     return pd.Series("", index=frame.index, dtype="str")
 
 
-class Zones:
-    """Each row's zone name ('' for the default) and the tzinfo of every name used."""
+#: What a row whose naive time has no zone is told (the CLI's and the frame's way to say it).
+NO_ZONE_HINT = (
+    "give the row a tz cell (e.g. Europe/Paris), an offset (+01:00 or Z), or a default zone: "
+    "tz='Europe/Paris' (schedule_frame), --tz Europe/Paris (scheduler); tz='UTC' if UTC is meant"
+)
 
-    def __init__(self, names: pd.Series, default: tzinfo, errors: RowErrors) -> None:
+
+class Zones:
+    """Each row's zone name ('' for the default) and the tzinfo of every name used.
+
+    ``default`` None: rows without a ``tz`` cell have no zone, and their naive times are
+    row errors (:data:`NO_ZONE_HINT`) rather than guesses.
+    """
+
+    def __init__(self, names: pd.Series, default: tzinfo | None, errors: RowErrors) -> None:
         self.names = names
         self.by_name: dict[str, tzinfo] = {}
         for name in names.unique():
             if name == "":
-                self.by_name[""] = default
+                if default is not None:
+                    self.by_name[""] = default
                 continue
             try:
                 self.by_name[name] = zone(name)
             except InvalidArgument:
                 rows = names.index[(names == name).to_numpy()]
-                errors.add(
-                    rows, "tz", f"unknown time zone {name!r}; use an IANA name like Europe/Paris"
-                )
+                errors.add(rows, "tz", unknown_zone_message(name))
 
-    def of(self, row: int) -> tzinfo:
-        """The zone of one row."""
-        return self.by_name[self.names[row]]
+    def of(self, row: int) -> tzinfo | None:
+        """The zone of one row (None: no tz cell and no default zone)."""
+        return self.by_name.get(self.names[row])
+
+    def unzoned(self) -> pd.Series:
+        """True for rows with no zone at all: no tz cell and no default."""
+        return (self.names == "") & ("" not in self.by_name)
 
 
 def times(
@@ -155,8 +169,9 @@ def times(
         ).astype("datetime64[us, UTC]")
     naive = given & ~aware
     reported: list[int] = []
+    walls = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
     if naive.any():
-        walls = pd.to_datetime(values[naive], format="ISO8601", errors="coerce").astype(
+        walls[naive] = pd.to_datetime(values[naive], format="ISO8601", errors="coerce").astype(
             "datetime64[us]"
         )
         names = zones.names[naive]
@@ -174,8 +189,17 @@ def times(
                 except InvalidArgument as exc:
                     errors.add([row], column, exc.violations[0].description)
                     reported.append(row)
-    known = zones.names.isin(list(zones.by_name)).to_numpy()
-    bad = given & result.isna() & ~values.index.isin(reported) & known
+    # A time that reads but has no zone: refused with the hint. One that does not read at all
+    # gets the format message below, zone or not.
+    no_zone = (naive & zones.unzoned() & walls.notna()).to_numpy()
+    if no_zone.any():
+        errors.add(
+            values.index[no_zone],
+            column,
+            (f"{v!r} has no time zone; {NO_ZONE_HINT}" for v in values[no_zone]),
+        )
+    known = (zones.names.isin(list(zones.by_name)) | zones.unzoned()).to_numpy()
+    bad = given & result.isna() & ~values.index.isin(reported) & known & ~no_zone
     errors.add(
         values.index[bad.to_numpy()],
         column,

@@ -19,6 +19,7 @@ from schedkit.errors import InvalidArgument
 from schedkit.model import utc_now
 from schedkit.timetable.cells import (
     LATEST,
+    NO_ZONE_HINT,
     RowErrors,
     Zones,
     column_cells,
@@ -63,7 +64,7 @@ def check_timetable(
 ) -> Timetable:
     """Check raw cells (from :func:`read_frame`) and expand them into runs; never raises for
     a bad row, only for a table that cannot be used at all (missing columns, bad options)."""
-    default_zone = zone(options.tz, field="tz")
+    default_zone = None if options.tz is None else zone(options.tz, field="tz")
     moment = pd.Timestamp(options.now or utc_now()).tz_convert("UTC")
     horizon_end = moment + pd.Timedelta(options.horizon)
     messages: list[str] = []
@@ -140,6 +141,9 @@ def _rows(
     recurring_cron = by_name["cron"] != ""
     both = (by_name["every"] != "") & recurring_cron
     errors.add(index[both.to_numpy()], "cron", "give every or cron, not both")
+    # A cron rule's hours are wall-clock hours: without a zone they mean nothing.
+    cron_unzoned = (recurring_cron & zones.unzoned()).to_numpy()
+    errors.add(index[cron_unzoned], "cron", f"a cron rule needs a time zone; {NO_ZONE_HINT}")
     needs_time = (by_name["run_at"] == "") & ~recurring_cron
     errors.add(index[needs_time.to_numpy()], "run_at", "required: when the task runs")
     args, args_text = json_cells(
@@ -188,7 +192,7 @@ def read_timetable(
     timetable: Source,
     *,
     format: str | None = None,
-    tz: str | tzinfo = "UTC",
+    tz: str | tzinfo | None = None,
     dst: DstPolicy = "raise",
     past: PastPolicy = "skip",
     horizon: timedelta = timedelta(days=7),

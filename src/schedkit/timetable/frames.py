@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import tzinfo
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -18,6 +18,7 @@ from schedkit.timetable.batches import column_batches
 from schedkit.timetable.check import load_timetable
 from schedkit.timetable.options import TimetableOptions
 from schedkit.timetable.outcomes import RunOutcomes, outcome_rows
+from schedkit.timetable.schema import ALIASES
 from schedkit.timeutil import zone
 
 if TYPE_CHECKING:
@@ -46,6 +47,42 @@ TASK_COLUMNS = (
     "traceback",
 )
 _TIME_COLUMNS = ("run_at", "created_at", "queued_at", "started_at", "finished_at")
+#: What a reader of :func:`schedule_frame`'s result looks at first, in order; the run's other
+#: columns follow.
+FIRST_COLUMNS = ("outcome", "error", "column", "row", "task", "run_at", "run_at_as_written", "id")
+#: Outcomes that need someone's attention: :attr:`ScheduleOutcomes.problems`.
+PROBLEM_OUTCOMES = ("invalid", "rejected")
+
+
+class ScheduleOutcomes(pd.DataFrame):
+    """The result of ``Client.schedule_frame``: a DataFrame, one row per run, that shows its
+    ``error`` texts whole (pandas cuts cells at 50 characters, which hides "did you mean")
+    and has :attr:`problems`."""
+
+    @property
+    def _constructor(self) -> Any:
+        return ScheduleOutcomes
+
+    @property
+    def problems(self) -> ScheduleOutcomes:
+        """Only the rows that need attention: invalid or rejected."""
+        return ScheduleOutcomes(self[self["outcome"].isin(PROBLEM_OUTCOMES)])
+
+    def _repr_html_(self) -> str | None:
+        with pd.option_context("display.max_colwidth", None):
+            table = super()._repr_html_()  # type: ignore[misc]
+        if table is None:
+            return None
+        # Left-aligned and wide enough to read: the error is the 3rd cell (after the index).
+        return (
+            "<div class='schedkit-outcomes'><style>.schedkit-outcomes td,.schedkit-outcomes th"
+            "{text-align:left !important;vertical-align:top}.schedkit-outcomes td:nth-child(3)"
+            "{min-width:32em;white-space:normal}</style>" + str(table) + "</div>"
+        )
+
+    def __repr__(self) -> str:
+        with pd.option_context("display.max_colwidth", None):
+            return super().__repr__()
 
 
 def tasks_frame(records: Iterable[TaskRecord], tz: str | tzinfo = "UTC") -> pd.DataFrame:
@@ -89,14 +126,15 @@ def tasks_frame(records: Iterable[TaskRecord], tz: str | tzinfo = "UTC") -> pd.D
 
 def schedule_frame(
     client: Client, frame: pd.DataFrame, options: TimetableOptions, batch_size: int = 1000
-) -> pd.DataFrame:
+) -> ScheduleOutcomes:
     """Check ``frame`` as a timetable, schedule its runs, and return one row per run.
 
-    The result is indexed like ``frame`` (a recurring row's runs share its label) and has the
-    runs' columns (``row`` counts the frame's rows from 1; ``run_at`` is in ``options.tz``)
-    plus ``id``, ``outcome`` (created, existing, rejected, invalid or skipped_past), and for a
-    refused row the ``column`` and ``error``. A bad row never stops the good ones: it is a
-    row of outcome ``invalid`` or ``rejected``.
+    The result is indexed like ``frame`` (a recurring row's runs share its label). It starts
+    with ``outcome`` (created, existing, rejected, invalid or skipped_past), ``error`` and the
+    ``column`` it names, ``row`` (the frame's rows from 1), ``task``, ``run_at`` (in
+    ``options.tz``, UTC without one), ``run_at_as_written`` (the cell, which is all an
+    invalid row has), ``id``, then the runs' other columns. A bad row never stops the good
+    ones: it is a row of outcome ``invalid`` or ``rejected``; ``result.problems`` lists them.
     """
     table = load_timetable(frame, options)
     runs = table.runs
@@ -106,18 +144,31 @@ def schedule_frame(
     for index, answer in enumerate(answers):
         outcomes.record(index, answer, str(keys[index]), bool(moved[index]))
     result = outcome_rows(table, outcomes, past_error=f"in the past (past={options.past!r})")
-    result["run_at"] = pd.to_datetime(result["run_at"], utc=True).dt.tz_convert(zone(options.tz))
+    result["run_at"] = pd.to_datetime(result["run_at"], utc=True).dt.tz_convert(
+        zone(options.tz)  # None: UTC, for display only (naive cells were refused)
+    )
     result["moved_to_now"] = result["moved_to_now"].astype("boolean")
     # An invalid row has only its number: show the task its cell named, to find it at a glance.
-    names = {str(c).strip().lower(): c for c in frame.columns}
-    given = names.get("task", names.get("task_name"))
-    if given is not None:
-        cells = frame[given].reset_index(drop=True)
+    names = {ALIASES.get(str(c).strip().lower(), str(c).strip().lower()): c for c in frame.columns}
+    positions = result["row"].to_numpy() - 1
+    if "task" in names:
+        cells = frame[names["task"]].reset_index(drop=True)
+        result["task"] = result["task"].astype(object)  # all-NaN floats when every row is bad
         missing = result["task"].isna()
         result.loc[missing, "task"] = [str(cells.iat[r - 1]) for r in result.loc[missing, "row"]]
+    written = frame[names["run_at"]] if "run_at" in names else pd.Series("", index=frame.index)
+    result["run_at_as_written"] = [_as_written(v) for v in written.to_numpy()[positions]]
     for name in ("id", "column", "error", "key", "queue", "task"):
-        result[name] = result[name].fillna("")
+        result[name] = result[name].astype(object).fillna("")
     # Indexed like the caller's frame (a recurring row repeats its label), so
     # result.loc[label] is what became of frame.loc[label].
-    result.index = frame.index[result["row"].to_numpy() - 1]
-    return result
+    result.index = frame.index[positions]
+    rest = [c for c in result.columns if c not in FIRST_COLUMNS]
+    return ScheduleOutcomes(result.loc[:, [*FIRST_COLUMNS, *rest]])
+
+
+def _as_written(value: Any) -> str:
+    """A run_at cell as the user wrote it ('' for an empty one)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return value.isoformat(sep=" ") if hasattr(value, "isoformat") else str(value)

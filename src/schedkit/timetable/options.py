@@ -17,8 +17,9 @@ from schedkit.timeutil import DST_POLICIES, PAST_POLICIES, DstPolicy, PastPolicy
 class TimetableOptions:
     """The reading of a timetable's cells, shared by the CLI, frames and the notebook."""
 
-    #: Zone of naive times, unless a row names its own in ``tz``.
-    tz: str | tzinfo = "UTC"
+    #: Zone of naive times, unless a row names its own in ``tz``. None: a naive time (or a
+    #: cron rule) on a row without a ``tz`` cell is a row error, never read as UTC silently.
+    tz: str | tzinfo | None = None
     #: A local time in a DST gap or overlap: raise (a row error), shift, earliest or latest.
     dst: DstPolicy = "raise"
     #: Runs before now: skip them, run them, or make them row errors.

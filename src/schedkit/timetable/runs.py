@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import numpy as np
@@ -49,7 +49,8 @@ def expand(
                 expansion = expand_every(
                     parse_every(every),
                     start,
-                    zones.of(row),
+                    # No zone: the start was an instant (an offset), so steps are in UTC.
+                    zones.of(row) or UTC,
                     now=now,
                     end=end,
                     until=last,
@@ -61,7 +62,7 @@ def expand(
                 expansion = expand_cron(
                     cron,
                     now if pd.isna(start) else start,
-                    zones.of(row),
+                    zones.of(row) or UTC,  # never None here: unzoned cron rows are refused
                     now=now,
                     end=end,
                     until=last,
