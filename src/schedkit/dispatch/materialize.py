@@ -1,0 +1,108 @@
+"""Materialization: the dispatchers turn recurring schedules into ordinary parked tasks.
+
+Leaderless, like claims: every dispatcher reads the schedules due (``scdue``), computes the
+nominal times from each one's cursor to ``now + schedule_lookahead``, and stores those runs
+with the cursor's advance in one script that first checks the schedule is still at the
+generation and cursor it read. A dispatcher that lost the race, or read before a pause or an
+update, stores nothing; and a run's id is derived from (schedule id, nominal time), so even a
+run stored twice is one task.
+
+After an outage a schedule's cursor lies in the past: nominal times older than its catch-up
+window are passed over, the rest are made (and run at once). Resume moves the cursor to now,
+so a paused period makes no runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from schedkit.model import utc_now
+from schedkit.recurring import ScheduleRecord, run_spec
+from schedkit.settings import Settings
+from schedkit.store.schedules import ScheduleStore
+from schedkit.store.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Most schedules one round reads, and most runs one schedule makes in a round; the rest
+#: stay due and the next round continues.
+SCHEDULES_PER_ROUND = 200
+RUNS_PER_ROUND = 1000
+_AHEAD_LIMIT = timedelta(days=3660)
+_MICRO = timedelta(microseconds=1)
+
+
+class Materializer:
+    """Makes the runs of due schedules; any number may run against one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.schedules = ScheduleStore(store)
+        self.settings = settings
+        self.clock = clock
+
+    @property
+    def lookahead(self) -> timedelta:
+        """How far ahead runs are parked."""
+        return timedelta(seconds=self.settings.schedule_lookahead)
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """One round over the schedules due at ``now``; returns how many runs it made."""
+        now = now or self.clock()
+        ids = self.schedules.due(now, SCHEDULES_PER_ROUND)
+        made = 0
+        for record in self.schedules.get_many(ids, now=now):
+            if record is not None and not record.paused:
+                made += self.materialize(record, now)
+        return made
+
+    def run_until_idle(self, now: datetime | None = None, rounds: int = 1000) -> int:
+        """Rounds at one instant until nothing is due (catching up after an outage)."""
+        now = now or self.clock()
+        total = 0
+        for _ in range(rounds):
+            made = self.run_once(now)
+            total += made
+            if not self.schedules.due(now, 1):
+                break
+        return total
+
+    def materialize(self, record: ScheduleRecord, now: datetime) -> int:
+        """Store ``record``'s runs up to ``now + lookahead``; how many were created."""
+        definition = record.definition
+        rec = definition.recurrence
+        begin = max(record.cursor, now - definition.catchup_window)
+        end = max(now + self.lookahead, record.cursor)
+        left = definition.max_runs - record.run_count if definition.max_runs else RUNS_PER_ROUND
+        limit = max(0, min(RUNS_PER_ROUND, left))
+        times = rec.times(begin, end, limit) if limit else []
+        next_due: datetime | None
+        if limit and len(times) == limit and len(times) < left:
+            # More fall inside the lookahead than one round makes: continue right away.
+            cursor, next_due = times[-1] + _MICRO, now
+        else:
+            cursor = end
+            done = bool(definition.max_runs) and len(times) >= left
+            following = [] if done else rec.times(end, end + _AHEAD_LIMIT, 1)
+            next_due = following[0] - self.lookahead if following else None
+        runs = [(t, run_spec(record.id, definition, t)) for t in times]
+        outcome = self.schedules.store_runs(
+            record,
+            runs,
+            window_seconds=self.settings.handoff_window,
+            advance=(cursor, next_due),
+            now=now,
+        )
+        created = sum(1 for r in outcome.results if r.outcome.value == "CREATED")
+        if outcome.verdict != "made":
+            log.debug("schedule %s: %s", record.id, outcome.verdict)
+        elif created:
+            log.debug("schedule %s: %d runs made", record.id, created)
+        return created
