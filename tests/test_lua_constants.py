@@ -21,10 +21,10 @@ from schedkit.model import (
 )
 from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
+from schedkit.store.edits import LUA_FILES as EDIT_LUA
 from schedkit.store.header import lua_header
 from schedkit.store.keys import EVENT_IDS, EventField, Keys, Stat
 from schedkit.store.record import Field
-from schedkit.store.edits import LUA_FILES as EDIT_LUA
 from schedkit.store.schedules import LUA_FILES as SCHEDULE_LUA
 from schedkit.store.store import SCRIPTS, Store, TaskQuery, script_text
 

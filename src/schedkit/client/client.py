@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import grpc
 
 from schedkit.client.auth import channel_credentials, header_interceptor
+from schedkit.client.schedules import ScheduleMethods
 from schedkit.client.status import error_from_rpc
 from schedkit.client.stream import stream_batches
 from schedkit.errors import (
@@ -58,8 +59,10 @@ class Scheduled:
     outcome: Outcome
 
 
-class Client:
-    """A connection to a schedkit server. Use :meth:`connect`; close it, or use ``with``."""
+class Client(ScheduleMethods):
+    """A connection to a schedkit server. Use :meth:`connect`; close it, or use ``with``.
+    Recurring schedules and edits (``create_schedule``, ``pause``, ``update_task``...) come
+    from :class:`schedkit.client.schedules.ScheduleMethods`."""
 
     def __init__(self, channel: grpc.Channel, *, timeout: float | None = 30.0) -> None:
         self._channel = channel

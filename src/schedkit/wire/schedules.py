@@ -125,11 +125,8 @@ def _duration(delta: timedelta) -> duration_pb2.Duration:
     return out
 
 
-def schedule_to_proto(
-    record: ScheduleRecord, next_times: list[datetime] | None = None
-) -> pb.Schedule:
-    """The Schedule message of a record, with the next nominal times given."""
-    d = record.definition
+def definition_to_proto(d: ScheduleDef) -> pb.Schedule:
+    """A Schedule message holding a definition (no id, state or times)."""
     rec = d.recurrence
     spec = pb.ScheduleSpec(
         cron_expressions=list(rec.cron),
@@ -146,7 +143,6 @@ def schedule_to_proto(
     if d.jitter:
         spec.jitter.CopyFrom(_duration(d.jitter))
     msg = pb.Schedule(
-        id=record.id,
         spec=spec,
         action=pb.ScheduleAction(task=spec_to_proto(d.action)),
         policies=pb.SchedulePolicies(
@@ -154,7 +150,21 @@ def schedule_to_proto(
             catchup_window=_duration(d.catchup_window),
             pause_on_failure=d.pause_on_failure,
         ),
-        state=pb.ScheduleState(
+        labels=dict(d.labels),
+    )
+    # The action is a template: its run time is not one.
+    msg.action.task.ClearField("run_time")
+    return msg
+
+
+def schedule_to_proto(
+    record: ScheduleRecord, next_times: list[datetime] | None = None
+) -> pb.Schedule:
+    """The Schedule message of a record, with the next nominal times given."""
+    msg = definition_to_proto(record.definition)
+    msg.id = record.id
+    msg.state.CopyFrom(
+        pb.ScheduleState(
             paused=record.paused,
             note=record.note,
             next_run_times=[datetime_to_timestamp(t) for t in next_times or []],
@@ -163,11 +173,8 @@ def schedule_to_proto(
                 for r in record.recent_runs
             ],
             run_count=record.run_count,
-        ),
-        labels=dict(d.labels),
-        create_time=datetime_to_timestamp(record.created_at),
-        update_time=datetime_to_timestamp(record.updated_at),
+        )
     )
-    # The action is a template: its run time is not one.
-    msg.action.task.ClearField("run_time")
+    msg.create_time.CopyFrom(datetime_to_timestamp(record.created_at))
+    msg.update_time.CopyFrom(datetime_to_timestamp(record.updated_at))
     return msg
