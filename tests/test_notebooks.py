@@ -56,3 +56,15 @@ def test_pandas_notebook_against_a_running_server(
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the timeline was drawn
+
+
+def test_schedules_notebook_creates_pauses_triggers_and_backfills(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCHEDKIT_SERVER", stack.address)
+    notebook = execute("schedules.ipynb")
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    texts = "".join(str(o.get("text", "")) for o in outputs)
+    assert "True looking at the numbers" in texts  # paused with its note
+    assert "created, already there: (5, 0) (0, 5)" in texts  # backfilled once

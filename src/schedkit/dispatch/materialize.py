@@ -1,6 +1,7 @@
 """Materialization: the dispatchers turn recurring schedules into ordinary parked tasks.
 
-Leaderless, like claims: every dispatcher reads the schedules due (``scdue``), computes the
+Leaderless, like claims: every dispatcher takes schedules due (``scdue``, each moved a lease
+ahead so the others pass it by), computes the
 nominal times from each one's cursor to ``now + schedule_lookahead``, and stores those runs
 with the cursor's advance in one script that first checks the schedule is still at the
 generation and cursor it read. A dispatcher that lost the race, or read before a pause or an
@@ -30,8 +31,11 @@ log = logging.getLogger(__name__)
 #: stay due and the next round continues.
 SCHEDULES_PER_ROUND = 200
 RUNS_PER_ROUND = 1000
+#: Schedules a materializer took are passed by the others this long, unless it finishes.
+TAKE_LEASE_SECONDS = 30.0
 _AHEAD_LIMIT = timedelta(days=3660)
 _MICRO = timedelta(microseconds=1)
+_MILLI = timedelta(milliseconds=1)
 
 
 class Materializer:
@@ -56,7 +60,7 @@ class Materializer:
     def run_once(self, now: datetime | None = None) -> int:
         """One round over the schedules due at ``now``; returns how many runs it made."""
         now = now or self.clock()
-        ids = self.schedules.due(now, SCHEDULES_PER_ROUND)
+        ids = self.schedules.take_due(now, SCHEDULES_PER_ROUND, TAKE_LEASE_SECONDS)
         made = 0
         for record in self.schedules.get_many(ids, now=now):
             if record is not None and not record.paused:
@@ -91,7 +95,9 @@ class Materializer:
             cursor = end
             done = bool(definition.max_runs) and len(times) >= left
             following = [] if done else rec.times(end, end + _AHEAD_LIMIT, 1)
-            next_due = following[0] - self.lookahead if following else None
+            # Due once the next time falls inside [now, now + lookahead): strictly after
+            # following - lookahead, or a round at that very instant would make nothing.
+            next_due = following[0] - self.lookahead + _MILLI if following else None
         runs = [(t, run_spec(record.id, definition, t)) for t in times]
         outcome = self.schedules.store_runs(
             record,

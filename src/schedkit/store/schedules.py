@@ -32,6 +32,7 @@ LUA_FILES = (
     "sched_resume",
     "sched_delete",
     "sched_runs",
+    "sched_due",
     "run_guard",
 )
 #: How many runs before now a schedule's runs index keeps (GetSchedule's recent runs).
@@ -44,6 +45,7 @@ _SCRIPTS: dict[str, tuple[str, ...]] = {
     "resume": ("sched_resume",),
     "delete": ("sched_delete",),
     "runs": ("sched_runs", "schedule"),
+    "take_due": ("sched_due",),
 }
 
 
@@ -176,6 +178,12 @@ class ScheduleStore:
         return RunsOutcome("made", schedule_results(batch.rows, reply) if batch.rows else [])
 
     # -- reading ----------------------------------------------------------------------------
+
+    def take_due(self, now: datetime, limit: int, lease_seconds: float) -> list[str]:
+        """Ids of schedules due by ``now``, each passed by other materializers for
+        ``lease_seconds`` (or until its runs are made)."""
+        ids = self._run("take_due", "", limit, int(lease_seconds * 1000), now=now)
+        return [str(i) for i in ids]
 
     def due(self, now: datetime, limit: int) -> list[str]:
         """Ids of schedules whose runs should be made by ``now``, earliest first."""
