@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from schedkit.model import utc_now
 from schedkit.recurring import ScheduleRecord, run_spec
 from schedkit.settings import Settings
-from schedkit.store.schedules import ScheduleStore
+from schedkit.store.schedules import RunsOutcome, RunsPlan, ScheduleStore
 from schedkit.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,13 @@ class Materializer:
         """One round over the schedules due at ``now``; returns how many runs it made."""
         now = now or self.clock()
         ids = self.schedules.take_due(now, SCHEDULES_PER_ROUND, TAKE_LEASE_SECONDS)
-        made = 0
-        for record in self.schedules.get_many(ids, now=now):
-            if record is not None and not record.paused:
-                made += self.materialize(record, now)
-        return made
+        records = self.schedules.get_many(ids, now=now)
+        plans = [self.plan(r, now) for r in records if r is not None and not r.paused]
+        # One round trip for the round's schedules: per schedule, one was most of the cost.
+        outcomes = self.schedules.store_many(
+            plans, window_seconds=self.settings.handoff_window, now=now
+        )
+        return sum(_created(outcome) for outcome in outcomes)
 
     def run_until_idle(self, now: datetime | None = None, rounds: int = 1000) -> int:
         """Rounds at one instant until nothing is due (catching up after an outage)."""
@@ -80,6 +82,14 @@ class Materializer:
 
     def materialize(self, record: ScheduleRecord, now: datetime) -> int:
         """Store ``record``'s runs up to ``now + lookahead``; how many were created."""
+        outcome = self.schedules.store_many(
+            [self.plan(record, now)], window_seconds=self.settings.handoff_window, now=now
+        )[0]
+        return _created(outcome)
+
+    def plan(self, record: ScheduleRecord, now: datetime) -> RunsPlan:
+        """``record``'s runs from its cursor (or the catch-up window) to now + lookahead,
+        and where its cursor and due time move."""
         definition = record.definition
         rec = definition.recurrence
         begin = max(record.cursor, now - definition.catchup_window)
@@ -99,16 +109,10 @@ class Materializer:
             # following - lookahead, or a round at that very instant would make nothing.
             next_due = following[0] - self.lookahead + _MILLI if following else None
         runs = [(t, run_spec(record.id, definition, t)) for t in times]
-        outcome = self.schedules.store_runs(
-            record,
-            runs,
-            window_seconds=self.settings.handoff_window,
-            advance=(cursor, next_due),
-            now=now,
-        )
-        created = sum(1 for r in outcome.results if r.outcome.value == "CREATED")
-        if outcome.verdict != "made":
-            log.debug("schedule %s: %s", record.id, outcome.verdict)
-        elif created:
-            log.debug("schedule %s: %d runs made", record.id, created)
-        return created
+        return RunsPlan(record, runs, advance=(cursor, next_due))
+
+
+def _created(outcome: RunsOutcome) -> int:
+    if outcome.verdict != "made":
+        log.debug("schedule runs not stored: %s", outcome.verdict)
+    return sum(1 for r in outcome.results if r.outcome.value == "CREATED")

@@ -58,6 +58,36 @@ class RunsOutcome:
     results: list[ScheduleResult]
 
 
+@dataclass(frozen=True)
+class RunsPlan:
+    """Runs (nominal time, task) to store for ``record``; with ``advance`` (new cursor, next
+    due or None when done) only if the schedule is still at the record's generation and
+    cursor, moving them on in the same script."""
+
+    record: ScheduleRecord
+    runs: Sequence[tuple[datetime, TaskSpec]]
+    advance: tuple[datetime, datetime | None] | None = None
+    refuse_paused: bool = True
+
+    def guard(self, batch: NewTasks) -> list[Any]:
+        """sched_runs.lua's arguments after schedule.lua's."""
+        nominals = [nominal for nominal, _ in self.runs]
+        pairs = [(to_millis(t), row.id) for t, row in zip(nominals, batch.rows, strict=True)]
+        record, advance = self.record, self.advance
+        if advance is None:
+            generation, cursor, new_cursor, due = "", "", "", ""
+        else:
+            generation = record.generation
+            cursor = str(to_millis(record.cursor))
+            new_cursor = str(to_millis(advance[0]))
+            due = "" if advance[1] is None else str(to_millis(advance[1]))
+        paused = "1" if self.refuse_paused else ""
+        return [
+            generation, cursor, new_cursor, due, _json_pairs(pairs), RECENT_RUNS, paused,
+            record.id,
+        ]  # fmt: skip
+
+
 class ScheduleStore:
     """Schedules on top of a :class:`Store` (its Redis, prefix and keys)."""
 
@@ -148,34 +178,40 @@ class ScheduleStore:
         """Store runs (nominal time, task) of ``record``. With ``advance`` (new cursor, next
         due or None when done) only if the schedule is still at the record's generation and
         cursor, moving them on in the same script."""
-        batch = _batch(runs, now or utc_now())
-        nominals = [nominal for nominal, _ in runs]
-        pairs = [(to_millis(t), row.id) for t, row in zip(nominals, batch.rows, strict=True)]
-        if advance is None:
-            generation, cursor, new_cursor, due = "", "", "", ""
-        else:
-            generation = record.generation
-            cursor = str(to_millis(record.cursor))
-            new_cursor = str(to_millis(advance[0]))
-            due = "" if advance[1] is None else str(to_millis(advance[1]))
-        reply = self._run(
-            "runs",
-            record.id,
-            int(window_seconds * 1000),
-            schedule_payload(batch),
-            generation,
-            cursor,
-            new_cursor,
-            due,
-            _json_pairs(pairs),
-            RECENT_RUNS,
-            "1" if refuse_paused else "",
-            record.id,
-            now=now,
-        )
-        if reply and isinstance(reply[0], str) and not reply[0].isdigit():
-            return RunsOutcome(reply[0], [])
-        return RunsOutcome("made", schedule_results(batch.rows, reply) if batch.rows else [])
+        plan = RunsPlan(record, runs, advance, refuse_paused)
+        return self.store_many([plan], window_seconds=window_seconds, now=now)[0]
+
+    def store_many(
+        self, plans: Sequence[RunsPlan], *, window_seconds: float, now: datetime | None = None
+    ) -> list[RunsOutcome]:
+        """Several schedules' runs in one round trip (one script each, pipelined)."""
+        if not plans:
+            return []
+        now = now or utc_now()
+        batches = [_batch(plan.runs, now) for plan in plans]
+        script = self._scripts["runs"]
+        with store_errors():
+            pipe = self.store.redis.pipeline(transaction=False)
+            for plan, batch in zip(plans, batches, strict=True):
+                keys = self.store.script_keys + self.keys.schedule_keys(plan.record.id)
+                argv = script_argv(
+                    self.keys.task_prefix,
+                    self.store.history,
+                    now,
+                    int(window_seconds * 1000),
+                    schedule_payload(batch),
+                    *plan.guard(batch),
+                )
+                script(keys=keys, args=argv, client=pipe)
+            replies = pipe.execute()
+        outcomes = []
+        for batch, reply in zip(batches, replies, strict=True):
+            if reply and isinstance(reply[0], str) and not reply[0].isdigit():
+                outcomes.append(RunsOutcome(reply[0], []))
+            else:
+                results = schedule_results(batch.rows, reply) if batch.rows else []
+                outcomes.append(RunsOutcome("made", results))
+        return outcomes
 
     # -- reading ----------------------------------------------------------------------------
 
