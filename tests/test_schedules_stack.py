@@ -18,9 +18,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import grpc
 import pytest
 
-from conftest import FAST
+from conftest import FAST, violations
 from schedkit.client.client import Client
 from schedkit.demo import runs
 from schedkit.dispatch.dispatcher import Dispatcher
@@ -32,6 +33,8 @@ from schedkit.recurring import NOMINAL_LABEL, SCHEDULE_LABEL, Overlap, ScheduleD
 from schedkit.service.recurring import Recurring
 from schedkit.service.schedules import Schedules
 from schedkit.testing import LocalStack, local_stack
+from schedkit.v1 import schedule_service_pb2 as pb
+from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 
 BERLIN = ZoneInfo("Europe/Berlin")
 # Shorter than the default catch-up window (1 min): a longer step would be an outage.
@@ -319,3 +322,30 @@ def test_update_task_and_cancel_tasks_over_grpc(client: Client) -> None:
         client.schedule("add", n, 0, run_at=later, labels={"edit": "me"})
     assert client.cancel_tasks(labels={"edit": "me"}) == 6
     assert client.cancel_tasks(labels={"edit": "me"}) == 0
+
+
+def test_update_schedule_replaces_what_the_mask_names(
+    client: Client, stub: pb_grpc.ScheduleServiceStub
+) -> None:
+    client.create_schedule("grpc-upd", "add", args=[1, 2], cron="0 8 * * *", labels={"a": "1"})
+    change = pb.Schedule(id="grpc-upd", labels={"a": "2"})
+    change.spec.cron_expressions.append("0 9 * * *")
+    request = pb.UpdateScheduleRequest(schedule=change)
+    request.update_mask.paths.append("labels")
+    stub.UpdateSchedule(request)
+    after = client.get_schedule("grpc-upd")
+    assert after.definition.labels == {"a": "2"}
+    assert after.definition.recurrence.cron == ("0 8 * * *",)  # spec was not in the mask
+    request.update_mask.paths.append("spec")
+    stub.UpdateSchedule(request)
+    assert client.get_schedule("grpc-upd").definition.recurrence.cron == ("0 9 * * *",)
+    request.update_mask.paths.append("state")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.UpdateSchedule(request)
+    assert violations(caught.value) == {
+        "update_mask.paths[2]": "'state' cannot be updated; one of spec, action, policies, labels"
+    }
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ListSchedules(pb.ListSchedulesRequest(page_size=5000))
+    assert "page_size" in violations(caught.value)
+    client.delete_schedule("grpc-upd")
