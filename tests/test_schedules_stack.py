@@ -349,3 +349,33 @@ def test_update_schedule_replaces_what_the_mask_names(
         stub.ListSchedules(pb.ListSchedulesRequest(page_size=5000))
     assert "page_size" in violations(caught.value)
     client.delete_schedule("grpc-upd")
+
+
+@pytest.mark.parametrize("policy", ["buffer_all", "cancel_other"])
+def test_buffer_and_cancel_other_never_let_two_runs_go_at_once(
+    own_stack: LocalStack, policy: str
+) -> None:
+    with own_stack.client() as client:
+        client.create_schedule(
+            policy, "nap", kwargs={"seconds": 1.5}, every=timedelta(seconds=1), overlap=policy
+        )
+        deadline = time.monotonic() + 60
+        while len([t for t in client.tasks(labels={SCHEDULE_LABEL: policy})
+                   if t.state in FINAL_STATES]) < 3:  # fmt: skip
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        client.pause(policy)
+        tasks = settled_runs(client, own_stack, policy)
+    ended = sorted(
+        (t for t in tasks if t.started_at is not None and t.finished_at is not None),
+        key=lambda t: t.started_at or EPOCH,
+    )
+    assert len(ended) >= 3
+    for first, second in itertools.pairwise(ended):
+        assert first.finished_at is not None
+        assert second.started_at is not None
+        assert first.finished_at <= second.started_at
+    if policy == "buffer_all":  # waited, never skipped
+        assert not [t for t in tasks if t.state is TaskState.CANCELLED]
+    else:  # the newer run stopped the older one
+        assert [t for t in tasks if "overlap: cancelled by run" in t.error]

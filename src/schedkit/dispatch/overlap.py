@@ -46,6 +46,9 @@ def start(store: Store, task: Any, task_id: str) -> str:
             extra={"task_id": task_id},
         )
         task.app.control.revoke(others, terminate=True)
+        # A terminated task reports no failure to the hook: record it, so it stops counting.
+        for other in others:
+            store.finish(other, TaskState.FAILED, error=f"overlap: cancelled by run {task_id}")
         verdict = store.start(task_id)
     return verdict
 
