@@ -37,7 +37,9 @@ def start(store: Store, task: Any, task_id: str) -> str:
     :meth:`Store.start`, or 'overlap:skipped' / 'overlap:buffered' (refused: Ignore)."""
     schedules, buffer_ms = _schedules(store)
     verdict = schedules.start_run(task_id, buffer_ms=buffer_ms)
-    if verdict.startswith("overlap:cancel "):
+    for _ in range(3):  # others may start meanwhile; each pass stops those it finds
+        if not verdict.startswith("overlap:cancel "):
+            break
         others = verdict.split(" ")[1:]
         log.warning(
             "overlap policy cancel_other: stopping %s for %s",
@@ -49,7 +51,10 @@ def start(store: Store, task: Any, task_id: str) -> str:
         # A terminated task reports no failure to the hook: record it, so it stops counting.
         for other in others:
             store.finish(other, TaskState.FAILED, error=f"overlap: cancelled by run {task_id}")
-        verdict = store.start(task_id)
+        # Through the guard again, so this run is marked as the one going.
+        verdict = schedules.start_run(task_id, buffer_ms=buffer_ms)
+    if verdict.startswith("overlap:cancel "):
+        verdict = "overlap:busy"  # still contested: refused, like a skip
     return verdict
 
 
