@@ -86,3 +86,22 @@ def test_jitter_is_the_same_for_one_run_and_below_the_bound() -> None:
     one = jitter_for("s", nominal, timedelta(minutes=1))
     assert one == jitter_for("s", nominal, timedelta(minutes=1)) < timedelta(minutes=1)
     assert jitter_for("s", nominal, timedelta(0)) == timedelta(0)
+
+
+def test_exclusions_drop_the_times_they_match_in_the_zone() -> None:
+    begin = datetime(2026, 12, 21, tzinfo=BERLIN).astimezone(UTC)  # a Monday
+    end = begin + timedelta(days=14)
+    rec = Recurrence(
+        cron=("0 8 * * *",),
+        tz="Europe/Berlin",
+        exclude=("* * * * sat,sun", "* * 24-26 12 *"),
+    )
+    days = [t.astimezone(BERLIN).date() for t in rec.times(begin, end, 100)]
+    oracle = [
+        d
+        for d in (begin.astimezone(BERLIN).date() + timedelta(days=n) for n in range(14))
+        if d.weekday() < 5 and not (d.month == 12 and 24 <= d.day <= 26)
+    ]
+    assert days == oracle
+    with pytest.raises(RecurrenceError, match="not a cron expression"):
+        Recurrence(cron=("0 8 * * *",), exclude=("nope",)).check()

@@ -379,3 +379,12 @@ def test_buffer_and_cancel_other_never_let_two_runs_go_at_once(
         assert not [t for t in tasks if t.state is TaskState.CANCELLED]
     else:  # the newer run stopped the older one
         assert [t for t in tasks if "overlap: cancelled by run" in t.error]
+
+
+def test_exclusions_read_back_and_skip_their_days(client: Client) -> None:
+    made = client.create_schedule(
+        "grpc-weekdays", "add", args=[1, 2], cron="0 8 * * *", exclude=["* * * * sat,sun"]
+    )
+    assert made.definition.recurrence.exclude == ("* * * * sat,sun",)
+    assert {t.weekday() for t in made.next_run_times} <= {0, 1, 2, 3, 4}
+    client.delete_schedule("grpc-weekdays")

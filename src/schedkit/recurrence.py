@@ -133,12 +133,14 @@ class Recurrence:
     dst: DstRule = "cron"
     start: datetime | None = None
     end: datetime | None = None
+    #: Cron expressions whose matching times (wall clock in ``tz``) are dropped.
+    exclude: tuple[str, ...] = ()
 
     def check(self) -> None:
         """RecurrenceError naming what is wrong, unless this can compute times."""
         if not self.cron and self.every is None:
             raise RecurrenceError("give cron expressions, every, or both")
-        for expr in self.cron:
+        for expr in (*self.cron, *self.exclude):
             check_cron(expr)
         if self.every is not None and self.every < MIN_EVERY:
             raise RecurrenceError("every must be at least one second")
@@ -167,10 +169,27 @@ class Recurrence:
         for moment in heapq.merge(*streams):
             if out and out[-1] == moment:
                 continue
+            if self.exclude and self.excluded(moment):
+                continue
             out.append(moment)
             if len(out) >= limit:
                 break
         return out
+
+    def excluded(self, moment: datetime) -> bool:
+        """True when an exclusion matches ``moment``'s wall-clock time in ``tz``."""
+        local = moment.astimezone(zone(self.tz))
+        for expr in self.exclude:
+            seconds = len(expr.split()) == 6  # cronsim's form with seconds
+            probe = (
+                local.replace(microsecond=0) if seconds else local.replace(second=0, microsecond=0)
+            )
+            try:
+                if next(CronSim(expr, probe - _SECOND)) == probe:
+                    return True
+            except (CronSimError, StopIteration):
+                continue
+        return False
 
     def next_times(self, after: datetime, count: int) -> list[datetime]:
         """The next ``count`` nominal times at or after ``after``, looking at most ten years

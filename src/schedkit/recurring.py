@@ -58,6 +58,7 @@ class ScheduleDef:
         rec, spec = self.recurrence, self.action
         value: dict[str, Any] = {
             "cron": list(rec.cron),
+            "exclude": list(rec.exclude),
             "every": _ms(rec.every),
             "tz": rec.tz,
             "dst": rec.dst,
@@ -95,6 +96,7 @@ class ScheduleDef:
                 dst=dst,
                 start=from_millis(value["start"]) if value["start"] is not None else None,
                 end=from_millis(value["end"]) if value["end"] is not None else None,
+                exclude=tuple(value.get("exclude", ())),
             ),
             action=TaskSpec(
                 task=task["task"],

@@ -86,6 +86,7 @@ class ScheduleMethods:
         kwargs: Mapping[str, Any] | None = None,
         cron: str | Sequence[str] = (),
         every: timedelta | None = None,
+        exclude: Sequence[str] = (),
         tz: str = "UTC",
         dst: DstRule = "cron",
         start: datetime | None = None,
@@ -107,6 +108,7 @@ class ScheduleMethods:
             recurrence=Recurrence(
                 cron=(cron,) if isinstance(cron, str) else tuple(cron),
                 every=every,
+                exclude=tuple(exclude),
                 tz=tz,
                 dst=dst,
                 start=start,

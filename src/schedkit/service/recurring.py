@@ -71,15 +71,17 @@ class Recurring:
         violations: list[FieldViolation] = []
         rec = definition.recurrence
         spec = f"{prefix}spec."
-        if len(rec.cron) > MAX_CRON:
-            violations.append(FieldViolation(f"{spec}cron_expressions", f"more than {MAX_CRON}"))
-        for i, expr in enumerate(rec.cron):
-            if len(expr) > MAX_CRON_CHARS:
-                violations.append(
-                    FieldViolation(
-                        f"{spec}cron_expressions[{i}]", f"longer than {MAX_CRON_CHARS} chars"
+        for name, exprs in (
+            ("cron_expressions", rec.cron),
+            ("exclude_cron_expressions", rec.exclude),
+        ):
+            if len(exprs) > MAX_CRON:
+                violations.append(FieldViolation(f"{spec}{name}", f"more than {MAX_CRON}"))
+            for i, expr in enumerate(exprs):
+                if len(expr) > MAX_CRON_CHARS:
+                    violations.append(
+                        FieldViolation(f"{spec}{name}[{i}]", f"longer than {MAX_CRON_CHARS} chars")
                     )
-                )
         if len(rec.tz) > MAX_ZONE:
             violations.append(FieldViolation(f"{spec}time_zone", f"longer than {MAX_ZONE} chars"))
         if not violations:

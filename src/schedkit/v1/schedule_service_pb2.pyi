@@ -1128,6 +1128,7 @@ class ScheduleSpec(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     JITTER_FIELD_NUMBER: _builtins.int
     MAX_RUNS_FIELD_NUMBER: _builtins.int
+    EXCLUDE_CRON_EXPRESSIONS_FIELD_NUMBER: _builtins.int
     time_zone: _builtins.str
     """time_zone is the IANA zone cron expressions are read in; empty means UTC."""
     dst_policy: Global___DstPolicy.ValueType
@@ -1160,6 +1161,13 @@ class ScheduleSpec(_message.Message):
         time it is computed), up to one hour.
         """
 
+    @_builtins.property
+    def exclude_cron_expressions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """exclude_cron_expressions drop the times whose wall-clock time in time_zone they match
+        (to the minute for 5-field expressions), such as "* * 24-26 12 *" for a holiday; at
+        most 8.
+        """
+
     def __init__(
         self,
         *,
@@ -1171,10 +1179,11 @@ class ScheduleSpec(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         jitter: _duration_pb2.Duration | None = ...,
         max_runs: _builtins.int = ...,
+        exclude_cron_expressions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "every", b"every", "jitter", b"jitter", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron_expressions", b"cron_expressions", "dst_policy", b"dst_policy", "end_time", b"end_time", "every", b"every", "jitter", b"jitter", "max_runs", b"max_runs", "start_time", b"start_time", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron_expressions", b"cron_expressions", "dst_policy", b"dst_policy", "end_time", b"end_time", "every", b"every", "exclude_cron_expressions", b"exclude_cron_expressions", "jitter", b"jitter", "max_runs", b"max_runs", "start_time", b"start_time", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

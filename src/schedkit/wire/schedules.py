@@ -93,6 +93,7 @@ def definition_from_proto(msg: pb.Schedule, prefix: str = "schedule.") -> Schedu
             violations.extend(exc.violations)
     recurrence = Recurrence(
         cron=tuple(spec.cron_expressions),
+        exclude=tuple(spec.exclude_cron_expressions),
         every=delta(f"{sp}every", spec.HasField("every"), spec.every),
         tz=spec.time_zone or "UTC",
         dst=_DST.get(pb.DstPolicy.ValueType(spec.dst_policy), "cron"),
@@ -130,6 +131,7 @@ def definition_to_proto(d: ScheduleDef) -> pb.Schedule:
     rec = d.recurrence
     spec = pb.ScheduleSpec(
         cron_expressions=list(rec.cron),
+        exclude_cron_expressions=list(rec.exclude),
         time_zone=rec.tz,
         dst_policy=_DST_BACK[rec.dst],
         max_runs=d.max_runs,
