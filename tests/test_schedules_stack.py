@@ -388,3 +388,20 @@ def test_exclusions_read_back_and_skip_their_days(client: Client) -> None:
     assert made.definition.recurrence.exclude == ("* * * * sat,sun",)
     assert {t.weekday() for t in made.next_run_times} <= {0, 1, 2, 3, 4}
     client.delete_schedule("grpc-weekdays")
+
+
+def test_a_failed_run_pauses_a_schedule_that_asks_for_it(client: Client) -> None:
+    client.create_schedule(
+        "grpc-fragile", "fail", every=timedelta(seconds=1), pause_on_failure=True
+    )
+    deadline = time.monotonic() + 60
+    while not (schedule := client.get_schedule("grpc-fragile")).paused:
+        assert time.monotonic() < deadline, "never paused"
+        time.sleep(0.2)
+    failed = [
+        t for t in client.tasks(labels={SCHEDULE_LABEL: "grpc-fragile"})
+        if t.state is TaskState.FAILED
+    ]  # fmt: skip
+    assert schedule.note.startswith("paused on failure of run ")
+    assert schedule.note.removeprefix("paused on failure of run ") in {t.id for t in failed}
+    client.delete_schedule("grpc-fragile")
