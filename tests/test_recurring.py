@@ -336,3 +336,29 @@ def test_cancel_tasks_by_filter_counts_in_slices(schedules: Schedules, store: St
     assert store.count(TaskState.SCHEDULED) == 10
     with pytest.raises(InvalidArgument, match="filter"):
         edits.cancel(TaskQuery())
+
+
+def test_a_schedule_that_cannot_be_computed_does_not_stop_the_others(
+    recurring: Recurring, store: Store, settings: Settings, clock: Clock
+) -> None:
+    recurring.create("good", every(timedelta(minutes=1)))
+    recurring.create("broken", every(timedelta(minutes=1)))
+    # A record corrupted behind the server's back (its checks would refuse this spec).
+    key = store.keys.schedule("broken")
+    text = store.redis.hget(key, "d")
+    assert isinstance(text, str)
+    store.redis.hset(key, "d", text.replace('"cron":[]', '"cron":["61 * * * *"]'))
+    made = materializer(store, settings, clock).run_once()
+    assert made == 5
+    assert nominals(store, "good") == grid(T0, T0 + timedelta(minutes=5), timedelta(minutes=1))
+    assert nominals(store, "broken") == []
+
+
+def test_an_unreadable_schedule_record_does_not_stop_the_others(
+    recurring: Recurring, store: Store, settings: Settings, clock: Clock
+) -> None:
+    recurring.create("fine", every(timedelta(minutes=1)))
+    recurring.create("garbled", every(timedelta(minutes=1)))
+    store.redis.hset(store.keys.schedule("garbled"), "d", "{not json")
+    assert materializer(store, settings, clock).run_once() == 5
+    assert len(nominals(store, "fine")) == 5

@@ -187,7 +187,7 @@ class Dispatcher:
         backoff = Backoff()  # 0.5 s, doubling up to 10 s, until a round goes through
         while not self._stop.is_set():
             try:
-                self.materializer.run_once()  # recurring schedules' runs become parked tasks
+                self.materializer.run_guarded()  # schedules' runs become parked tasks
                 handed = self.run_once()
                 self.purge_if_due()
                 if self.redeliver_if_due():

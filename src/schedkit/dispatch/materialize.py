@@ -61,13 +61,30 @@ class Materializer:
         """One round over the schedules due at ``now``; returns how many runs it made."""
         now = now or self.clock()
         ids = self.schedules.take_due(now, SCHEDULES_PER_ROUND, TAKE_LEASE_SECONDS)
-        records = self.schedules.get_many(ids, now=now)
-        plans = [self.plan(r, now) for r in records if r is not None and not r.paused]
+        plans = []
+        for schedule_id, record in zip(ids, self.schedules.get_many(ids, now=now), strict=True):
+            if record is None or record.paused:
+                continue
+            try:
+                plans.append(self.plan(record, now))
+            except Exception:
+                # One schedule that cannot be computed must not stop the others (nor the
+                # hand-off): it stays taken for the lease, and is tried again after it.
+                log.exception("schedule %s: its runs could not be computed", schedule_id)
         # One round trip for the round's schedules: per schedule, one was most of the cost.
         outcomes = self.schedules.store_many(
             plans, window_seconds=self.settings.handoff_window, now=now
         )
         return sum(_created(outcome) for outcome in outcomes)
+
+    def run_guarded(self) -> int:
+        """:meth:`run_once`, its failure logged instead of raised: the dispatcher's round
+        hands off parked work whatever happens to schedules."""
+        try:
+            return self.run_once()
+        except Exception:
+            log.exception("materializing schedules failed; the next round tries again")
+            return 0
 
     def run_until_idle(self, now: datetime | None = None, rounds: int = 1000) -> int:
         """Rounds at one instant until nothing is due (catching up after an outage)."""

@@ -10,6 +10,7 @@ another materializer stores nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,8 @@ from schedkit.store.codec import schedule_payload, schedule_results
 from schedkit.store.keys import ScheduleField
 from schedkit.store.record import NewTasks, encode_template, template_row
 from schedkit.store.store import Store, script_argv, script_text, store_errors
+
+log = logging.getLogger(__name__)
 
 #: The Lua files of schedules, besides the task scripts (store.SCRIPTS) they build on.
 LUA_FILES = (
@@ -257,7 +260,12 @@ class ScheduleStore:
         out: list[ScheduleRecord | None] = []
         for i, sid in enumerate(schedule_ids):
             raw, recent = replies[2 * i], replies[2 * i + 1]
-            out.append(_decode(sid, raw, recent) if raw else None)
+            try:
+                out.append(_decode(sid, raw, recent) if raw else None)
+            except (KeyError, ValueError, TypeError):
+                # A record this version cannot read: reported missing, never poisoning a batch.
+                log.exception("schedule %s: unreadable record", sid)
+                out.append(None)
         return out
 
     def page_ids(self, after: str, limit: int) -> list[str]:
