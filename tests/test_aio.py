@@ -503,3 +503,48 @@ def test_wait_for_raises_unavailable_when_the_state_does_not_come(stack: LocalSt
             assert isinstance(waited.value, SchedkitError)
 
     run(main)
+
+
+def test_schedules_and_edits_awaited_create_list_pause_trigger_backfill_and_delete(
+    stack: LocalStack,
+) -> None:
+    """The schedule methods of issue 16 on the asyncio client, against the real stack: the
+    plans are the blocking client's, only the sending is awaited."""
+    tag = uuid.uuid4().hex[:10]
+    schedule_id = f"aio-{tag}"
+
+    async def main() -> None:
+        async with Client.connect(stack.address) as client:
+            created = await client.create_schedule(
+                schedule_id, "add", args=[1, 2], cron="0 8 * * *", tz="Europe/Paris",
+                labels={"aio": tag},
+            )  # fmt: skip
+            assert created.outcome == "CREATED"
+            again = await client.create_schedule(
+                schedule_id, "add", args=[1, 2], cron="0 8 * * *", tz="Europe/Paris",
+                labels={"aio": tag},
+            )  # fmt: skip
+            assert again.outcome == "EXISTING"
+            listed = [s.id async for s in client.schedules(labels={"aio": tag}, page_size=1)]
+            assert listed == [schedule_id]
+            paused = await client.pause(schedule_id, note="aio says wait")
+            assert (paused.paused, paused.note) == (True, "aio says wait")
+            assert not (await client.resume(schedule_id)).paused
+            run_now = await client.trigger(schedule_id)
+            assert run_now.spec.labels["schedkit.schedule"] == schedule_id
+            start = datetime(2020, 1, 1, tzinfo=UTC)
+            end = start + timedelta(days=3)
+            assert await client.backfill(schedule_id, start, end) == (3, 0)
+            assert (await client.get_schedule(schedule_id)).id == schedule_id
+            await client.delete_schedule(schedule_id)
+            with pytest.raises(NotFound):
+                await client.get_schedule(schedule_id)
+            mine = label()
+            task = await client.schedule("add", 1, 1, run_at=later(), labels=mine)
+            new_time = later(2).replace(microsecond=0)
+            moved = await client.update_task(task.id, run_at=new_time, args=[5, 5])
+            assert (moved.spec.args, moved.spec.run_at) == ([5, 5], new_time)
+            assert await client.cancel_tasks(labels=mine) == 1
+            assert (await client.get(task.id)).state is TaskState.CANCELLED
+
+    run(main)

@@ -21,9 +21,11 @@ from schedkit.model import (
 )
 from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
+from schedkit.store.edits import LUA_FILES as EDIT_LUA
 from schedkit.store.header import lua_header
 from schedkit.store.keys import EVENT_IDS, EventField, Keys, Stat
 from schedkit.store.record import Field
+from schedkit.store.schedules import LUA_FILES as SCHEDULE_LUA
 from schedkit.store.store import SCRIPTS, Store, TaskQuery, script_text
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
@@ -39,7 +41,8 @@ def lua_sources() -> dict[str, str]:
         if entry.name.endswith(".lua"):
             lines = [line.split("--", 1)[0] for line in entry.read_text().splitlines()]
             sources[entry.name] = "\n".join(lines)
-    assert sorted(sources) == sorted(f"{name}.lua" for name in ("prelude", *SCRIPTS))
+    names = ("prelude", *SCRIPTS, *SCHEDULE_LUA, *EDIT_LUA)
+    assert sorted(sources) == sorted(f"{name}.lua" for name in names)
     return sources
 
 

@@ -673,3 +673,23 @@ def test_builder_follows_its_dst_policy_in_the_form_and_when_scheduling(client: 
         shifted.close()
     with pytest.raises(InvalidArgument, match="dst"):
         ScheduleBuilder(client, dst="sometimes")  # type: ignore[arg-type]
+
+
+def test_schedules_view_lists_pauses_resumes_and_triggers(client: Client) -> None:
+    from schedkit.notebook.schedules_view import SchedulesView
+
+    tag = _tag()
+    client.create_schedule(f"view-{tag}", "add", args=[1, 2], cron="0 8 * * *", labels={"v": tag})
+    view = SchedulesView(client, labels=json.dumps({"v": tag}))
+    assert list(view.frame["id"]) == [f"view-{tag}"]
+    view.note.value = "for the test"
+    view.pause_button.click()
+    assert "paused: for the test" in unescape(view.table.value)
+    view.resume_button.click()
+    assert "active" in view.table.value
+    view.trigger_button.click()
+    assert "run k" in unescape(view.feedback.message.value)
+    view.choice.options = []
+    view.pause_button.click()
+    assert "pick a schedule first" in unescape(view.feedback.message.value)
+    client.delete_schedule(f"view-{tag}")

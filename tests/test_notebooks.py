@@ -60,3 +60,15 @@ def test_pandas_notebook_against_a_running_server(
     shown = "".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
     assert "has no time zone" in shown  # the naive times refused, whole, in result.problems
     assert "2099-03-29 03:30:00+02:00" in shown  # 02:30 in the DST gap, shifted on request
+
+
+def test_schedules_notebook_creates_pauses_triggers_and_backfills(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCHEDKIT_SERVER", stack.address)
+    notebook = execute("schedules.ipynb")
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    texts = "".join(str(o.get("text", "")) for o in outputs)
+    assert "True looking at the numbers" in texts  # paused with its note
+    assert "created, already there: (5, 0) (0, 5)" in texts  # backfilled once

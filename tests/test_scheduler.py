@@ -435,3 +435,33 @@ def test_progress_bar_on_a_terminal(stack: LocalStack, source: str, tmp_path: Pa
     os.close(leader)
     assert process.wait(timeout=60) == 0
     assert b"row/s" in seen or b"s/row" in seen
+
+
+def test_recurring_rows_become_server_side_schedules_once_with_recurring_server(
+    stack: LocalStack, client: Client, source: str, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path / "r.csv",
+        [
+            f'add,{tomorrow()},"[1, 2]",,15min,,',
+            'add,,"[3, 4]",,,0 8 * * mon-fri,Europe/Berlin',
+            f'add,{tomorrow()},"[5, 6]",,1D,,',
+            f'add,{tomorrow(5)},"[7, 8]",,,,',
+        ],
+        header="task,run_at,args,kwargs,every,cron,tz",
+    )
+    argv = (str(path), "--server", stack.address, "--source", source, "--recurring", "server")
+    assert run(*argv) == 1  # the calendar "1D" row is refused, naming its column
+    assert run(*argv) == 1  # again: nothing new
+    mine = list(client.schedules(labels={"source": source}))
+    assert len(mine) == 2
+    by_cron = {s.definition.recurrence.cron: s for s in mine}
+    assert by_cron[("0 8 * * mon-fri",)].definition.recurrence.tz == "Europe/Berlin"
+    assert by_cron[()].definition.recurrence.every == timedelta(minutes=15)
+    # The one-off row was scheduled as usual, the recurring ones were not expanded.
+    keys = [
+        t.spec.key for t in tasks_of(client, source) if "schedkit.schedule" not in t.spec.labels
+    ]
+    assert len(keys) == 1
+    for schedule in mine:
+        client.delete_schedule(schedule.id)

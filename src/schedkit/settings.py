@@ -107,6 +107,14 @@ class Settings:
     #: Seconds before the Redis broker hands an unacknowledged message to another worker
     #: (a worker that died holding it); must exceed the hand-off window plus start lateness.
     visibility_timeout: float = 300.0
+    #: Runs of recurring schedules are made (parked) this many seconds before their time.
+    schedule_lookahead: float = 300.0
+    #: Most recurring schedules the store keeps; CreateSchedule beyond it is refused.
+    max_schedules: int = 1_000_000
+    #: Most runs one BackfillSchedule call makes; a longer range is refused (split it).
+    max_backfill_runs: int = 10_000
+    #: Seconds a buffered run (overlap policy buffer) waits before it asks to start again.
+    overlap_buffer: float = 1.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -29,6 +29,7 @@ import grpc.aio
 
 from schedkit.client import aio_stream
 from schedkit.client.aio_frames import ThreadBridge, frame_of
+from schedkit.client.aio_schedules import AsyncScheduleMethods
 from schedkit.client.aio_watch import Watch
 from schedkit.client.channel import (
     DEFAULT_TARGET,
@@ -64,7 +65,7 @@ if TYPE_CHECKING:  # pandas only when a DataFrame method is called
 T = TypeVar("T")
 
 
-class Client:
+class Client(AsyncScheduleMethods):
     """An asyncio connection to a schedkit server: ``async with Client.connect(...) as c``, or
     ``c = await Client.connect(...)`` and ``await c.close()``. Use it from one event loop."""
 

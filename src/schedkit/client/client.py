@@ -35,6 +35,7 @@ from schedkit.client.messages import (
     task_filter,
     task_types_from_proto,
 )
+from schedkit.client.schedules import ScheduleMethods
 from schedkit.client.status import error_from_rpc
 from schedkit.client.stream import stream_batches
 from schedkit.model import ScheduleResult, TaskRecord, TaskSpec, TaskState, TaskType
@@ -64,8 +65,10 @@ __all__ = [
 ]
 
 
-class Client:
-    """A connection to a schedkit server. Use :meth:`connect`; close it, or use ``with``."""
+class Client(ScheduleMethods):
+    """A connection to a schedkit server. Use :meth:`connect`; close it, or use ``with``.
+    Recurring schedules and edits (``create_schedule``, ``pause``, ``update_task``...) come
+    from :class:`schedkit.client.schedules.ScheduleMethods`."""
 
     def __init__(self, channel: grpc.Channel, *, timeout: float | None = 30.0) -> None:
         self._channel = channel

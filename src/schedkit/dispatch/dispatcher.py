@@ -25,6 +25,7 @@ from kombu.exceptions import EncodeError, OperationalError
 
 from schedkit.backoff import Backoff
 from schedkit.dispatch.broker import Broker
+from schedkit.dispatch.materialize import Materializer
 from schedkit.errors import Unavailable
 from schedkit.model import utc_now
 from schedkit.settings import Settings
@@ -58,6 +59,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._next_purge = clock()
         self._next_redeliver = clock()
+        self.materializer = Materializer(store, settings, clock=clock)
 
     def run_once(self) -> int:
         """One round: claim, hand off, settle. Returns how many tasks the broker took."""
@@ -185,6 +187,7 @@ class Dispatcher:
         backoff = Backoff()  # 0.5 s, doubling up to 10 s, until a round goes through
         while not self._stop.is_set():
             try:
+                self.materializer.run_guarded()  # schedules' runs become parked tasks
                 handed = self.run_once()
                 self.purge_if_due()
                 if self.redeliver_if_due():

@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import Ignore
 
+from schedkit.dispatch import overlap
 from schedkit.errors import ConfigError, Unavailable
 from schedkit.model import TaskState
 from schedkit.settings import Settings
@@ -109,7 +110,7 @@ def _wrap(base: Any, name: str, hook: Callable[..., bool]) -> None:
 def _before_start(handle: StoreHandle) -> Callable[..., bool]:
     def hook(task: Any, task_id: str, args: Any, kwargs: Any) -> bool:
         try:
-            verdict = handle.get().start(task_id)
+            verdict = overlap.start(handle.get(), task, task_id)
         except Unavailable as exc:
             # Nothing ran yet: ask Celery to deliver it again rather than run it unrecorded.
             raise task.retry(exc=exc, countdown=STORE_RETRY_SECONDS, max_retries=None) from exc
@@ -171,6 +172,7 @@ def _on_error(handle: StoreHandle, state: TaskState) -> Callable[..., bool]:
         task: Any, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> bool:
         _record(handle, task_id, state, **_error_fields(exc, einfo))
+        overlap.finished(handle.get(), task_id, state)
         return True
 
     return hook

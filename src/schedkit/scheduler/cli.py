@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         help="name of this timetable, stored as the 'source' label (default: the file name)",
     )
+    parser.add_argument(
+        "--recurring",
+        choices=("expand", "server"),
+        default="expand",
+        help="recurring rows: expand into runs within --horizon (default), or create "
+        "server-side schedules that run for ever (docs/schedules.md)",
+    )
     _add_sending_flags(parser)
     return parser
 
@@ -199,6 +206,7 @@ def send_options(args: argparse.Namespace) -> SendOptions:
         past=args.past,
         horizon=args.horizon,
         source=source,
+        recurring=args.recurring,
         past_tolerance=timedelta(seconds=Settings.from_env().past_tolerance),
         format=args.format,
     )

@@ -24,6 +24,7 @@ from schedkit.backoff import Backoff
 from schedkit.client.client import DEFAULT_TARGET, Client
 from schedkit.errors import FailedPrecondition, NotFound, SchedkitError, Unavailable
 from schedkit.model import TaskState, task_id_for
+from schedkit.recurring import SCHEDULE_LABEL
 from schedkit.settings import Settings
 from schedkit.timetable.batches import column_batches
 from schedkit.timetable.check import load_timetable
@@ -178,6 +179,7 @@ def stale_tasks(client: Client, table: Timetable, source: str) -> list[Any]:
         task
         for task in client.tasks(states=CANCELLABLE, labels={SOURCE_LABEL: source})
         if task.id not in wanted
+        and SCHEDULE_LABEL not in task.spec.labels  # a server-side schedule's run: its own
         and not _is_beyond_horizon_run(task.spec.key, task.spec.run_at, table.horizon_end)
     ]
 
@@ -227,12 +229,39 @@ def run_once(options: SendOptions, out: IO[str], err: IO[str]) -> int:
         _dry_run(options, connect, table, report, out)
         return EXIT_REJECTED if table.errors else EXIT_OK
     _send(options, connect, table, report, out, err)
+    failed_schedules = _create_schedules(connect, table, out, err)
     if options.sync:
         _sync(options, connect, table, report, out)
     _summary(table, report, out)
     _write_output(options.output, table, report)
     rejected = bool(report.runs.rejected())
-    return EXIT_REJECTED if table.errors or rejected or report.sync_failures else EXIT_OK
+    failed = table.errors or rejected or report.sync_failures or failed_schedules
+    return EXIT_REJECTED if failed else EXIT_OK
+
+
+def _create_schedules(
+    connect: Callable[[], Client], table: Timetable, out: IO[str], err: IO[str]
+) -> int:
+    """With --recurring server: create each recurring row's schedule; how many failed."""
+    if not table.schedules:
+        return 0
+    outcomes: dict[str, int] = {}
+    failed = 0
+    with connect() as client:
+        for schedule_id, definition in table.schedules:
+            try:
+                outcome = client.create_schedule_def(schedule_id, definition).outcome
+            except SchedkitError as exc:
+                print(f"schedule {schedule_id}: {exc}", file=err)
+                failed += 1
+                continue
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    made = ", ".join(f"{n} {outcome.lower()}" for outcome, n in sorted(outcomes.items()))
+    print(
+        f"server-side schedules: {made or 'none'}" + (f", {failed} refused" if failed else ""),
+        file=out,
+    )
+    return failed
 
 
 def _print_header(options: SendOptions, table: Timetable, out: IO[str]) -> None:

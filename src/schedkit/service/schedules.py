@@ -214,6 +214,12 @@ class Schedules:
                 rows.keep(number)
         return template
 
+    def check_template(self, spec: TaskSpec, prefix: str) -> None:
+        """InvalidArgument naming the field unless ``spec`` may be scheduled (time aside)."""
+        checked = self._check_template(spec, prefix)
+        if isinstance(checked, InvalidArgument):
+            raise checked
+
     def _check_template(self, spec: TaskSpec, prefix: str) -> Template | InvalidArgument:
         """Check and encode what a template's rows share, or the error naming its field."""
         args_json = dumps(spec.args) if spec.args else ""
@@ -330,6 +336,10 @@ class Schedules:
         if verdict == "cancelled" and previous is not None and previous.value != "SCHEDULED":
             self._revoke(task_id)
         return self.store.get(task_id)
+
+    def revoke(self, task_id: str) -> None:
+        """Spare the worker a start of a cancelled, handed-off task (best effort)."""
+        self._revoke(task_id)
 
     def _revoke(self, task_id: str) -> None:
         # The worker hook refuses a cancelled task anyway; revoke only spares the worker a start.

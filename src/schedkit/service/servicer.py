@@ -12,6 +12,9 @@ import grpc
 
 from schedkit.errors import InvalidArgument, SchedkitError
 from schedkit.model import Outcome, ScheduleResult, TaskRows, TaskSpec
+from schedkit.service.edits import TaskEdits
+from schedkit.service.recurring import Recurring
+from schedkit.service.schedule_rpcs import ScheduleRpcs
 from schedkit.service.schedules import (
     MAX_LABELS,
     BatchFields,
@@ -47,7 +50,7 @@ MAX_FILTER_IDS = 10_000
 _End = object()  # the request stream ended
 
 
-class ScheduleService(pb_grpc.ScheduleServiceServicer):
+class ScheduleService(ScheduleRpcs, pb_grpc.ScheduleServiceServicer):
     """gRPC face of :class:`schedkit.schedules.Schedules`, on the asyncio server.
 
     Store calls are blocking (redis-py, Lua scripts): they run on ``executor``, a bounded
@@ -59,6 +62,8 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
         self, schedules: Schedules, executor: Executor, store: AsyncStore, feed: ChangeFeed
     ) -> None:
         self.schedules = schedules
+        self.recurring = Recurring(schedules)
+        self.edits = TaskEdits(schedules)
         self._executor = executor
         self._store = store
         self._feed = feed
@@ -68,6 +73,9 @@ class ScheduleService(pb_grpc.ScheduleServiceServicer):
     async def _call(self, function: Callable[..., R], *args: Any) -> R:
         """``function(*args)`` on the store executor."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def _filter(self, msg: pb.TaskFilter) -> TaskQuery:
+        return query_from_proto(msg)
 
     async def ScheduleTask(
         self, request: pb.ScheduleTaskRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -12,7 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from schedkit.model import FINAL_STATES, LATENESS_BUCKETS_MS, WAITING_STATES, TaskState
-from schedkit.store.keys import EVENT_IDS, SCRIPT_KEYS, EventField, Stat
+from schedkit.store.keys import (
+    EVENT_IDS,
+    OVERLAP_LABEL,
+    SCHEDULE_LABEL,
+    SCHEDULE_SCRIPT_KEYS,
+    SCRIPT_KEYS,
+    EventField,
+    ScheduleField,
+    Stat,
+)
 from schedkit.store.record import Field
 
 
@@ -33,6 +42,11 @@ def key_lines() -> list[str]:
         f"{state.value} = KEYS[{i}]" for i, state in enumerate(TaskState, start=first)
     )
     lines.append(f"local state_keys = {{{indexes}}}")
+    # Schedule scripts get five more keys (nil in the others).
+    after = first + len(TaskState)
+    names = ", ".join(SCHEDULE_SCRIPT_KEYS)
+    places = ", ".join(f"KEYS[{after + i}]" for i in range(len(SCHEDULE_SCRIPT_KEYS)))
+    lines.append(f"local {names} = {places}")
     return lines
 
 
@@ -43,6 +57,7 @@ def constant_lines() -> list[str]:
     stats = ", ".join(f"{stat.name.lower()} = '{stat.value}'" for stat in Stat)
     fields = ", ".join(f"{name.lower()} = '{value}'" for name, value in Field.names().items())
     events = ", ".join(f"{field.name.lower()} = '{field.value}'" for field in EventField)
+    sfields = ", ".join(f"{field.name.lower()} = '{field.value}'" for field in ScheduleField)
     return [
         f"local final_states = {{{_lua_strings(_in_order(FINAL_STATES))}}}",
         f"local waiting_states = {{{waiting}}}",
@@ -51,6 +66,9 @@ def constant_lines() -> list[str]:
         f"local field = {{{fields}}}",
         f"local event_field = {{{events}}}",
         f"local event_ids = {EVENT_IDS}",
+        f"local sfield = {{{sfields}}}",
+        f"local schedule_label = '{SCHEDULE_LABEL}'",
+        f"local overlap_label = '{OVERLAP_LABEL}'",
     ]
 
 

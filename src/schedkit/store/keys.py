@@ -9,6 +9,16 @@
 ``{prefix}:wake``          list   a nudge: work entered the hand-off window; dispatchers BLPOP it
 ``{prefix}:stats``         hash   running totals that the metrics endpoint reads; fields:
                                   :class:`Stat` (finished:STATE, late:BOUND, ...)
+``{prefix}:sc:{id}``       hash   one recurring schedule (fields: :class:`ScheduleField`)
+``{prefix}:scs``           zset   every schedule id, score 0, so ids page in lexical order
+``{prefix}:scdue``         zset   schedule ids by when the dispatchers materialize them next (ms)
+``{prefix}:scr:{id}``      zset   a schedule's runs (task ids) by nominal time (ms): the parked
+                                  ones and the latest few before now
+``{prefix}:scx:{id}``      set    run ids of the schedule that a worker started, and ``b:{id}``
+                                  for a run waiting its turn (the overlap guard)
+
+Runs of a schedule carry the labels ``SCHEDULE_LABEL`` (its id) and ``NOMINAL_LABEL``, and
+``OVERLAP_LABEL`` when a trigger or backfill chose its own policy (``schedkit.recurring``).
 
 On a Redis Cluster the prefix is a hash tag (``{schedkit}:t:{id}``, see :func:`one_slot`): every
 key is in one slot, which the scripts need; a cluster then gives failover, not more room.
@@ -36,10 +46,26 @@ import enum
 from dataclasses import dataclass
 
 from schedkit.model import TaskState
+from schedkit.recurring import NOMINAL_LABEL, OVERLAP_LABEL, SCHEDULE_LABEL
+
+__all__ = [
+    "EVENT_IDS",
+    "NOMINAL_LABEL",
+    "OVERLAP_LABEL",
+    "SCHEDULE_LABEL",
+    "SCHEDULE_SCRIPT_KEYS",
+    "SCRIPT_KEYS",
+    "EventField",
+    "Keys",
+    "ScheduleField",
+    "Stat",
+]
 
 #: The fixed keys of every script call, by their :class:`Keys` property (and Lua) names, in
 #: the order they open ``KEYS``; the state indexes follow.
 SCRIPT_KEYS = ("claims", "events", "stats", "wake")
+#: The Lua names of the keys schedule scripts receive after those (``Keys.schedule_keys``).
+SCHEDULE_SCRIPT_KEYS = ("sched", "scheds", "sched_due", "sched_runs", "sched_running")
 
 
 class EventField(enum.StrEnum):
@@ -77,6 +103,22 @@ def one_slot(prefix: str) -> str:
     if opened >= 0 and prefix.find("}", opened + 2) > opened:
         return prefix
     return f"{{{prefix}}}"
+
+
+class ScheduleField(enum.StrEnum):
+    """Fields of a schedule's hash; the schedule scripts name each ``sfield.<lower>``."""
+
+    DEFINITION = "d"  # spec, action, policies and labels as canonical JSON
+    FINGERPRINT = "h"  # of the definition: an equal re-create is a no-op
+    GENERATION = "g"  # bumped by every change, so a materializer that read before it loses
+    PAUSED = "ps"  # '1' while paused
+    NOTE = "nt"
+    CURSOR = "cur"  # ms: nominal times before it were made (or passed over on purpose)
+    RUNS = "rc"  # runs made
+    OVERLAP = "ov"  # the overlap policy, read by the worker's start guard
+    PAUSE_ON_FAILURE = "pf"  # '1' when a FAILED run pauses the schedule
+    CREATED = "c"
+    UPDATED = "u"
 
 
 @dataclass(frozen=True)
@@ -117,6 +159,40 @@ class Keys:
     def wake(self) -> str:
         """The list dispatchers block on."""
         return f"{self.prefix}:wake"
+
+    def schedule(self, schedule_id: str) -> str:
+        """The hash holding one recurring schedule."""
+        return f"{self.prefix}:sc:{schedule_id}"
+
+    @property
+    def schedules(self) -> str:
+        """Every schedule id, for listing."""
+        return f"{self.prefix}:scs"
+
+    @property
+    def schedules_due(self) -> str:
+        """Schedule ids by when they are materialized next."""
+        return f"{self.prefix}:scdue"
+
+    def schedule_runs(self, schedule_id: str) -> str:
+        """A schedule's runs by nominal time."""
+        return f"{self.prefix}:scr:{schedule_id}"
+
+    def schedule_running(self, schedule_id: str) -> str:
+        """The runs of a schedule a worker started, for the overlap guard."""
+        return f"{self.prefix}:scx:{schedule_id}"
+
+    def schedule_keys(self, schedule_id: str) -> list[str]:
+        """The KEYS a schedule script adds after :meth:`script_keys`, in the order the
+        schedule scripts name them (``sched``, ``scheds``, ``sched_due``, ``sched_runs``,
+        ``sched_running``)."""
+        return [
+            self.schedule(schedule_id),
+            self.schedules,
+            self.schedules_due,
+            self.schedule_runs(schedule_id),
+            self.schedule_running(schedule_id),
+        ]
 
     def script_keys(self) -> list[str]:
         """The KEYS of every script call: :data:`SCRIPT_KEYS`, then each state's index."""

@@ -159,11 +159,13 @@ def store_errors() -> Iterator[None]:
         raise
 
 
-def script_text(name: str) -> str:
-    """The Lua source of script ``name``: the generated header, the prelude, the script."""
+def script_text(name: str, *more: str) -> str:
+    """The Lua source of script ``name``: the generated header, the prelude, the script, and
+    the bodies of ``more`` after it (a guard before the script it guards)."""
     package = resources.files("schedkit.store") / "lua"
     prelude = (package / "prelude.lua").read_text()
-    return lua_header() + prelude + "\n" + (package / f"{name}.lua").read_text()
+    bodies = [(package / f"{part}.lua").read_text() for part in (name, *more)]
+    return lua_header() + prelude + "\n" + "\n".join(bodies)
 
 
 def _load_script(client: redis.Redis, name: str) -> Any:

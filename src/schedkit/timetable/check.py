@@ -43,6 +43,7 @@ from schedkit.timetable.schema import (
     RowError,
     Timetable,
 )
+from schedkit.timetable.server import schedule_rows
 from schedkit.timeutil import DstPolicy, PastPolicy, zone
 
 _DEFAULT = TimetableOptions()
@@ -77,17 +78,30 @@ def check_timetable(
     base = _rows(cells, zones, until, options, errors)
     plain = _plain(cells)
     one_off = base[plain & errors.mask(base)]
-    repeated = expand(
-        base[~plain],
-        cells.by_name,
-        zones,
-        until,
-        count,
-        now=moment,
-        end=horizon_end,
-        dst=options.dst,
-        errors=errors,
-    )
+    schedules = []
+    if options.recurring == "server":
+        schedules = schedule_rows(
+            base[~plain],
+            cells.by_name,
+            zones,
+            until,
+            count,
+            source=options.source,
+            errors=errors,
+        )
+        repeated = base[:0]
+    else:
+        repeated = expand(
+            base[~plain],
+            cells.by_name,
+            zones,
+            until,
+            count,
+            now=moment,
+            end=horizon_end,
+            dst=options.dst,
+            errors=errors,
+        )
     runs = pd.concat([one_off, repeated]) if len(repeated) else one_off
     runs = runs[errors.mask(runs)]
     runs = with_keys(runs, options.source, recurring=runs.index.isin(repeated.index))
@@ -101,6 +115,7 @@ def check_timetable(
         now=moment,
         horizon_end=horizon_end,
         bad_rows=errors.rows,
+        schedules=schedules,
     )
 
 

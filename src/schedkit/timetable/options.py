@@ -32,6 +32,9 @@ class TimetableOptions:
     past_tolerance: timedelta = timedelta(minutes=5)
     #: Reader of a file (csv, parquet, jsonl, excel); None: by the file's extension.
     format: str | None = None
+    #: Recurring rows: "expand" into runs inside the horizon, or "server" to become
+    #: server-side schedules (docs/schedules.md says when to choose which).
+    recurring: str = "expand"
     #: The moment runs are judged past against; None: the time of the check.
     now: datetime | None = None
 
@@ -39,5 +42,7 @@ class TimetableOptions:
         # Refused here, once, whichever entry point built the options.
         if self.dst not in DST_POLICIES:
             raise InvalidArgument.for_field("dst", f"must be one of {', '.join(DST_POLICIES)}")
+        if self.recurring not in ("expand", "server"):
+            raise InvalidArgument.for_field("recurring", "must be expand or server")
         if self.past not in PAST_POLICIES:
             raise InvalidArgument.for_field("past", f"must be one of {', '.join(PAST_POLICIES)}")

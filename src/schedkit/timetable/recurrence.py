@@ -9,30 +9,40 @@ same idempotency keys) every time.
   ``pandas.date_range(run_at, freq=every)`` does; a run that lands in a DST gap or overlap
   follows the ``--dst`` policy like any other local time.
 - ``cron`` follows cron's own DST rules (cronsim) in the row's zone.
+
+The pandas-free computation (cron matches, fixed steps, DST) is ``schedkit.recurrence``,
+which the dispatchers share for server-side schedules; this module adds pandas offsets and
+the horizon.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import timedelta, tzinfo
 
 import numpy as np
 import pandas as pd
-from cronsim import CronSim, CronSimError
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import BaseOffset
 
 from schedkit.errors import InvalidArgument
+from schedkit.recurrence import RecurrenceError, check_cron, cron_matches
 from schedkit.timeutil import DstPolicy, localize
+
+__all__ = [
+    "MAX_RUNS_PER_ROW",
+    "Expansion",
+    "RecurrenceError",
+    "check_cron",
+    "expand_cron",
+    "expand_every",
+    "parse_every",
+]
 
 #: A row may not expand to more runs than this inside one horizon.
 MAX_RUNS_PER_ROW = 100_000
 MIN_STEP = pd.Timedelta(seconds=1)
-
-
-class RecurrenceError(ValueError):
-    """A recurrence that cannot be expanded; the message says why, for a row error."""
 
 
 @dataclass
@@ -56,14 +66,6 @@ def parse_every(text: str) -> BaseOffset:
     if isinstance(offset, pd.offsets.Tick) and pd.Timedelta(offset) < MIN_STEP:
         raise RecurrenceError(f"{text!r} is shorter than one second")
     return offset
-
-
-def check_cron(expr: str) -> None:
-    """RecurrenceError unless ``expr`` is a cron expression cronsim accepts."""
-    try:
-        CronSim(expr, datetime(2000, 1, 1))
-    except (CronSimError, ValueError) as exc:
-        raise RecurrenceError(f"{expr!r} is not a cron expression: {exc}") from exc
 
 
 def expand_every(
@@ -146,27 +148,21 @@ def expand_cron(
     # With a count, runs are counted from start, so iterate from there; otherwise from now.
     begin = start if count is not None else max(start, now)
     last = min(end, until + pd.Timedelta(microseconds=1)) if until is not None else end
-    try:
-        matches = CronSim(expr, (begin - timedelta(seconds=1)).tz_convert(zone).to_pydatetime())
-    except (CronSimError, ValueError) as exc:
-        raise RecurrenceError(f"{expr!r} is not a cron expression: {exc}") from exc
+    matches = cron_matches(expr, zone, (begin - timedelta(seconds=1)).to_pydatetime())
     runs: list[pd.Timestamp] = []
     seen = 0
-    try:
-        for moment in matches:
-            instant = pd.Timestamp(moment).tz_convert("UTC")
-            if instant < begin:
-                continue
-            if instant >= last or (count is not None and seen >= count):
-                break
-            seen += 1
-            if instant >= now:
-                runs.append(instant)
-                _check_size(len(runs))
-            elif seen > MAX_RUNS_PER_ROW:
-                raise RecurrenceError("run_at is too far back to count runs from")
-    except CronSimError as exc:  # an expression that never matches again
-        raise RecurrenceError(f"{expr!r}: {exc}") from exc
+    for moment in matches:
+        instant = pd.Timestamp(moment)
+        if instant < begin:
+            continue
+        if instant >= last or (count is not None and seen >= count):
+            break
+        seen += 1
+        if instant >= now:
+            runs.append(instant)
+            _check_size(len(runs))
+        elif seen > MAX_RUNS_PER_ROW:
+            raise RecurrenceError("run_at is too far back to count runs from")
     return Expansion(runs)
 
 

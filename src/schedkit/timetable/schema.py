@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from schedkit.errors import FieldViolation
+from schedkit.recurring import ScheduleDef
 
 REQUIRED = ("task", "run_at")
 OPTIONAL = (
@@ -100,3 +101,5 @@ class Timetable:
     now: pd.Timestamp
     horizon_end: pd.Timestamp
     bad_rows: set[int] = field(default_factory=set)
+    #: With ``recurring="server"``: (schedule id, definition) of each good recurring row.
+    schedules: list[tuple[str, ScheduleDef]] = field(default_factory=list)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -97,6 +98,98 @@ SCHEDULE_OUTCOME_EXISTING: ScheduleOutcome.ValueType  # 2
 SCHEDULE_OUTCOME_REJECTED: ScheduleOutcome.ValueType  # 3
 """SCHEDULE_OUTCOME_REJECTED: nothing was stored; the item's error says why."""
 Global___ScheduleOutcome: _TypeAlias = ScheduleOutcome  # noqa: Y015
+
+class _DstPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DstPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DstPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DST_POLICY_UNSPECIFIED: _DstPolicy.ValueType  # 0
+    """DST_POLICY_UNSPECIFIED follows cron's own rules (cronsim): an expression with a
+    wildcard hour runs every real hour (25 runs of an hourly cron on a fall-back day, 23
+    on a spring-forward day); a fixed hour in a gap runs at the end of the gap, in an
+    overlap once, at its first occurrence.
+    """
+    DST_POLICY_SHIFT: _DstPolicy.ValueType  # 1
+    """DST_POLICY_SHIFT: a wall time in a gap moves forward by the jump; in an overlap it
+    takes the first occurrence. Runs that land on one instant run once.
+    """
+    DST_POLICY_EARLIEST: _DstPolicy.ValueType  # 2
+    """DST_POLICY_EARLIEST: a wall time in a gap or overlap takes the earlier instant."""
+    DST_POLICY_LATEST: _DstPolicy.ValueType  # 3
+    """DST_POLICY_LATEST: a wall time in a gap or overlap takes the later instant."""
+
+class DstPolicy(_DstPolicy, metaclass=_DstPolicyEnumTypeWrapper):
+    """DstPolicy says how a cron expression's wall-clock time maps to an instant on the days
+    clocks change.
+    """
+
+DST_POLICY_UNSPECIFIED: DstPolicy.ValueType  # 0
+"""DST_POLICY_UNSPECIFIED follows cron's own rules (cronsim): an expression with a
+wildcard hour runs every real hour (25 runs of an hourly cron on a fall-back day, 23
+on a spring-forward day); a fixed hour in a gap runs at the end of the gap, in an
+overlap once, at its first occurrence.
+"""
+DST_POLICY_SHIFT: DstPolicy.ValueType  # 1
+"""DST_POLICY_SHIFT: a wall time in a gap moves forward by the jump; in an overlap it
+takes the first occurrence. Runs that land on one instant run once.
+"""
+DST_POLICY_EARLIEST: DstPolicy.ValueType  # 2
+"""DST_POLICY_EARLIEST: a wall time in a gap or overlap takes the earlier instant."""
+DST_POLICY_LATEST: DstPolicy.ValueType  # 3
+"""DST_POLICY_LATEST: a wall time in a gap or overlap takes the later instant."""
+Global___DstPolicy: _TypeAlias = DstPolicy  # noqa: Y015
+
+class _OverlapPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OverlapPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OverlapPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OVERLAP_POLICY_UNSPECIFIED: _OverlapPolicy.ValueType  # 0
+    """OVERLAP_POLICY_UNSPECIFIED means OVERLAP_POLICY_SKIP on a schedule; on a trigger or
+    backfill it means the schedule's policy.
+    """
+    OVERLAP_POLICY_SKIP: _OverlapPolicy.ValueType  # 1
+    """OVERLAP_POLICY_SKIP: the new run is skipped (CANCELLED, error "overlap: skipped")."""
+    OVERLAP_POLICY_BUFFER_ONE: _OverlapPolicy.ValueType  # 2
+    """OVERLAP_POLICY_BUFFER_ONE: the new run waits for the running one; a further run while
+    one waits is skipped.
+    """
+    OVERLAP_POLICY_BUFFER_ALL: _OverlapPolicy.ValueType  # 3
+    """OVERLAP_POLICY_BUFFER_ALL: every new run waits its turn, in nominal-time order."""
+    OVERLAP_POLICY_CANCEL_OTHER: _OverlapPolicy.ValueType  # 4
+    """OVERLAP_POLICY_CANCEL_OTHER: the running one is asked to stop (revoked) and the new
+    run starts.
+    """
+    OVERLAP_POLICY_ALLOW_ALL: _OverlapPolicy.ValueType  # 5
+    """OVERLAP_POLICY_ALLOW_ALL: runs start whenever they are due, overlapping or not."""
+
+class OverlapPolicy(_OverlapPolicy, metaclass=_OverlapPolicyEnumTypeWrapper):
+    """OverlapPolicy says what happens when a run is due while an earlier run of the same
+    schedule has not finished.
+    """
+
+OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy.ValueType  # 0
+"""OVERLAP_POLICY_UNSPECIFIED means OVERLAP_POLICY_SKIP on a schedule; on a trigger or
+backfill it means the schedule's policy.
+"""
+OVERLAP_POLICY_SKIP: OverlapPolicy.ValueType  # 1
+"""OVERLAP_POLICY_SKIP: the new run is skipped (CANCELLED, error "overlap: skipped")."""
+OVERLAP_POLICY_BUFFER_ONE: OverlapPolicy.ValueType  # 2
+"""OVERLAP_POLICY_BUFFER_ONE: the new run waits for the running one; a further run while
+one waits is skipped.
+"""
+OVERLAP_POLICY_BUFFER_ALL: OverlapPolicy.ValueType  # 3
+"""OVERLAP_POLICY_BUFFER_ALL: every new run waits its turn, in nominal-time order."""
+OVERLAP_POLICY_CANCEL_OTHER: OverlapPolicy.ValueType  # 4
+"""OVERLAP_POLICY_CANCEL_OTHER: the running one is asked to stop (revoked) and the new
+run starts.
+"""
+OVERLAP_POLICY_ALLOW_ALL: OverlapPolicy.ValueType  # 5
+"""OVERLAP_POLICY_ALLOW_ALL: runs start whenever they are due, overlapping or not."""
+Global___OverlapPolicy: _TypeAlias = OverlapPolicy  # noqa: Y015
 
 @_typing.final
 class TaskSpec(_message.Message):
@@ -821,3 +914,908 @@ class ListTaskTypesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTaskTypesResponse: _TypeAlias = ListTaskTypesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateTaskRequest(_message.Message):
+    """UpdateTaskRequest is the request of UpdateTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the task id."""
+    @_builtins.property
+    def spec(self) -> Global___TaskSpec:
+        """spec holds the new values of the fields update_mask names."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """update_mask names what changes: run_time, args, kwargs, labels, priority."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        spec: Global___TaskSpec | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "spec", b"spec", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTaskRequest: _TypeAlias = UpdateTaskRequest  # noqa: Y015
+
+@_typing.final
+class UpdateTaskResponse(_message.Message):
+    """UpdateTaskResponse is the response of UpdateTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def task(self) -> Global___Task:
+        """task is the task after the change."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___Task | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTaskResponse: _TypeAlias = UpdateTaskResponse  # noqa: Y015
+
+@_typing.final
+class CancelTasksRequest(_message.Message):
+    """CancelTasksRequest is the request of CancelTasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def filter(self) -> Global___TaskFilter:
+        """filter selects the tasks; it must set task, labels or a run-time bound. Its states may
+        only name SCHEDULED, QUEUED and RETRYING (empty means those three).
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___TaskFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTasksRequest: _TypeAlias = CancelTasksRequest  # noqa: Y015
+
+@_typing.final
+class CancelTasksResponse(_message.Message):
+    """CancelTasksResponse is the response of CancelTasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANCELLED_COUNT_FIELD_NUMBER: _builtins.int
+    cancelled_count: _builtins.int
+    """cancelled_count is how many tasks this call cancelled."""
+    def __init__(
+        self,
+        *,
+        cancelled_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_count", b"cancelled_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTasksResponse: _TypeAlias = CancelTasksResponse  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    """Schedule is recurring work kept on the server: the dispatchers turn each of its runs into
+    an ordinary parked task a bounded lookahead ahead, with an id derived from the schedule id
+    and the run's nominal time, so a race or a restart never makes a run twice.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is chosen by the caller (1 to 128 letters, digits, '-', '_', '.'); creating the same
+    id with the same content again is a no-op.
+    """
+    @_builtins.property
+    def spec(self) -> Global___ScheduleSpec:
+        """spec says when the schedule runs."""
+
+    @_builtins.property
+    def action(self) -> Global___ScheduleAction:
+        """action says what each run does."""
+
+    @_builtins.property
+    def policies(self) -> Global___SchedulePolicies:
+        """policies say what happens on overlap, after an outage and on failure."""
+
+    @_builtins.property
+    def state(self) -> Global___ScheduleState:
+        """state is kept by the server: paused, the next and the recent runs. Ignored on create
+        and update (use PauseSchedule and ResumeSchedule).
+        """
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """labels are free-form key/value pairs to find the schedule by."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when the server accepted the schedule."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """update_time is when the schedule last changed (update, pause, resume)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        spec: Global___ScheduleSpec | None = ...,
+        action: Global___ScheduleAction | None = ...,
+        policies: Global___SchedulePolicies | None = ...,
+        state: Global___ScheduleState | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "policies", b"policies", "spec", b"spec", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create_time", b"create_time", "id", b"id", "labels", b"labels", "policies", b"policies", "spec", b"spec", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class ScheduleSpec(_message.Message):
+    """ScheduleSpec says when a schedule runs: the union of its cron matches and its interval,
+    inside [start_time, end_time], at most max_runs times.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CRON_EXPRESSIONS_FIELD_NUMBER: _builtins.int
+    EVERY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    DST_POLICY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    JITTER_FIELD_NUMBER: _builtins.int
+    MAX_RUNS_FIELD_NUMBER: _builtins.int
+    EXCLUDE_CRON_EXPRESSIONS_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """time_zone is the IANA zone cron expressions are read in; empty means UTC."""
+    dst_policy: Global___DstPolicy.ValueType
+    """dst_policy maps cron wall times on the days clocks change."""
+    max_runs: _builtins.int
+    """max_runs stops the schedule after this many runs; 0 means no limit."""
+    @_builtins.property
+    def cron_expressions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """cron_expressions are 5-field cron expressions (with optional seconds as a sixth field
+        first, as cronsim reads them) in time_zone; at most 8.
+        """
+
+    @_builtins.property
+    def every(self) -> _duration_pb2.Duration:
+        """every runs at start_time + k * every (the epoch when start_time is unset): exact
+        elapsed time, at least one second; DST does not move it.
+        """
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """start_time is the first instant a run may have; unset means from creation."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """end_time is the last instant a run may have; unset means forever."""
+
+    @_builtins.property
+    def jitter(self) -> _duration_pb2.Duration:
+        """jitter delays each run by a random amount below it (the same for a given run every
+        time it is computed), up to one hour.
+        """
+
+    @_builtins.property
+    def exclude_cron_expressions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """exclude_cron_expressions drop the times whose wall-clock time in time_zone they match
+        (to the minute for 5-field expressions), such as "* * 24-26 12 *" for a holiday; at
+        most 8.
+        """
+
+    def __init__(
+        self,
+        *,
+        cron_expressions: _abc.Iterable[_builtins.str] | None = ...,
+        every: _duration_pb2.Duration | None = ...,
+        time_zone: _builtins.str = ...,
+        dst_policy: Global___DstPolicy.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        jitter: _duration_pb2.Duration | None = ...,
+        max_runs: _builtins.int = ...,
+        exclude_cron_expressions: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "every", b"every", "jitter", b"jitter", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron_expressions", b"cron_expressions", "dst_policy", b"dst_policy", "end_time", b"end_time", "every", b"every", "exclude_cron_expressions", b"exclude_cron_expressions", "jitter", b"jitter", "max_runs", b"max_runs", "start_time", b"start_time", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleSpec: _TypeAlias = ScheduleSpec  # noqa: Y015
+
+@_typing.final
+class ScheduleAction(_message.Message):
+    """ScheduleAction is what each run of a schedule does."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def task(self) -> Global___TaskSpec:
+        """task is the template of each run: task, args, kwargs, queue, priority, labels and
+        expires_after. Its run_time and idempotency_key must be empty: each run's are derived
+        from its nominal time.
+        """
+
+    def __init__(
+        self,
+        *,
+        task: Global___TaskSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleAction: _TypeAlias = ScheduleAction  # noqa: Y015
+
+@_typing.final
+class SchedulePolicies(_message.Message):
+    """SchedulePolicies say how runs behave together and after an outage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    CATCHUP_WINDOW_FIELD_NUMBER: _builtins.int
+    PAUSE_ON_FAILURE_FIELD_NUMBER: _builtins.int
+    overlap: Global___OverlapPolicy.ValueType
+    """overlap applies when a run is due while another of the schedule runs."""
+    pause_on_failure: _builtins.bool
+    """pause_on_failure pauses the schedule when a run ends FAILED, with a note naming it."""
+    @_builtins.property
+    def catchup_window(self) -> _duration_pb2.Duration:
+        """catchup_window: after an outage (the dispatchers stopped), runs whose nominal time is
+        more than this far in the past are not made. Unset means one minute; at most 365 days.
+        """
+
+    def __init__(
+        self,
+        *,
+        overlap: Global___OverlapPolicy.ValueType = ...,
+        catchup_window: _duration_pb2.Duration | None = ...,
+        pause_on_failure: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catchup_window", b"catchup_window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catchup_window", b"catchup_window", "overlap", b"overlap", "pause_on_failure", b"pause_on_failure"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulePolicies: _TypeAlias = SchedulePolicies  # noqa: Y015
+
+@_typing.final
+class ScheduleRun(_message.Message):
+    """ScheduleRun is one run a schedule made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOMINAL_TIME_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """task_id is the run's task; GetTask and ListTasks show it like any other."""
+    @_builtins.property
+    def nominal_time(self) -> _timestamp_pb2.Timestamp:
+        """nominal_time is the instant the spec gave the run (before jitter)."""
+
+    def __init__(
+        self,
+        *,
+        nominal_time: _timestamp_pb2.Timestamp | None = ...,
+        task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["nominal_time", b"nominal_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nominal_time", b"nominal_time", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleRun: _TypeAlias = ScheduleRun  # noqa: Y015
+
+@_typing.final
+class ScheduleState(_message.Message):
+    """ScheduleState is what the server keeps about a schedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAUSED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_TIMES_FIELD_NUMBER: _builtins.int
+    RECENT_RUNS_FIELD_NUMBER: _builtins.int
+    RUN_COUNT_FIELD_NUMBER: _builtins.int
+    paused: _builtins.bool
+    """paused schedules make no runs; their parked runs were cancelled when they paused."""
+    note: _builtins.str
+    """note says why the schedule was paused or resumed, as the caller gave it."""
+    run_count: _builtins.int
+    """run_count is how many runs the schedule made."""
+    @_builtins.property
+    def next_run_times(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """next_run_times are the next nominal times the spec gives (up to 10), paused or not."""
+
+    @_builtins.property
+    def recent_runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleRun]:
+        """recent_runs are the latest runs made (up to 10), newest first."""
+
+    def __init__(
+        self,
+        *,
+        paused: _builtins.bool = ...,
+        note: _builtins.str = ...,
+        next_run_times: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        recent_runs: _abc.Iterable[Global___ScheduleRun] | None = ...,
+        run_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_run_times", b"next_run_times", "note", b"note", "paused", b"paused", "recent_runs", b"recent_runs", "run_count", b"run_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleState: _TypeAlias = ScheduleState  # noqa: Y015
+
+@_typing.final
+class CreateScheduleRequest(_message.Message):
+    """CreateScheduleRequest is the request of CreateSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """schedule_id is the id to create the schedule under."""
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """schedule is the schedule; its id, state and times are ignored."""
+
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        schedule: Global___Schedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "schedule_id", b"schedule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateScheduleRequest: _TypeAlias = CreateScheduleRequest  # noqa: Y015
+
+@_typing.final
+class CreateScheduleResponse(_message.Message):
+    """CreateScheduleResponse is the response of CreateSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    outcome: Global___ScheduleOutcome.ValueType
+    """outcome is CREATED or EXISTING."""
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """schedule is the stored schedule (new or existing)."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+        outcome: Global___ScheduleOutcome.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateScheduleResponse: _TypeAlias = CreateScheduleResponse  # noqa: Y015
+
+@_typing.final
+class GetScheduleRequest(_message.Message):
+    """GetScheduleRequest is the request of GetSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the schedule id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetScheduleRequest: _TypeAlias = GetScheduleRequest  # noqa: Y015
+
+@_typing.final
+class GetScheduleResponse(_message.Message):
+    """GetScheduleResponse is the response of GetSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """schedule is the schedule."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetScheduleResponse: _TypeAlias = GetScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ListSchedulesRequest(_message.Message):
+    """ListSchedulesRequest is the request of ListSchedules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """page_size is the most schedules to return (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """page_token continues from a previous response's next_page_token."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """labels keeps schedules carrying all of these labels with these values."""
+
+    def __init__(
+        self,
+        *,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesRequest: _TypeAlias = ListSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ListSchedulesResponse(_message.Message):
+    """ListSchedulesResponse is the response of ListSchedules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token is empty on the last page."""
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Schedule]:
+        """schedules are ordered by id. With a label filter a page may hold fewer than page_size
+        while more follow: keep going until next_page_token is empty.
+        """
+
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___Schedule] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesResponse: _TypeAlias = ListSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateScheduleRequest(_message.Message):
+    """UpdateScheduleRequest is the request of UpdateSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """schedule holds the id and the new values of the parts update_mask names."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """update_mask names what changes: spec, action, policies, labels."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateScheduleRequest: _TypeAlias = UpdateScheduleRequest  # noqa: Y015
+
+@_typing.final
+class UpdateScheduleResponse(_message.Message):
+    """UpdateScheduleResponse is the response of UpdateSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """schedule is the schedule after the change."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateScheduleResponse: _TypeAlias = UpdateScheduleResponse  # noqa: Y015
+
+@_typing.final
+class PauseScheduleRequest(_message.Message):
+    """PauseScheduleRequest is the request of PauseSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the schedule id."""
+    note: _builtins.str
+    """note says why (up to 1,000 characters); the schedule's state shows it."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseScheduleRequest: _TypeAlias = PauseScheduleRequest  # noqa: Y015
+
+@_typing.final
+class PauseScheduleResponse(_message.Message):
+    """PauseScheduleResponse is the response of PauseSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    CANCELLED_COUNT_FIELD_NUMBER: _builtins.int
+    cancelled_count: _builtins.int
+    """cancelled_count is how many parked runs pausing cancelled."""
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """schedule is the schedule after pausing."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+        cancelled_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_count", b"cancelled_count", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseScheduleResponse: _TypeAlias = PauseScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ResumeScheduleRequest(_message.Message):
+    """ResumeScheduleRequest is the request of ResumeSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the schedule id."""
+    note: _builtins.str
+    """note says why (up to 1,000 characters)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeScheduleRequest: _TypeAlias = ResumeScheduleRequest  # noqa: Y015
+
+@_typing.final
+class ResumeScheduleResponse(_message.Message):
+    """ResumeScheduleResponse is the response of ResumeSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """schedule is the schedule after resuming."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeScheduleResponse: _TypeAlias = ResumeScheduleResponse  # noqa: Y015
+
+@_typing.final
+class TriggerScheduleRequest(_message.Message):
+    """TriggerScheduleRequest is the request of TriggerSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the schedule id."""
+    overlap: Global___OverlapPolicy.ValueType
+    """overlap overrides the schedule's overlap policy for this run."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        overlap: Global___OverlapPolicy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "overlap", b"overlap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerScheduleRequest: _TypeAlias = TriggerScheduleRequest  # noqa: Y015
+
+@_typing.final
+class TriggerScheduleResponse(_message.Message):
+    """TriggerScheduleResponse is the response of TriggerSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def task(self) -> Global___Task:
+        """task is the run made."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___Task | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerScheduleResponse: _TypeAlias = TriggerScheduleResponse  # noqa: Y015
+
+@_typing.final
+class BackfillScheduleRequest(_message.Message):
+    """BackfillScheduleRequest is the request of BackfillSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the schedule id."""
+    overlap: Global___OverlapPolicy.ValueType
+    """overlap overrides the schedule's overlap policy for these runs."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """start_time is the first nominal time (inclusive)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """end_time is the end of the range (exclusive)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        overlap: Global___OverlapPolicy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "id", b"id", "overlap", b"overlap", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackfillScheduleRequest: _TypeAlias = BackfillScheduleRequest  # noqa: Y015
+
+@_typing.final
+class BackfillScheduleResponse(_message.Message):
+    """BackfillScheduleResponse is the response of BackfillSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_COUNT_FIELD_NUMBER: _builtins.int
+    EXISTING_COUNT_FIELD_NUMBER: _builtins.int
+    created_count: _builtins.int
+    """created_count is how many runs this call made."""
+    existing_count: _builtins.int
+    """existing_count is how many of the range's runs existed already."""
+    def __init__(
+        self,
+        *,
+        created_count: _builtins.int = ...,
+        existing_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_count", b"created_count", "existing_count", b"existing_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackfillScheduleResponse: _TypeAlias = BackfillScheduleResponse  # noqa: Y015
+
+@_typing.final
+class DeleteScheduleRequest(_message.Message):
+    """DeleteScheduleRequest is the request of DeleteSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the schedule id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteScheduleRequest: _TypeAlias = DeleteScheduleRequest  # noqa: Y015
+
+@_typing.final
+class DeleteScheduleResponse(_message.Message):
+    """DeleteScheduleResponse is the response of DeleteSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANCELLED_COUNT_FIELD_NUMBER: _builtins.int
+    cancelled_count: _builtins.int
+    """cancelled_count is how many parked runs deleting cancelled."""
+    def __init__(
+        self,
+        *,
+        cancelled_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_count", b"cancelled_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteScheduleResponse: _TypeAlias = DeleteScheduleResponse  # noqa: Y015

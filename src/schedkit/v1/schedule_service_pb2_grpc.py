@@ -75,6 +75,61 @@ class ScheduleServiceStub:
                 request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.ListTaskTypesRequest.SerializeToString,
                 response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.ListTaskTypesResponse.FromString,
                 _registered_method=True)
+        self.UpdateTask = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/UpdateTask',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.UpdateTaskRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.UpdateTaskResponse.FromString,
+                _registered_method=True)
+        self.CancelTasks = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/CancelTasks',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.CancelTasksRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.CancelTasksResponse.FromString,
+                _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/CreateSchedule',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.CreateScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/GetSchedule',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.GetScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/ListSchedules',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.UpdateSchedule = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/UpdateSchedule',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.UpdateScheduleRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.UpdateScheduleResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/PauseSchedule',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.PauseScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/ResumeSchedule',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.ResumeScheduleResponse.FromString,
+                _registered_method=True)
+        self.TriggerSchedule = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/TriggerSchedule',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.TriggerScheduleRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.TriggerScheduleResponse.FromString,
+                _registered_method=True)
+        self.BackfillSchedule = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/BackfillSchedule',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.BackfillScheduleRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.BackfillScheduleResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/schedkit.v1.ScheduleService/DeleteSchedule',
+                request_serializer=schedkit_dot_v1_dot_schedule__service__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class ScheduleServiceServicer:
@@ -139,6 +194,90 @@ class ScheduleServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateTask(self, request, context):
+        """UpdateTask changes a task that is still SCHEDULED (parked): its run time, args, kwargs,
+        labels or priority, as the update mask names. A task already handed off is refused
+        with FAILED_PRECONDITION naming its state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTasks(self, request, context):
+        """CancelTasks cancels every task that matches a filter and has not started, in bounded
+        slices, and answers how many it cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSchedule(self, request, context):
+        """CreateSchedule stores a recurring schedule under a caller-chosen id. The same id with
+        the same content returns the existing schedule; other content is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """GetSchedule returns one schedule with its state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """ListSchedules lists schedules ordered by id, filtered by labels and paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSchedule(self, request, context):
+        """UpdateSchedule replaces the parts of a schedule the update mask names (spec, action,
+        policies, labels); parked runs not yet handed off are remade from the new content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """PauseSchedule stops a schedule making runs and cancels its parked runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """ResumeSchedule makes a paused schedule run again from now: the paused period makes no
+        runs (backfill it if they are wanted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerSchedule(self, request, context):
+        """TriggerSchedule makes one run now, under the overlap policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackfillSchedule(self, request, context):
+        """BackfillSchedule makes the runs the spec gives in a time range, each once however often
+        it is called, under its own overlap policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """DeleteSchedule forgets a schedule and cancels its parked runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScheduleServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +315,61 @@ def add_ScheduleServiceServicer_to_server(servicer, server):
                     servicer.ListTaskTypes,
                     request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.ListTaskTypesRequest.FromString,
                     response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.ListTaskTypesResponse.SerializeToString,
+            ),
+            'UpdateTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTask,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.UpdateTaskRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.UpdateTaskResponse.SerializeToString,
+            ),
+            'CancelTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTasks,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.CancelTasksRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.CancelTasksResponse.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.CreateScheduleResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.GetScheduleRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.GetScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'UpdateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSchedule,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.UpdateScheduleRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.UpdateScheduleResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.PauseScheduleResponse.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.ResumeScheduleResponse.SerializeToString,
+            ),
+            'TriggerSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerSchedule,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.TriggerScheduleRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.TriggerScheduleResponse.SerializeToString,
+            ),
+            'BackfillSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackfillSchedule,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.BackfillScheduleRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.BackfillScheduleResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=schedkit_dot_v1_dot_schedule__service__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=schedkit_dot_v1_dot_schedule__service__pb2.DeleteScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -373,6 +567,303 @@ class ScheduleService:
             '/schedkit.v1.ScheduleService/ListTaskTypes',
             schedkit_dot_v1_dot_schedule__service__pb2.ListTaskTypesRequest.SerializeToString,
             schedkit_dot_v1_dot_schedule__service__pb2.ListTaskTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/UpdateTask',
+            schedkit_dot_v1_dot_schedule__service__pb2.UpdateTaskRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.UpdateTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/CancelTasks',
+            schedkit_dot_v1_dot_schedule__service__pb2.CancelTasksRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.CancelTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/CreateSchedule',
+            schedkit_dot_v1_dot_schedule__service__pb2.CreateScheduleRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.CreateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/GetSchedule',
+            schedkit_dot_v1_dot_schedule__service__pb2.GetScheduleRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.GetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/ListSchedules',
+            schedkit_dot_v1_dot_schedule__service__pb2.ListSchedulesRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/UpdateSchedule',
+            schedkit_dot_v1_dot_schedule__service__pb2.UpdateScheduleRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.UpdateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/PauseSchedule',
+            schedkit_dot_v1_dot_schedule__service__pb2.PauseScheduleRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.PauseScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/ResumeSchedule',
+            schedkit_dot_v1_dot_schedule__service__pb2.ResumeScheduleRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.ResumeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/TriggerSchedule',
+            schedkit_dot_v1_dot_schedule__service__pb2.TriggerScheduleRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.TriggerScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackfillSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/BackfillSchedule',
+            schedkit_dot_v1_dot_schedule__service__pb2.BackfillScheduleRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.BackfillScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedkit.v1.ScheduleService/DeleteSchedule',
+            schedkit_dot_v1_dot_schedule__service__pb2.DeleteScheduleRequest.SerializeToString,
+            schedkit_dot_v1_dot_schedule__service__pb2.DeleteScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,41 @@ class ScheduleServiceStub:
     """WatchTasks streams state changes as they happen, until the client cancels."""
     ListTaskTypes: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.ListTaskTypesRequest, _schedule_service_pb2.ListTaskTypesResponse]
     """ListTaskTypes lists the Celery tasks this server allows to be scheduled."""
+    UpdateTask: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.UpdateTaskRequest, _schedule_service_pb2.UpdateTaskResponse]
+    """UpdateTask changes a task that is still SCHEDULED (parked): its run time, args, kwargs,
+    labels or priority, as the update mask names. A task already handed off is refused
+    with FAILED_PRECONDITION naming its state.
+    """
+    CancelTasks: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.CancelTasksRequest, _schedule_service_pb2.CancelTasksResponse]
+    """CancelTasks cancels every task that matches a filter and has not started, in bounded
+    slices, and answers how many it cancelled.
+    """
+    CreateSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.CreateScheduleRequest, _schedule_service_pb2.CreateScheduleResponse]
+    """CreateSchedule stores a recurring schedule under a caller-chosen id. The same id with
+    the same content returns the existing schedule; other content is ALREADY_EXISTS.
+    """
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.GetScheduleRequest, _schedule_service_pb2.GetScheduleResponse]
+    """GetSchedule returns one schedule with its state."""
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.ListSchedulesRequest, _schedule_service_pb2.ListSchedulesResponse]
+    """ListSchedules lists schedules ordered by id, filtered by labels and paginated."""
+    UpdateSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.UpdateScheduleRequest, _schedule_service_pb2.UpdateScheduleResponse]
+    """UpdateSchedule replaces the parts of a schedule the update mask names (spec, action,
+    policies, labels); parked runs not yet handed off are remade from the new content.
+    """
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.PauseScheduleRequest, _schedule_service_pb2.PauseScheduleResponse]
+    """PauseSchedule stops a schedule making runs and cancels its parked runs."""
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.ResumeScheduleRequest, _schedule_service_pb2.ResumeScheduleResponse]
+    """ResumeSchedule makes a paused schedule run again from now: the paused period makes no
+    runs (backfill it if they are wanted).
+    """
+    TriggerSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.TriggerScheduleRequest, _schedule_service_pb2.TriggerScheduleResponse]
+    """TriggerSchedule makes one run now, under the overlap policy."""
+    BackfillSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.BackfillScheduleRequest, _schedule_service_pb2.BackfillScheduleResponse]
+    """BackfillSchedule makes the runs the spec gives in a time range, each once however often
+    it is called, under its own overlap policy.
+    """
+    DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.DeleteScheduleRequest, _schedule_service_pb2.DeleteScheduleResponse]
+    """DeleteSchedule forgets a schedule and cancels its parked runs."""
 
 @_typing.type_check_only
 class ScheduleServiceAsyncStub(ScheduleServiceStub):
@@ -93,6 +128,41 @@ class ScheduleServiceAsyncStub(ScheduleServiceStub):
     """WatchTasks streams state changes as they happen, until the client cancels."""
     ListTaskTypes: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.ListTaskTypesRequest, _schedule_service_pb2.ListTaskTypesResponse]  # type: ignore[assignment]
     """ListTaskTypes lists the Celery tasks this server allows to be scheduled."""
+    UpdateTask: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.UpdateTaskRequest, _schedule_service_pb2.UpdateTaskResponse]  # type: ignore[assignment]
+    """UpdateTask changes a task that is still SCHEDULED (parked): its run time, args, kwargs,
+    labels or priority, as the update mask names. A task already handed off is refused
+    with FAILED_PRECONDITION naming its state.
+    """
+    CancelTasks: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.CancelTasksRequest, _schedule_service_pb2.CancelTasksResponse]  # type: ignore[assignment]
+    """CancelTasks cancels every task that matches a filter and has not started, in bounded
+    slices, and answers how many it cancelled.
+    """
+    CreateSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.CreateScheduleRequest, _schedule_service_pb2.CreateScheduleResponse]  # type: ignore[assignment]
+    """CreateSchedule stores a recurring schedule under a caller-chosen id. The same id with
+    the same content returns the existing schedule; other content is ALREADY_EXISTS.
+    """
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.GetScheduleRequest, _schedule_service_pb2.GetScheduleResponse]  # type: ignore[assignment]
+    """GetSchedule returns one schedule with its state."""
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.ListSchedulesRequest, _schedule_service_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """ListSchedules lists schedules ordered by id, filtered by labels and paginated."""
+    UpdateSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.UpdateScheduleRequest, _schedule_service_pb2.UpdateScheduleResponse]  # type: ignore[assignment]
+    """UpdateSchedule replaces the parts of a schedule the update mask names (spec, action,
+    policies, labels); parked runs not yet handed off are remade from the new content.
+    """
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.PauseScheduleRequest, _schedule_service_pb2.PauseScheduleResponse]  # type: ignore[assignment]
+    """PauseSchedule stops a schedule making runs and cancels its parked runs."""
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.ResumeScheduleRequest, _schedule_service_pb2.ResumeScheduleResponse]  # type: ignore[assignment]
+    """ResumeSchedule makes a paused schedule run again from now: the paused period makes no
+    runs (backfill it if they are wanted).
+    """
+    TriggerSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.TriggerScheduleRequest, _schedule_service_pb2.TriggerScheduleResponse]  # type: ignore[assignment]
+    """TriggerSchedule makes one run now, under the overlap policy."""
+    BackfillSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.BackfillScheduleRequest, _schedule_service_pb2.BackfillScheduleResponse]  # type: ignore[assignment]
+    """BackfillSchedule makes the runs the spec gives in a time range, each once however often
+    it is called, under its own overlap policy.
+    """
+    DeleteSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.DeleteScheduleRequest, _schedule_service_pb2.DeleteScheduleResponse]  # type: ignore[assignment]
+    """DeleteSchedule forgets a schedule and cancels its parked runs."""
 
 class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
     """ScheduleService runs registered Celery tasks at a given instant, once.
@@ -165,5 +235,106 @@ class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_schedule_service_pb2.ListTaskTypesResponse, _abc.Awaitable[_schedule_service_pb2.ListTaskTypesResponse]]:
         """ListTaskTypes lists the Celery tasks this server allows to be scheduled."""
+
+    @_abc_1.abstractmethod
+    def UpdateTask(
+        self,
+        request: _schedule_service_pb2.UpdateTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.UpdateTaskResponse, _abc.Awaitable[_schedule_service_pb2.UpdateTaskResponse]]:
+        """UpdateTask changes a task that is still SCHEDULED (parked): its run time, args, kwargs,
+        labels or priority, as the update mask names. A task already handed off is refused
+        with FAILED_PRECONDITION naming its state.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelTasks(
+        self,
+        request: _schedule_service_pb2.CancelTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.CancelTasksResponse, _abc.Awaitable[_schedule_service_pb2.CancelTasksResponse]]:
+        """CancelTasks cancels every task that matches a filter and has not started, in bounded
+        slices, and answers how many it cancelled.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateSchedule(
+        self,
+        request: _schedule_service_pb2.CreateScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.CreateScheduleResponse, _abc.Awaitable[_schedule_service_pb2.CreateScheduleResponse]]:
+        """CreateSchedule stores a recurring schedule under a caller-chosen id. The same id with
+        the same content returns the existing schedule; other content is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSchedule(
+        self,
+        request: _schedule_service_pb2.GetScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.GetScheduleResponse, _abc.Awaitable[_schedule_service_pb2.GetScheduleResponse]]:
+        """GetSchedule returns one schedule with its state."""
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _schedule_service_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.ListSchedulesResponse, _abc.Awaitable[_schedule_service_pb2.ListSchedulesResponse]]:
+        """ListSchedules lists schedules ordered by id, filtered by labels and paginated."""
+
+    @_abc_1.abstractmethod
+    def UpdateSchedule(
+        self,
+        request: _schedule_service_pb2.UpdateScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.UpdateScheduleResponse, _abc.Awaitable[_schedule_service_pb2.UpdateScheduleResponse]]:
+        """UpdateSchedule replaces the parts of a schedule the update mask names (spec, action,
+        policies, labels); parked runs not yet handed off are remade from the new content.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _schedule_service_pb2.PauseScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.PauseScheduleResponse, _abc.Awaitable[_schedule_service_pb2.PauseScheduleResponse]]:
+        """PauseSchedule stops a schedule making runs and cancels its parked runs."""
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _schedule_service_pb2.ResumeScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.ResumeScheduleResponse, _abc.Awaitable[_schedule_service_pb2.ResumeScheduleResponse]]:
+        """ResumeSchedule makes a paused schedule run again from now: the paused period makes no
+        runs (backfill it if they are wanted).
+        """
+
+    @_abc_1.abstractmethod
+    def TriggerSchedule(
+        self,
+        request: _schedule_service_pb2.TriggerScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.TriggerScheduleResponse, _abc.Awaitable[_schedule_service_pb2.TriggerScheduleResponse]]:
+        """TriggerSchedule makes one run now, under the overlap policy."""
+
+    @_abc_1.abstractmethod
+    def BackfillSchedule(
+        self,
+        request: _schedule_service_pb2.BackfillScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.BackfillScheduleResponse, _abc.Awaitable[_schedule_service_pb2.BackfillScheduleResponse]]:
+        """BackfillSchedule makes the runs the spec gives in a time range, each once however often
+        it is called, under its own overlap policy.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteSchedule(
+        self,
+        request: _schedule_service_pb2.DeleteScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schedule_service_pb2.DeleteScheduleResponse, _abc.Awaitable[_schedule_service_pb2.DeleteScheduleResponse]]:
+        """DeleteSchedule forgets a schedule and cancels its parked runs."""
 
 def add_ScheduleServiceServicer_to_server(servicer: ScheduleServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,337 @@
+"""Recurring schedules in the store: their records, the due index the dispatchers
+materialize from, their runs, and the overlap guard a worker's start goes through.
+
+Each change is one Lua script (``sched_*.lua`` after ``sched_prelude.lua``), so a schedule,
+its indexes and its parked runs change together. Making runs is ``sched_runs.lua`` followed by
+``schedule.lua``: the guard checks the schedule's generation and cursor and advances them in
+the same script that stores the runs, so a materializer that read before a pause, an update or
+another materializer stores nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from schedkit.errors import NotFound, excerpt
+from schedkit.model import ScheduleResult, TaskSpec, from_millis, task_id_for, to_millis, utc_now
+from schedkit.recurring import ScheduleDef, ScheduleRecord, ScheduleRun
+from schedkit.store.codec import schedule_payload, schedule_results
+from schedkit.store.keys import ScheduleField
+from schedkit.store.record import NewTasks, encode_template, template_row
+from schedkit.store.store import Store, script_argv, script_text, store_errors
+
+log = logging.getLogger(__name__)
+
+#: The Lua files of schedules, besides the task scripts (store.SCRIPTS) they build on.
+LUA_FILES = (
+    "sched_prelude",
+    "sched_create",
+    "sched_update",
+    "sched_pause",
+    "sched_resume",
+    "sched_delete",
+    "sched_runs",
+    "sched_due",
+    "run_guard",
+)
+#: How many runs before now a schedule's runs index keeps (GetSchedule's recent runs).
+RECENT_RUNS = 10
+_SCHED = ("sched_prelude",)
+_SCRIPTS: dict[str, tuple[str, ...]] = {
+    "create": ("sched_create",),
+    "update": ("sched_update",),
+    "pause": ("sched_pause",),
+    "resume": ("sched_resume",),
+    "delete": ("sched_delete",),
+    "runs": ("sched_runs", "schedule"),
+    "take_due": ("sched_due",),
+}
+
+
+@dataclass(frozen=True)
+class RunsOutcome:
+    """What storing a schedule's runs did: ``verdict`` 'made', 'stale', 'paused' or
+    'missing'; per run results when made."""
+
+    verdict: str
+    results: list[ScheduleResult]
+
+
+@dataclass(frozen=True)
+class RunsPlan:
+    """Runs (nominal time, task) to store for ``record``; with ``advance`` (new cursor, next
+    due or None when done) only if the schedule is still at the record's generation and
+    cursor, moving them on in the same script."""
+
+    record: ScheduleRecord
+    runs: Sequence[tuple[datetime, TaskSpec]]
+    advance: tuple[datetime, datetime | None] | None = None
+    refuse_paused: bool = True
+
+    def guard(self, batch: NewTasks) -> list[Any]:
+        """sched_runs.lua's arguments after schedule.lua's."""
+        nominals = [nominal for nominal, _ in self.runs]
+        pairs = [(to_millis(t), row.id) for t, row in zip(nominals, batch.rows, strict=True)]
+        record, advance = self.record, self.advance
+        if advance is None:
+            generation, cursor, new_cursor, due = "", "", "", ""
+        else:
+            generation = record.generation
+            cursor = str(to_millis(record.cursor))
+            new_cursor = str(to_millis(advance[0]))
+            due = "" if advance[1] is None else str(to_millis(advance[1]))
+        paused = "1" if self.refuse_paused else ""
+        return [
+            generation, cursor, new_cursor, due, _json_pairs(pairs), RECENT_RUNS, paused,
+            record.id,
+        ]  # fmt: skip
+
+
+class ScheduleStore:
+    """Schedules on top of a :class:`Store` (its Redis, prefix and keys)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.keys = store.keys
+        client = store.redis
+        self._scripts = {
+            name: client.register_script(script_text(*_SCHED, *parts))
+            for name, parts in _SCRIPTS.items()
+        }
+        self._start = client.register_script(script_text("run_guard", "start"))
+
+    def _run(self, name: str, schedule_id: str, *args: Any, now: datetime | None = None) -> Any:
+        keys = self.store.script_keys + self.keys.schedule_keys(schedule_id)
+        argv = script_argv(self.keys.task_prefix, self.store.history, now, *args)
+        with store_errors():
+            return self._scripts[name](keys=keys, args=argv)
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def create(
+        self,
+        schedule_id: str,
+        definition: ScheduleDef,
+        *,
+        cursor: datetime,
+        max_schedules: int,
+        now: datetime | None = None,
+    ) -> str:
+        """'created', 'existing' (same definition), 'conflict' or 'full'."""
+        return str(
+            self._run(
+                "create",
+                schedule_id,
+                schedule_id,
+                definition.to_json(),
+                definition.fingerprint(),
+                definition.overlap.value,
+                "1" if definition.pause_on_failure else "",
+                to_millis(cursor),
+                max_schedules,
+                now=now,
+            )
+        )
+
+    def update(self, schedule_id: str, definition: ScheduleDef, now: datetime | None = None) -> int:
+        """Replace the definition; parked runs are removed and made again. -1 if missing."""
+        return int(
+            self._run(
+                "update",
+                schedule_id,
+                schedule_id,
+                definition.to_json(),
+                definition.fingerprint(),
+                definition.overlap.value,
+                "1" if definition.pause_on_failure else "",
+                now=now,
+            )
+        )
+
+    def pause(
+        self, schedule_id: str, note: str, *, on_failure: bool = False, now: datetime | None = None
+    ) -> int:
+        """Pause and remove parked runs: how many; -1 missing; -2 (``on_failure``) when the
+        schedule does not pause on failure."""
+        flag = "1" if on_failure else ""
+        return int(self._run("pause", schedule_id, schedule_id, note, flag, now=now))
+
+    def resume(self, schedule_id: str, note: str, now: datetime | None = None) -> int:
+        """1 resumed from now, 0 was not paused, -1 missing."""
+        return int(self._run("resume", schedule_id, schedule_id, note, now=now))
+
+    def delete(self, schedule_id: str, now: datetime | None = None) -> int:
+        """Forget the schedule and remove its parked runs: how many; -1 if missing."""
+        return int(self._run("delete", schedule_id, schedule_id, now=now))
+
+    def store_runs(
+        self,
+        record: ScheduleRecord,
+        runs: Sequence[tuple[datetime, TaskSpec]],
+        *,
+        window_seconds: float,
+        advance: tuple[datetime, datetime | None] | None = None,
+        refuse_paused: bool = True,
+        now: datetime | None = None,
+    ) -> RunsOutcome:
+        """Store runs (nominal time, task) of ``record``. With ``advance`` (new cursor, next
+        due or None when done) only if the schedule is still at the record's generation and
+        cursor, moving them on in the same script."""
+        plan = RunsPlan(record, runs, advance, refuse_paused)
+        return self.store_many([plan], window_seconds=window_seconds, now=now)[0]
+
+    def store_many(
+        self, plans: Sequence[RunsPlan], *, window_seconds: float, now: datetime | None = None
+    ) -> list[RunsOutcome]:
+        """Several schedules' runs in one round trip (one script each, pipelined)."""
+        if not plans:
+            return []
+        now = now or utc_now()
+        batches = [_batch(plan.runs, now) for plan in plans]
+        script = self._scripts["runs"]
+        with store_errors():
+            pipe = self.store.redis.pipeline(transaction=False)
+            for plan, batch in zip(plans, batches, strict=True):
+                keys = self.store.script_keys + self.keys.schedule_keys(plan.record.id)
+                argv = script_argv(
+                    self.keys.task_prefix,
+                    self.store.history,
+                    now,
+                    int(window_seconds * 1000),
+                    schedule_payload(batch),
+                    *plan.guard(batch),
+                )
+                script(keys=keys, args=argv, client=pipe)
+            replies = pipe.execute()
+        outcomes = []
+        for batch, reply in zip(batches, replies, strict=True):
+            if reply and isinstance(reply[0], str) and not reply[0].isdigit():
+                outcomes.append(RunsOutcome(reply[0], []))
+            else:
+                results = schedule_results(batch.rows, reply) if batch.rows else []
+                outcomes.append(RunsOutcome("made", results))
+        return outcomes
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def take_due(self, now: datetime, limit: int, lease_seconds: float) -> list[str]:
+        """Ids of schedules due by ``now``, each passed by other materializers for
+        ``lease_seconds`` (or until its runs are made)."""
+        ids = self._run("take_due", "", limit, int(lease_seconds * 1000), now=now)
+        return [str(i) for i in ids]
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        """Ids of schedules whose runs should be made by ``now``, earliest first."""
+        with store_errors():
+            ids = self.store.redis.zrangebyscore(
+                self.keys.schedules_due, "-inf", to_millis(now), start=0, num=limit
+            )
+        return [str(i) for i in ids]
+
+    def get(self, schedule_id: str, now: datetime | None = None) -> ScheduleRecord:
+        """One schedule with its recent runs, or NotFound."""
+        record = self.get_many([schedule_id], now=now)[0]
+        if record is None:
+            raise NotFound(f"no schedule with id {excerpt(schedule_id)!r}")
+        return record
+
+    def get_many(
+        self, schedule_ids: Sequence[str], now: datetime | None = None
+    ) -> list[ScheduleRecord | None]:
+        """Schedules by id in one round trip; None where there is none."""
+        now_ms = to_millis(now or utc_now())
+        with store_errors():
+            pipe = self.store.redis.pipeline(transaction=False)
+            for sid in schedule_ids:
+                pipe.hgetall(self.keys.schedule(sid))
+                pipe.zrevrangebyscore(
+                    self.keys.schedule_runs(sid),
+                    now_ms,
+                    "-inf",
+                    start=0,
+                    num=RECENT_RUNS,
+                    withscores=True,
+                )
+            replies = pipe.execute()
+        out: list[ScheduleRecord | None] = []
+        for i, sid in enumerate(schedule_ids):
+            raw, recent = replies[2 * i], replies[2 * i + 1]
+            try:
+                out.append(_decode(sid, raw, recent) if raw else None)
+            except (KeyError, ValueError, TypeError):
+                # A record this version cannot read: reported missing, never poisoning a batch.
+                log.exception("schedule %s: unreadable record", sid)
+                out.append(None)
+        return out
+
+    def page_ids(self, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` schedule ids after ``after``, in lexical order."""
+        start = f"({after}" if after else "-"
+        with store_errors():
+            ids = self.store.redis.zrangebylex(self.keys.schedules, start, "+", start=0, num=limit)
+        return [str(i) for i in ids]
+
+    def count(self) -> int:
+        """How many schedules the store keeps."""
+        with store_errors():
+            return int(self.store.redis.zcard(self.keys.schedules))
+
+    def parked_runs(self, schedule_id: str) -> list[str]:
+        """Ids of the schedule's runs in its runs index (parked ones and the latest)."""
+        with store_errors():
+            return [
+                str(i) for i in self.store.redis.zrange(self.keys.schedule_runs(schedule_id), 0, -1)
+            ]
+
+    # -- the worker's side ------------------------------------------------------------------
+
+    def start_run(self, task_id: str, *, buffer_ms: int, now: datetime | None = None) -> str:
+        """The worker's start through the overlap guard: start.lua's verdicts, or
+        'overlap:skipped', 'overlap:buffered', 'overlap:cancel <ids>'."""
+        argv = script_argv(
+            self.keys.task_prefix,
+            self.store.history,
+            now,
+            task_id,
+            self.keys.schedule(""),
+            self.keys.schedule_running(""),
+            buffer_ms,
+        )
+        with store_errors():
+            return cast(str, self._start(keys=self.store.script_keys, args=argv))
+
+
+def _batch(runs: Sequence[tuple[datetime, TaskSpec]], now: datetime) -> NewTasks:
+    templates: list[list[str]] = []
+    rows = []
+    for number, (_, spec) in enumerate(runs):
+        template = encode_template(spec)
+        templates.append(template.fields)
+        rows.append(
+            template_row(template, task_id_for(spec.key), spec.key, to_millis(spec.run_at), number)
+        )
+    return NewTasks(templates, rows, to_millis(now))
+
+
+def _json_pairs(pairs: list[tuple[int, str]]) -> str:
+    return "[" + ",".join(f'[{ms},"{task_id}"]' for ms, task_id in pairs) + "]"
+
+
+def _decode(schedule_id: str, raw: dict[str, str], recent: list[Any]) -> ScheduleRecord:
+    F = ScheduleField
+    return ScheduleRecord(
+        id=schedule_id,
+        definition=ScheduleDef.from_json(raw[F.DEFINITION]),
+        paused=bool(raw.get(F.PAUSED)),
+        note=raw.get(F.NOTE, ""),
+        run_count=int(raw.get(F.RUNS, "0")),
+        generation=raw[F.GENERATION],
+        cursor=from_millis(int(raw[F.CURSOR])),
+        created_at=from_millis(int(raw[F.CREATED])),
+        updated_at=from_millis(int(raw[F.UPDATED])),
+        recent_runs=tuple(ScheduleRun(from_millis(int(score)), str(tid)) for tid, score in recent),
+    )
