@@ -146,7 +146,9 @@ def _settings(options: argparse.Namespace) -> Settings:
 
 
 def _on_signal(stop: threading.Event) -> None:
-    """Set ``stop`` on SIGINT (Ctrl-C) or SIGTERM."""
+    """Set ``stop`` on SIGINT (Ctrl-C) or SIGTERM. Installed before a command says it is
+    ready: a signal sent as soon as the line is read must find the handler, not Python's
+    default (which ends the process without stopping the parts)."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -155,15 +157,17 @@ def _on_signal(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event that SIGINT or SIGTERM sets from now on."""
     stop = threading.Event()
     _on_signal(stop)
-    stop.wait()
+    return stop
 
 
 def _up(options: argparse.Namespace) -> None:
     settings = _settings(options)
     with Stack(settings, worker=not options.no_worker) as stack:
+        stop = _stop_on_signal()
         print(
             f"schedkit is up: gRPC on {stack.address}, store {stack.settings.store_url}", flush=True
         )
@@ -180,7 +184,7 @@ def _up(options: argparse.Namespace) -> None:
             flush=True,
         )
         print("Ctrl-C stops everything.", flush=True)
-        _wait_for_signal()
+        stop.wait()
         print("stopping…", flush=True)
 
 
@@ -192,8 +196,9 @@ def _serve(options: argparse.Namespace) -> None:
     store = connect_store(settings)
     server = build_server(settings, store).start()
     metrics = _metrics_server(settings, store)
+    stop = _stop_on_signal()
     print(f"schedkit server on {server.address}", flush=True)
-    _wait_for_signal()
+    stop.wait()
     server.stop(settings.shutdown_grace)
     if metrics is not None:
         metrics.stop()
@@ -204,12 +209,8 @@ def _serve_processes(settings: Settings, *, verbose: bool) -> None:
     metrics = _metrics_server(settings, connect_store(settings))
     level = logging.DEBUG if verbose else logging.INFO
     servers = ServerProcesses(settings, settings.server_processes, log_level=level).start()
-    print(
-        f"schedkit server on {servers.address} ({servers.count} processes)",
-        flush=True,
-    )
-    stop = threading.Event()
-    _on_signal(stop)
+    stop = _stop_on_signal()
+    print(f"schedkit server on {servers.address} ({servers.count} processes)", flush=True)
     try:
         servers.supervise(stop)
     finally:
@@ -224,8 +225,9 @@ def _dispatch(options: argparse.Namespace) -> None:
     app = load_app(settings.app)
     dispatcher = Dispatcher(store, app, settings).start()
     metrics = _metrics_server(settings, store)
+    stop = _stop_on_signal()
     print("schedkit dispatcher running", flush=True)
-    _wait_for_signal()
+    stop.wait()
     dispatcher.stop()
     if metrics is not None:
         metrics.stop()
