@@ -5,6 +5,7 @@ Redis Cluster)."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -60,3 +61,17 @@ def watch_hand_off_and_run_once(stack: LocalStack) -> None:
     assert TaskState.QUEUED in seen
     assert stack.store is not None
     assert stack.store.start(task.id).startswith("duplicate")
+
+
+def a_schedule_is_materialized_and_its_runs_run(stack: LocalStack) -> None:
+    """A server-side schedule every second: the dispatcher makes its runs (a pipelined
+    script per schedule) and the worker runs them."""
+    schedule_id = f"every-second-{uuid.uuid4().hex[:8]}"
+    with stack.client() as client:
+        client.create_schedule(schedule_id, "add", args=[1, 2], every=timedelta(seconds=1))
+        runs = {"schedkit.schedule": schedule_id}
+        deadline = time.monotonic() + 60
+        while not list(client.tasks(labels=runs, states=["SUCCEEDED"])):
+            assert time.monotonic() < deadline, "no run of the schedule succeeded in 60 s"
+            time.sleep(0.2)  # polling the server: no event says a run succeeded
+        client.delete_schedule(schedule_id)

@@ -31,7 +31,11 @@ from schedkit.service.server import Server
 from schedkit.settings import Settings
 from schedkit.store.store import Store
 from schedkit.testing import ClusterSet, LocalStack, cluster_set, local_stack, redis_server
-from store_checks import schedule_idempotency_list_and_cancel, watch_hand_off_and_run_once
+from store_checks import (
+    a_schedule_is_materialized_and_its_runs_run,
+    schedule_idempotency_list_and_cancel,
+    watch_hand_off_and_run_once,
+)
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +220,7 @@ def test_the_stack_carries_on_when_the_primary_of_its_slot_is_killed(
     assert acknowledged[-1] in kept, "nothing scheduled after the failover was kept"
     if replicas:
         assert lost == []
+
+
+def test_a_schedule_is_materialized_and_run_on_a_cluster(on_cluster: LocalStack) -> None:
+    a_schedule_is_materialized_and_its_runs_run(on_cluster)

@@ -21,7 +21,11 @@ from schedkit.model import TaskState
 from schedkit.settings import Settings
 from schedkit.store.store import Store
 from schedkit.testing import LocalStack, SentinelSet, local_stack, sentinel_set
-from store_checks import schedule_idempotency_list_and_cancel, watch_hand_off_and_run_once
+from store_checks import (
+    a_schedule_is_materialized_and_its_runs_run,
+    schedule_idempotency_list_and_cancel,
+    watch_hand_off_and_run_once,
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +105,7 @@ def test_a_sentinel_url_without_a_service_is_refused_by_name() -> None:
 
     with pytest.raises(ConfigError, match="names no service"):
         Store.for_settings(Settings(store_url="redis+sentinel://127.0.0.1:26379"))
+
+
+def test_a_schedule_is_materialized_and_run_through_sentinel(on_sentinel: LocalStack) -> None:
+    a_schedule_is_materialized_and_its_runs_run(on_sentinel)

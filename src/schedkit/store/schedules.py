@@ -193,8 +193,8 @@ class ScheduleStore:
         now = now or utc_now()
         batches = [_batch(plan.runs, now) for plan in plans]
         script = self._scripts["runs"]
-        with store_errors():
-            pipe = self.store.redis.pipeline(transaction=False)
+        with store_errors(), self.store.slot_moves():
+            pipe = self.store.script_pipeline()
             for plan, batch in zip(plans, batches, strict=True):
                 keys = self.store.script_keys + self.keys.schedule_keys(plan.record.id)
                 argv = script_argv(

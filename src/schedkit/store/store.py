@@ -270,17 +270,11 @@ class Store:
         if not self.replicas.count:
             return self._run(name, *args, now=now)
         with store_errors():
-            pipe = self._slot_client().pipeline(transaction=False)
+            pipe = self.script_pipeline()
         self._run(name, *args, client=pipe, now=now)
         pipe.wait(*self.replicas.wait_args())
-        with store_errors():
-            try:
-                reply, confirmed = pipe.execute()
-            except (redis.exceptions.MovedError, redis.exceptions.AskError) as exc:
-                # The slot's primary changed (a failover) under the node client: learn the
-                # cluster's new layout for the next call, and let the caller retry this one.
-                cast(redis.cluster.RedisCluster, self.redis).nodes_manager.initialize()
-                raise Unavailable(f"the store's slot moved to another node: {exc}") from exc
+        with store_errors(), self.slot_moves():
+            reply, confirmed = pipe.execute()
         self.replicas.check(int(confirmed), name)
         return reply
 
@@ -293,6 +287,23 @@ class Store:
         cluster = cast(redis.cluster.RedisCluster, self.redis)
         node = cluster.get_node_from_key(self.keys.claims)  # type: ignore[no-untyped-call]
         return cluster.get_redis_connection(node)
+
+    def script_pipeline(self) -> redis.client.Pipeline:
+        """A pipeline (no transaction) that may run scripts. On a cluster it goes to the
+        primary of the store's slot: a cluster pipeline refuses scripts, and every key of the
+        store is in that one slot. Execute it inside :meth:`slot_moves`."""
+        return self._slot_client().pipeline(transaction=False)
+
+    @contextlib.contextmanager
+    def slot_moves(self) -> Iterator[None]:
+        """Unavailable when the store's slot moved (a cluster failover) under a
+        :meth:`script_pipeline`; the cluster's layout is learnt again for the next call."""
+        try:
+            yield
+        except (redis.exceptions.MovedError, redis.exceptions.AskError) as exc:
+            if self.on_cluster:
+                cast(redis.cluster.RedisCluster, self.redis).nodes_manager.initialize()
+            raise Unavailable(f"the store's slot moved to another node: {exc}") from exc
 
     @property
     def on_cluster(self) -> bool:
@@ -370,13 +381,11 @@ class Store:
         # EVALSHA by hand: a pipeline given Script objects first asks SCRIPT EXISTS, one
         # more round trip on every ListTasks page.
         keys = self.script_keys
-        if self.on_cluster:
-            # A cluster pipeline refuses scripts; one call each (a handful, one per state).
-            return [self.redis.evalsha(sha, len(keys), *keys, *argv) for argv in calls]
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.script_pipeline()
         for argv in calls:
             pipe.evalsha(sha, len(keys), *keys, *argv)
-        return pipe.execute()
+        with self.slot_moves():
+            return pipe.execute()
 
     def _page_once(
         self, query: TaskQuery, *, page_size: int, page_token: str, scan_budget: int
