@@ -296,14 +296,25 @@ class Store:
 
     @contextlib.contextmanager
     def slot_moves(self) -> Iterator[None]:
-        """Unavailable when the store's slot moved (a cluster failover) under a
-        :meth:`script_pipeline`; the cluster's layout is learnt again for the next call."""
+        """Unavailable when the store's slot moved or its primary is unreachable (a cluster
+        failover) under a :meth:`script_pipeline`; the cluster's layout is learnt again for
+        the next call."""
         try:
             yield
         except (redis.exceptions.MovedError, redis.exceptions.AskError) as exc:
-            if self.on_cluster:
-                cast(redis.cluster.RedisCluster, self.redis).nodes_manager.initialize()
+            self._relearn_cluster()
             raise Unavailable(f"the store's slot moved to another node: {exc}") from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The slot's primary is gone: the cluster client would learn it on its own
+            # commands, but a node client does not tell it, so the next call would go to
+            # the dead node again.
+            self._relearn_cluster()
+            raise Unavailable(f"schedule store unreachable: {exc}") from exc
+
+    def _relearn_cluster(self) -> None:
+        if self.on_cluster:
+            with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
+                cast(redis.cluster.RedisCluster, self.redis).nodes_manager.initialize()
 
     @property
     def on_cluster(self) -> bool:

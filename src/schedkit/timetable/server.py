@@ -64,7 +64,9 @@ def schedule_rows(
         recurrence = Recurrence(
             cron=(cron,) if cron else (),
             every=every,
-            tz=str(zones.of(row)),
+            # No zone here means an every row from an instant (cron rows without one were
+            # refused while reading): fixed steps from an instant are the same in any zone.
+            tz=str(zones.of(row) or "UTC"),
             start=None if pd.isna(start) else start.to_pydatetime(),
             end=last,
         )
