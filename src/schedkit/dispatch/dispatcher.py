@@ -34,6 +34,8 @@ from schedkit.store.store import Store
 log = logging.getLogger(__name__)
 
 PURGE_EVERY = timedelta(minutes=1)
+#: Seconds between rounds while due tasks wait for room under ``max_in_flight``.
+HELD_BACK_WAIT = 0.05
 
 
 class Dispatcher:
@@ -60,6 +62,8 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._next_purge = clock()
         self._next_redeliver = clock()
+        #: Due tasks the last round left in the store for want of room in their queue.
+        self.held_back = 0
 
     def run_once(self) -> int:
         """One round: claim, hand off, settle. Returns how many tasks the broker took."""
@@ -67,8 +71,10 @@ class Dispatcher:
             window_seconds=self.settings.handoff_window,
             lease_seconds=self.settings.claim_lease,
             limit=self.settings.claim_batch,
+            max_in_flight=self.settings.max_in_flight,
             now=self.clock(),
         )
+        self.held_back = claimed.held_back
         if not claimed:
             return 0
         outcome = self.publisher.publish(claimed, message_refusal)
@@ -163,6 +169,11 @@ class Dispatcher:
                     continue  # they are due now
                 backoff.succeeded()
                 if handed >= self.settings.claim_batch:
+                    continue
+                if self.held_back:
+                    # Due work waits for room: workers starting tasks make it, so look again
+                    # soon (a nudge still wakes the loop at once).
+                    self.store.wait_for_work(HELD_BACK_WAIT)
                     continue
                 self.store.wait_for_work(self.seconds_until_work())
             except Exception as exc:

@@ -7,6 +7,8 @@
 ``{prefix}:events``        stream state changes (id, state) that WatchTasks follows; newly
                                   scheduled tasks share entries, up to 100 ids in one
 ``{prefix}:wake``          list   a nudge: work entered the hand-off window; dispatchers BLPOP it
+``{prefix}:flight``        hash   per queue ('' the default), tasks claimed or handed off and not
+                                  yet started: what the dispatcher keeps under ``max_in_flight``
 ``{prefix}:stats``         hash   running totals that the metrics endpoint reads; fields:
                                   :class:`Stat` (finished:STATE, late:BOUND, ...)
 
@@ -17,7 +19,7 @@ the idempotency index: no extra key per task.
 How the Lua scripts get these names (they never build one from the prefix): every script
 call passes the same ``KEYS``, :meth:`Keys.script_keys`: the fixed keys named in
 :data:`SCRIPT_KEYS` in that order, then one state index per ``TaskState`` in declaration
-order (12 keys). The header ``schedkit.store.header`` renders from the same two lists gives
+order (13 keys). The header ``schedkit.store.header`` renders from the same two lists gives
 them Lua names (``claims``, ``events``, ``stats``, ``wake``, ``state_keys[STATE]``), the
 stats fields theirs (``stat.handed``, ``stat.finished .. STATE``) and the record fields
 theirs (``field.run``). Task records are found inside scripts (claim, page, purge and
@@ -36,7 +38,7 @@ from schedkit.model import TaskState
 
 #: The fixed keys of every script call, by their :class:`Keys` property (and Lua) names, in
 #: the order they open ``KEYS``; the state indexes follow.
-SCRIPT_KEYS = ("claims", "events", "stats", "wake")
+SCRIPT_KEYS = ("claims", "events", "stats", "wake", "flight")
 
 
 class EventField(enum.StrEnum):
@@ -100,6 +102,11 @@ class Keys:
     def stats(self) -> str:
         """The hash of running totals behind the metrics."""
         return f"{self.prefix}:stats"
+
+    @property
+    def flight(self) -> str:
+        """Per queue, tasks claimed or handed off and not yet started."""
+        return f"{self.prefix}:flight"
 
     @property
     def wake(self) -> str:

@@ -66,6 +66,19 @@ class Claimed:
     priority: int | None
 
 
+class Claims(list[Claimed]):
+    """Claimed tasks; ``held_back`` counts due tasks the last call left for want of room in
+    their queue (its in-flight bound)."""
+
+    held_back: int = 0
+
+
+#: Most tasks one claim script call takes, and most due entries it reads: a call over a
+#: burst of any size stays a few milliseconds long.
+CLAIM_SLICE = 200
+CLAIM_SCAN = 4 * CLAIM_SLICE
+
+
 @dataclass(frozen=True)
 class TaskQuery:
     """What ListTasks and WatchTasks select; empty fields match everything."""
@@ -338,30 +351,45 @@ class Store:
         window_seconds: float,
         lease_seconds: float,
         limit: int,
+        max_in_flight: int = 0,
         now: datetime | None = None,
-    ) -> list[Claimed]:
-        """Atomically claim up to ``limit`` tasks due within the window, under a lease."""
-        flat = self._run(
-            "claim",
-            int(window_seconds * 1000),
-            int(lease_seconds * 1000),
-            limit,
-            now=now,
-        )
-        claimed = []
-        for i in range(0, len(flat), 7):
-            task_id, task, args, kwargs, run, queue, priority = flat[i : i + 7]
-            claimed.append(
-                Claimed(
-                    id=task_id,
-                    task=task,
-                    args=json.loads(args) if args else [],
-                    kwargs=json.loads(kwargs) if kwargs else {},
-                    run_at=from_millis(int(run)),
-                    queue=queue,
-                    priority=int(priority) if priority else None,
-                )
+    ) -> Claims:
+        """Atomically claim up to ``limit`` tasks due within the window, under a lease, in
+        run-time order (priority breaks ties), keeping each queue's tasks claimed or handed
+        off and not yet started at ``max_in_flight`` at most (0: no bound).
+
+        One script call claims at most :data:`CLAIM_SLICE` tasks and reads at most
+        :data:`CLAIM_SCAN` due entries, so Redis stays responsive however large a burst is;
+        a larger ``limit`` takes several calls.
+        """
+        claimed = Claims()
+        while len(claimed) < limit:
+            want = min(CLAIM_SLICE, limit - len(claimed))
+            flat = self._run(
+                "claim",
+                int(window_seconds * 1000),
+                int(lease_seconds * 1000),
+                want,
+                max(0, max_in_flight),
+                CLAIM_SCAN,
+                now=now,
             )
+            claimed.held_back = int(flat[0])
+            for i in range(1, len(flat), 7):
+                task_id, task, args, kwargs, run, queue, priority = flat[i : i + 7]
+                claimed.append(
+                    Claimed(
+                        id=task_id,
+                        task=task,
+                        args=json.loads(args) if args else [],
+                        kwargs=json.loads(kwargs) if kwargs else {},
+                        run_at=from_millis(int(run)),
+                        queue=queue,
+                        priority=int(priority) if priority else None,
+                    )
+                )
+            if len(flat) // 7 < want:
+                break
         return claimed
 
     def mark_queued(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
@@ -427,6 +455,25 @@ class Store:
     ) -> bool:
         """Record how a started task ended; False if it was not STARTED."""
         return bool(self._run("finish", task_id, state.value, result, error, traceback, now=now))
+
+    def finish_many(
+        self, records: Sequence[tuple[str, TaskState, str, str, str]], now: datetime | None = None
+    ) -> None:
+        """Record how many started tasks ended, (id, state, result, error, traceback) each,
+        in one round trip."""
+        if not records:
+            return
+        sha = self._scripts["finish"].sha
+        calls = [
+            script_argv(self.keys.task_prefix, self.history, now, task_id, state.value, *rest)
+            for task_id, state, *rest in records
+        ]
+        with store_errors():
+            try:
+                self._evalsha_all(sha, calls)
+            except redis.exceptions.NoScriptError:
+                self.redis.script_load(self._scripts["finish"].script)
+                self._evalsha_all(sha, calls)  # the script only changes a STARTED task
 
     # -- cancelling -------------------------------------------------------------------------
 

@@ -25,6 +25,13 @@ local function observe_lateness(ms)
   redis.call('HINCRBY', stats, stat.late_sum_ms, ms)
 end
 
+-- A task of ``queue`` claimed or handed off has started, or will not be: one less in flight
+-- (the hash counts, per queue, what the dispatcher keeps under its bound; '' is the default).
+local function land(queue)
+  queue = queue or ''
+  if redis.call('HINCRBY', flight, queue, -1) <= 0 then redis.call('HDEL', flight, queue) end
+end
+
 -- A parked task has no 's' field: SCHEDULED is implied (saves bytes on every parked task).
 local function state_of(s) if s then return s end return 'SCHEDULED' end
 
