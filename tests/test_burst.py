@@ -167,3 +167,28 @@ def test_the_bound_holds_back_what_has_no_room_and_start_and_cancel_make_room(
     assert len(again) == 3
     assert again.held_back == 4
     assert store.redis.hget(store.keys.flight, "") == "4"
+
+
+def test_the_hook_writes_finish_records_in_batches_off_the_task_path(
+    schedules: Schedules, store: Store, redis_url: str
+) -> None:
+    from schedkit.dispatch.hook import StoreHandle
+    from schedkit.settings import Settings
+
+    now = datetime.now(UTC)
+    ids = schedule_ids(schedules, [TaskSpec("add", now, [n, 0]) for n in range(50)])
+    for task_id in ids:
+        assert store.start(task_id) == "started"
+    handle = StoreHandle(Settings(store_url=redis_url))
+    assert not store.finish("no-such-task", TaskState.SUCCEEDED)  # loads the script
+    before = evalsha_calls(store)
+    for n, task_id in enumerate(ids):
+        handle.recorder.add(task_id, TaskState.SUCCEEDED, str(n), "", "")
+    # Written by the recorder's thread, without waiting for the tasks: poll for it.
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    while store.count(TaskState.SUCCEEDED) < 50 and datetime.now(UTC) < deadline:
+        store.wait_for_work(0.01)
+    assert store.count(TaskState.SUCCEEDED) == 50
+    assert [store.get(i).result for i in ids] == [str(n) for n in range(50)]
+    assert evalsha_calls(store) - before == 50  # each record written once
+    handle.recorder.flush()  # nothing left: a no-op
