@@ -38,6 +38,7 @@ class Sizes:
     lateness_span: float = 10.0
     eta_tasks: int = 20_000  # ETA messages a plain Celery worker is given
     query_calls: int = 50
+    burst_tasks: int = 20_000  # due at one instant: schedkit vs a plain Celery worker
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -54,6 +55,7 @@ class Sizes:
             lateness_span=5.0,
             eta_tasks=3_000,
             query_calls=20,
+            burst_tasks=5_000,
         )
 
     @classmethod
@@ -71,6 +73,7 @@ class Sizes:
             lateness_span=2.0,
             eta_tasks=100,
             query_calls=3,
+            burst_tasks=200,
         )
 
 

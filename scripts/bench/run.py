@@ -32,16 +32,18 @@ TARGETS: dict[str, tuple[str, float]] = {
     "unary p50, 1 client": ("<=", 1.0),
     "unary p99, 1 client": ("<=", 5.0),
     "hand-off before run time": (">=", 100.0),
+    "burst: longest Lua call": ("<=", 10),
     "start lateness p99": ("<=", 50.0),
     "store memory": ("<=", 400),
     "worker RSS growth": ("<=", 50),
     "query: first page (100)": ("<=", 10),
 }
-GROUPS = ("ingest", "latency", "handoff", "lateness", "memory")
+GROUPS = ("ingest", "latency", "handoff", "lateness", "memory", "burst")
 
 
 def benchmarks(group: str) -> list[Callable[[Report, Sizes, str, Path], None]]:
     """The benchmark functions of one group, schedkit first."""
+    import burst
     import ingest
     import latency
     import memory
@@ -58,7 +60,10 @@ def benchmarks(group: str) -> list[Callable[[Report, Sizes, str, Path], None]]:
             lambda r, s, u, w: latency.schedkit_latency(r, s, u),
             lambda r, s, u, w: latency.baseline_latency(r, s, u),
         ],
-        "handoff": [lambda r, s, u, w: timing.schedkit_handoff(r, s, u)],
+        "handoff": [
+            lambda r, s, u, w: timing.schedkit_handoff(r, s, u),
+            lambda r, s, u, w: burst.handoff_rate(r, s, u),
+        ],
         "lateness": [
             lambda r, s, u, w: timing.schedkit_lateness(r, s, u),
             lambda r, s, u, w: timing.celery_lateness(r, s, u),
@@ -66,6 +71,10 @@ def benchmarks(group: str) -> list[Callable[[Report, Sizes, str, Path], None]]:
         "memory": [
             lambda r, s, u, w: memory.schedkit_worker_memory(r, s, u),
             lambda r, s, u, w: memory.celery_worker_memory(r, s, u),
+        ],
+        "burst": [
+            lambda r, s, u, w: burst.schedkit_burst(r, s, u),
+            lambda r, s, u, w: burst.celery_burst(r, s, u),
         ],
     }
     return table[group]
