@@ -39,6 +39,7 @@ end)
 
 local out = {0}
 local room = {}
+local took = {}  -- per queue, one HINCRBY at the end
 local taken = 0
 for _, c in ipairs(candidates) do
   if taken >= limit then break end
@@ -52,11 +53,12 @@ for _, c in ipairs(candidates) do
     taken = taken + 1
     redis.call('ZREM', skey('SCHEDULED'), id)
     redis.call('ZADD', claims, now + lease, id)
-    redis.call('HINCRBY', flight, queue, 1)
+    took[queue] = (took[queue] or 0) + 1
     out[#out + 1] = id
     for j = 1, 6 do out[#out + 1] = f[j] or '' end
   else
     out[1] = out[1] + 1
   end
 end
+for queue, n in pairs(took) do redis.call('HINCRBY', flight, queue, n) end
 return out

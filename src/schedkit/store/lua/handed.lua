@@ -16,8 +16,7 @@ for i = 5, #ARGV, step do
     if not (verdict == 'queued' and run and state_of(state) == 'SCHEDULED') then land(queue) end
     if run and state_of(state) == 'SCHEDULED' then
       if verdict == 'queued' then
-        redis.call('ZREM', skey('SCHEDULED'), id)
-        redis.call('ZADD', skey('QUEUED'), run, id)
+        redis.call('ZADD', skey('QUEUED'), run, id)  -- a claimed task is in no state index
         redis.call('HSET', tkey(id), field.state, 'QUEUED', field.queued, now)
         queued[#queued + 1] = id
         handed = handed + 1
