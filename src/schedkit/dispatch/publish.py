@@ -10,9 +10,10 @@ task: the id (``id``, ``root_id``, ``correlation_id``), the ``eta``, the argumen
 
 How a batch reaches the broker depends on the transport:
 
-- Redis: kombu's channel prepares each message as its ``basic_publish`` would (body encoding,
-  delivery tag, delivery info, priority queue name), and the final ``LPUSH`` commands go out
-  in one pipeline; each reply says whether that one message was taken.
+- Redis: kombu's channel prepares each template's message as its ``basic_publish`` would
+  (body encoding, delivery tag, delivery info, priority queue name); each task's message is
+  that text with its own values, and a batch goes out as one ``LPUSH`` per queue list, all in
+  one pipeline; a reply says whether that list took its messages.
 - AMQP (py-amqp): the channel is put in publisher-confirm mode once; a batch is published
   without waiting, then the confirms of the whole batch are awaited together.
 - Anything else, or a route through a named exchange: one ``producer.publish`` per message,
@@ -384,33 +385,40 @@ class _RedisBatch:
         return frame.key, text
 
     def send(self, tasks: Sequence[Claimed]) -> list[str | None]:
-        """Publish ``tasks``: one pipeline round trip for all plain-queue messages."""
+        """Publish ``tasks``: one LPUSH per queue list, all in one pipeline round trip. A
+        queue list refusing its LPUSH (WRONGTYPE) refuses each of its messages."""
         reasons: list[str | None] = [None] * len(tasks)
-        piped: list[int] = []
+        lists: dict[str, tuple[list[int], list[str]]] = {}
+        for n, task in enumerate(tasks):
+            try:
+                prepared = self._message(task)
+            except Exception as exc:
+                reason = self.refusal(exc)
+                if reason is None:
+                    raise
+                reasons[n] = reason
+                continue
+            if prepared is None:
+                reasons[n] = self.publisher._one(self.producer, task, self.refusal)
+                continue
+            key, text = prepared
+            positions, texts = lists.setdefault(key, ([], []))
+            positions.append(n)
+            texts.append(text)
+        if not lists:
+            return reasons
         with self.channel.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
-            for n, task in enumerate(tasks):
-                try:
-                    prepared = self._message(task)
-                except Exception as exc:
-                    reason = self.refusal(exc)
-                    if reason is None:
-                        raise
+            for key, (_, texts) in lists.items():
+                pipe.lpush(key, *texts)  # in order: the worker pops the first one first
+            replies = pipe.execute(raise_on_error=False)
+        for (positions, _), reply in zip(lists.values(), replies, strict=True):
+            if isinstance(reply, Exception):
+                reason = self.refusal(reply)
+                if reason is None:
+                    raise reply
+                for n in positions:
                     reasons[n] = reason
-                    continue
-                if prepared is None:
-                    reasons[n] = self.publisher._one(self.producer, task, self.refusal)
-                    continue
-                pipe.lpush(*prepared)
-                piped.append(n)
-            if piped:
-                replies = pipe.execute(raise_on_error=False)
-                for n, reply in zip(piped, replies, strict=True):
-                    if isinstance(reply, Exception):
-                        reason = self.refusal(reply)
-                        if reason is None:
-                            raise reply
-                        reasons[n] = reason
         return reasons
 
 
