@@ -78,6 +78,9 @@ class Settings:
     shutdown_grace: float = 5.0
     #: Processes of the worker that ``schedkit up`` starts.
     worker_concurrency: int = 2
+    #: Log level of the worker ``schedkit up`` and ``schedkit worker`` run (Celery's
+    #: ``--loglevel``). INFO logs two lines per task; WARNING saves their cost in a burst.
+    worker_loglevel: str = "INFO"
     #: Embedded Redis fsync policy for its append-only file: always, everysec or no.
     appendfsync: str = "everysec"
     #: Largest gRPC message the server (or a client) receives, in bytes.

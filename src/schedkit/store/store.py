@@ -75,7 +75,7 @@ class Claims(list[Claimed]):
 
 #: Most tasks one claim script call takes, and most due entries it reads: a call over a
 #: burst of any size stays a few milliseconds long.
-CLAIM_SLICE = 200
+CLAIM_SLICE = 100
 CLAIM_SCAN = 4 * CLAIM_SLICE
 
 
@@ -392,22 +392,25 @@ class Store:
                 break
         return claimed
 
+    def _settle(self, verdict: str, values: Sequence[str], step: int, now: datetime | None) -> None:
+        """Run the handed script over ``values`` (``step`` values per task), in calls of at
+        most :data:`CLAIM_SLICE` tasks, so no one call holds Redis long."""
+        size = CLAIM_SLICE * step
+        for first in range(0, len(values), size):
+            self._run("handed", verdict, *values[first : first + size], now=now)
+
     def mark_queued(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
         """The broker has these tasks: QUEUED, claim settled."""
-        if task_ids:
-            self._run("handed", "queued", *task_ids, now=now)
+        self._settle("queued", task_ids, 1, now)
 
     def release(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
         """Hand-off failed: these tasks are due again right away."""
-        if task_ids:
-            self._run("handed", "release", *task_ids, now=now)
+        self._settle("release", task_ids, 1, now)
 
     def fail_refused(self, refused: Sequence[tuple[str, str]], now: datetime | None = None) -> None:
         """The broker refused these (id, reason) messages themselves: FAILED, claim settled,
         the reason as each task's error."""
-        if refused:
-            pairs = [value for pair in refused for value in pair]
-            self._run("handed", "failed", *pairs, now=now)
+        self._settle("failed", [value for pair in refused for value in pair], 2, now)
 
     def redeliver(
         self, *, stale_seconds: float, limit: int = 1000, now: datetime | None = None
