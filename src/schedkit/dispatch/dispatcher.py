@@ -34,7 +34,8 @@ from schedkit.store.store import Store
 log = logging.getLogger(__name__)
 
 PURGE_EVERY = timedelta(minutes=1)
-#: Seconds between rounds while due tasks wait for room under ``max_in_flight``.
+#: Longest wait between rounds while due tasks wait for room under ``max_in_flight`` (a start
+#: that makes room for a tenth of the bound wakes the dispatcher before).
 HELD_BACK_WAIT = 0.05
 
 
@@ -171,8 +172,8 @@ class Dispatcher:
                 if handed >= self.settings.claim_batch:
                     continue
                 if self.held_back:
-                    # Due work waits for room: workers starting tasks make it, so look again
-                    # soon (a nudge still wakes the loop at once).
+                    # Due work waits for room: a start that brings its queue a tenth below
+                    # the bound nudges the wake list; look again soon in any case.
                     self.store.wait_for_work(HELD_BACK_WAIT)
                     continue
                 self.store.wait_for_work(self.seconds_until_work())

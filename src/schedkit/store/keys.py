@@ -67,6 +67,9 @@ class Stat(enum.StrEnum):
     LATE = "late:"  # followed by the bucket's upper bound in ms
     LATE_INF = "late:inf"  # later than the last bound
     LATE_SUM_MS = "late_sum_ms"
+    #: Not a total: the in-flight count at which a start wakes the dispatchers (the claim
+    #: writes it from its bound, a tenth below it, so refills come in batches).
+    FLIGHT_WAKE = "flight:wake"
 
 
 @dataclass(frozen=True)

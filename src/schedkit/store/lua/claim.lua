@@ -10,6 +10,7 @@
 -- held back counts due tasks left for want of room in their queue.
 local window, lease, limit = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local bound, scan = tonumber(ARGV[7]), tonumber(ARGV[8])
+if bound > 0 then redis.call('HSET', stats, stat.flight_wake, bound - math.max(1, math.floor(bound / 10))) end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', claims, '-inf', now, 'LIMIT', 0, limit)) do
   redis.call('ZREM', claims, id)
