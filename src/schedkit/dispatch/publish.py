@@ -103,8 +103,12 @@ class Template:
         """The body and publish arguments of ``task``'s own message."""
         kwargs = dict(self.publish_kwargs)
         args = tuple(task.args)
-        headers = dict(kwargs["headers"])
-        headers["id"] = headers["root_id"] = task.id
+        # Every header that carried the template's id carries this task's (id, root_id, and
+        # any a before_task_publish handler copied), as in the Redis frame.
+        headers = {
+            name: task.id if value == _PLACEHOLDER_ID else value
+            for name, value in kwargs["headers"].items()
+        }
         headers["eta"] = _eta(task.run_at)
         headers["argsrepr"] = _repr(args, self.argsrepr_size, self.repr_levels)
         headers["kwargsrepr"] = _repr(task.kwargs, self.kwargsrepr_size, self.repr_levels)
@@ -182,7 +186,8 @@ class Publisher:
             registered.apply_async(tuple(task.args), task.kwargs, **options)
         else:
             self.app.send_task(task.task, task.args, task.kwargs, **options)
-        assert capture.call is not None, "Celery's send_task did not publish"
+        if capture.call is None:
+            raise RuntimeError(f"Celery's send_task published nothing for {task.task!r}")
         body, kwargs = capture.call
         amqp = self.app.amqp
         return Template(
