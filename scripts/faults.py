@@ -23,6 +23,7 @@ DRILLS: dict[str, Callable[[argparse.Namespace], faults.Counts]] = {
     "server-kill": lambda o: faults.server_killed_mid_stream(o.rows, o.workdir),
     "redis-restart": lambda o: faults.redis_restarted_with_parked_tasks(o.rows, o.workdir),
     "worker-kill": lambda o: faults.worker_killed_holding_tasks(o.worker_rows, o.workdir),
+    "dispatcher-kill": lambda o: faults.dispatcher_killed_mid_burst(o.burst_rows, o.workdir),
     "store-down": lambda o: faults.store_down_and_back(o.worker_rows, o.workdir),
     "store-partition": lambda o: faults.store_partitioned_and_healed(o.worker_rows, o.workdir),
     "broker-down": lambda o: faults.broker_down_and_back(o.worker_rows, o.workdir),
@@ -36,6 +37,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="server-kill, redis-restart")
     parser.add_argument(
         "--worker-rows", type=int, default=2_000, help="tasks held by the worker, etc."
+    )
+    parser.add_argument(
+        "--burst-rows", type=int, default=20_000, help="dispatcher-kill: tasks due at one instant"
     )
     parser.add_argument("--streams", type=int, default=50, help="concurrent scheduler streams")
     parser.add_argument("--stream-rows", type=int, default=20_000, help="rows per stream")

@@ -44,6 +44,14 @@ def test_worker_sigkilled_holding_tasks_each_still_runs_once(tmp_path: Path) -> 
     assert (counts.accepted, counts.executed, counts.duplicates, counts.lost) == (100, 100, 0, 0)
 
 
+def test_dispatcher_sigkilled_mid_burst_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    counts = report(faults.dispatcher_killed_mid_burst(1000, tmp_path, bound=100))
+    # Killed with part of the burst still to hand off: the second dispatcher finished it.
+    assert counts.notes["parked_at_kill"] + counts.notes["claimed_at_kill"] > 0
+    assert (counts.accepted, counts.executed, counts.duplicates, counts.lost) == (1000, 1000, 0, 0)
+    assert counts.notes["in_flight_left"] == 0
+
+
 def test_store_down_is_unavailable_at_once_and_everything_recovers(tmp_path: Path) -> None:
     counts = report(faults.store_down_and_back(50, tmp_path))
     assert counts.notes["status"].startswith("'UNAVAILABLE: schedule store unreachable")

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,18 +14,18 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from celery.signals import before_task_publish
 
 from conftest import schedule_ids
 from schedkit.client.client import Client
 from schedkit.demo import app as demo_app
 from schedkit.demo import runs
 from schedkit.dispatch.dispatcher import Dispatcher
+from schedkit.dispatch.publish import Outcome, Publisher
 from schedkit.dispatch.registry import TaskRegistry
 from schedkit.model import TaskSpec, TaskState
 from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
-from schedkit.store.store import Store
+from schedkit.store.store import Claimed, Store
 from schedkit.testing import LocalStack, local_stack
 
 FINAL = ["SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"]
@@ -43,17 +43,20 @@ def wait_all(client: Client, ids: list[str], timeout: float = 60) -> dict[str, T
 
 
 @pytest.fixture
-def publishes() -> Iterator[Counter[str]]:
-    """Count every task message published from this process, by task id."""
+def publishes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Count every task message the broker took from this process's dispatchers, by id."""
     counts: Counter[str] = Counter()
+    real = Publisher.publish
 
-    def count(sender: object = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
-        if headers:
-            counts[headers["id"]] += 1
+    def counted(self: Publisher, tasks: Sequence[Claimed], refusal: Any) -> Outcome:
+        outcome = real(self, tasks, refusal)
+        counts.update(
+            t.id for t, reason in zip(tasks, outcome.reasons, strict=False) if reason is None
+        )
+        return outcome
 
-    before_task_publish.connect(count, weak=False)
-    yield counts
-    before_task_publish.disconnect(count)
+    monkeypatch.setattr(Publisher, "publish", counted)
+    return counts
 
 
 def test_three_dispatchers_hand_each_task_off_once(

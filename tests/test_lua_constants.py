@@ -128,7 +128,7 @@ def test_the_header_spells_the_python_constants_once_each() -> None:
 def test_the_header_names_keys_in_the_order_the_store_passes_them(store: Store) -> None:
     keys = Keys("other:prefix")
     names = (
-        "claims, events, stats, wake, "
+        "claims, events, stats, wake, flight, "
         + ", ".join(f"state_keys['{s.value}']" for s in TaskState)
         + ", final_states, late_bounds"
     )

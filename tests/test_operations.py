@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import schedule_ids
+from schedkit.demo import app as demo_app
 from schedkit.dispatch.dispatcher import Dispatcher
+from schedkit.dispatch.registry import TaskRegistry
 from schedkit.logs import JsonFormatter, KeyValueFormatter
 from schedkit.model import TaskSpec, TaskState
 from schedkit.runtime.embedded import free_port
@@ -85,6 +88,27 @@ def test_dispatcher_lag_shows_overdue_work_and_clears_once_handed_off(
     assert sample(registry, "schedkit_dispatcher_lag_seconds") == 0
     assert sample(registry, "schedkit_tasks_handed_off_total") == 1
     assert sample(registry, "schedkit_tasks", state="QUEUED") == 1
+
+
+def test_metrics_show_where_a_burst_waits(store: Store, settings: Settings) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    bounded = replace(settings, max_in_flight=3)
+    now = datetime.now(UTC)
+    ids = schedule_ids(
+        Schedules(store, TaskRegistry(demo_app, allow_queues="celery,reports"), bounded),
+        [TaskSpec("add", now, [n, 0]) for n in range(5)]
+        + [TaskSpec("add", now, [n, 1], queue="reports") for n in range(2)],
+    )
+    assert sample(registry, "schedkit_tasks_overdue") == 7
+    assert Dispatcher(store, Celery("burst-check"), bounded).run_once() == 5
+    assert sample(registry, "schedkit_tasks_in_flight", queue="default") == 3
+    assert sample(registry, "schedkit_tasks_in_flight", queue="reports") == 2
+    assert sample(registry, "schedkit_tasks_overdue") == 2  # waiting for room
+    handed = [i for i in ids[:5] if store.get(i).state is TaskState.QUEUED]
+    assert len(handed) == 3
+    assert store.start(handed[0]) == "started"
+    assert sample(registry, "schedkit_tasks_in_flight", queue="default") == 2
 
 
 def test_duplicate_starts_are_refused_and_counted(schedules: Schedules, store: Store) -> None:

@@ -7,6 +7,7 @@ cannot be reached.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -15,14 +16,20 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kombu import Connection
 
 import faults  # scripts/drills
+from schedkit.demo import app as demo_app
 from schedkit.demo import runs
+from schedkit.dispatch.broker import Broker
+from schedkit.dispatch.dispatcher import message_refusal
+from schedkit.dispatch.publish import Publisher
 from schedkit.model import TaskSpec, TaskState
 from schedkit.testing import local_stack
+from test_publish import CASES, claimed, send_as_apply_async
 
 HOST, PORT = "127.0.0.1", 5672
 FAST = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}
@@ -87,3 +94,73 @@ def test_worker_sigkilled_holding_tasks_with_rabbitmq(amqp_url: str, tmp_path: P
     print(counts.line())
     assert counts.notes["held_at_kill"] == 50
     assert (counts.accepted, counts.executed, counts.duplicates, counts.lost) == (50, 50, 0, 0)
+
+
+def _received(amqp_url: str, queue_name: str) -> dict[str, Any]:
+    """The one message waiting in ``queue_name``, taken off it, as the worker would see it."""
+    with Connection(amqp_url, connect_timeout=5) as connection:
+        message = connection.SimpleQueue(queue_name).get(timeout=10)
+        message.ack()
+        properties = dict(message.properties)
+        properties.pop("delivery_tag", None)
+        return {
+            "headers": message.headers,
+            "properties": properties,
+            "content_type": message.content_type,
+            "body": json.loads(message.body),
+            "exchange": message.delivery_info.get("exchange"),
+            "routing_key": message.delivery_info.get("routing_key"),
+        }
+
+
+@pytest.mark.parametrize("n", range(len(CASES)))
+def test_a_published_message_equals_what_apply_async_sends_through_rabbitmq(
+    amqp_url: str, n: int
+) -> None:
+    broker = Broker(demo_app, amqp_url)
+    try:
+        task = claimed(n, CASES[n])
+        queue_name = task.queue or "celery"
+        send_as_apply_async(broker, task)
+        theirs = _received(amqp_url, queue_name)
+        outcome = Publisher(demo_app, broker).publish([task], message_refusal)
+        assert outcome.reasons == [None]
+        assert outcome.error is None
+        ours = _received(amqp_url, queue_name)
+    finally:
+        broker.close()
+    for name in (
+        "task",
+        "id",
+        "eta",
+        "retries",
+        "expires",
+        "root_id",
+        "parent_id",
+        "argsrepr",
+        "kwargsrepr",
+        "timelimit",
+    ):
+        assert ours["headers"][name] == theirs["headers"][name], name
+    assert ours["properties"].get("priority") == theirs["properties"].get("priority")
+    assert (ours["exchange"], ours["routing_key"]) == (theirs["exchange"], theirs["routing_key"])
+    assert ours == theirs
+
+
+def test_a_batch_through_rabbitmq_is_confirmed_and_each_message_is_its_own(amqp_url: str) -> None:
+    broker = Broker(demo_app, amqp_url)
+    tasks = [claimed(n, ("add", [n, n], {}, "", None)) for n in range(200)]
+    try:
+        outcome = Publisher(demo_app, broker).publish(tasks, message_refusal)
+    finally:
+        broker.close()
+    assert outcome.reasons == [None] * 200
+    assert outcome.error is None
+    seen = {}
+    with Connection(amqp_url, connect_timeout=5) as connection:
+        queue = connection.SimpleQueue("celery")
+        for _ in range(200):
+            message = queue.get(timeout=10)
+            message.ack()
+            seen[message.headers["id"]] = (message.headers["eta"], json.loads(message.body)[0])
+    assert seen == {t.id: (t.run_at.isoformat(), t.args) for t in tasks}

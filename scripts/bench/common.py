@@ -40,6 +40,7 @@ class Sizes:
     query_calls: int = 50
     load_seconds: float = 20.0  # seconds of 32-client load per server process count
     cluster_rows: int = 100_000  # timetable rows into one Redis and into a cluster
+    burst_tasks: int = 20_000  # due at one instant: schedkit vs a plain Celery worker
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -58,6 +59,7 @@ class Sizes:
             query_calls=20,
             load_seconds=8.0,
             cluster_rows=20_000,
+            burst_tasks=5_000,
         )
 
     @classmethod
@@ -77,6 +79,7 @@ class Sizes:
             load_seconds=1.0,
             cluster_rows=300,
             query_calls=3,
+            burst_tasks=200,
         )
 
 

@@ -338,6 +338,88 @@ def worker_killed_holding_tasks(
     )
 
 
+def dispatcher_killed_mid_burst(rows: int, base: Path | None = None, *, bound: int = 0) -> Counts:
+    """SIGKILL a ``schedkit dispatch`` process in the middle of a burst of ``rows`` tasks due
+    at one instant, with part of the burst handed off, part claimed and the rest parked (the
+    in-flight bound, ``bound`` or a tenth of the burst, keeps it going); a second dispatcher
+    process then finishes it. The killed one's claims come back when their lease lapses."""
+    lease = 5.0
+    with workdir(base) as work:
+        settings = local_settings(
+            data_dir=work / "data",
+            handoff_window=3.0,
+            poll_interval=0.2,
+            claim_lease=lease,
+            max_in_flight=bound or max(50, rows // 10),
+        )
+        with Stack(settings, worker_log=str(work / "worker.log")) as stack:
+            stack.wait_for_worker(60)
+            assert stack.store is not None
+            assert stack.dispatcher is not None
+            stack.dispatcher.stop()  # this drill's dispatchers are processes it can kill
+            store = stack.store
+            env = {
+                **clean_env(),
+                "SCHEDKIT_PREFIX": stack.settings.prefix,
+                "SCHEDKIT_CLAIM_LEASE": str(lease),
+                "SCHEDKIT_POLL_INTERVAL": "0.2",
+                "SCHEDKIT_HANDOFF_WINDOW": "3",
+                "SCHEDKIT_MAX_IN_FLIGHT": str(stack.settings.max_in_flight),
+            }
+            command = [sys.executable, "-m", "schedkit", "dispatch", "--store",
+                       stack.settings.store_url]  # fmt: skip
+
+            def dispatcher(name: str) -> subprocess.Popen[bytes]:
+                with (work / f"{name}.log").open("wb") as log:  # the child keeps its own copy
+                    return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+
+            with Client.connect(stack.address, token="") as client:
+                run_at = datetime.now(UTC) + timedelta(seconds=3 + rows / 5000)
+                ids = _schedule(client, [TaskSpec("add", run_at, [i, 1]) for i in range(rows)])
+            first = dispatcher("dispatcher-1")
+            try:
+                # Killed once a fifth of the burst has run: the rest is in flight or parked.
+                poll(
+                    lambda: store.count(TaskState.SUCCEEDED) >= len(ids) // 5,
+                    120 + rows / 50,
+                    "a fifth of the burst to run",
+                )
+                first.kill()
+                first.wait(30)
+                claims_at_kill = int(store.redis.zcard(store.keys.claims))
+                queued_at_kill = store.count(TaskState.QUEUED)
+                parked_at_kill = store.count(TaskState.SCHEDULED)
+                killed_at = time.monotonic()
+                second = dispatcher("dispatcher-2")
+                try:
+                    _wait_final(store, len(ids), timeout=120 + rows / 50)
+                finally:
+                    second.terminate()
+                    second.wait(30)
+            finally:
+                if first.poll() is None:
+                    first.kill()
+                    first.wait(30)
+            recovered_s = round(time.monotonic() - killed_at, 1)
+            executed, duplicates, lost = execution_census(store, ids)
+            flight_left = store.redis.hgetall(store.keys.flight)
+    return Counts(
+        "dispatcher-kill",
+        len(ids),
+        executed,
+        duplicates,
+        lost,
+        {
+            "claimed_at_kill": claims_at_kill,
+            "queued_at_kill": queued_at_kill,
+            "parked_at_kill": parked_at_kill,
+            "in_flight_bound": settings.max_in_flight,
+            "all_final_after_s": recovered_s,
+            "in_flight_left": sum(int(v) for v in flight_left.values()),
+        },
+    )
+
+
 def _held(stack: Stack) -> int:
     assert stack.broker is not None
     return sum(len(tasks) for tasks in stack.broker.scheduled(timeout=1.0).values())

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(worker)
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument("--pool", default="prefork", help="prefork, threads or solo")
+    worker.add_argument(
+        "--loglevel", dest="worker_loglevel", help="Celery log level (SCHEDKIT_WORKER_LOGLEVEL)"
+    )
 
     serve = commands.add_parser("serve", help="run the gRPC server only")
     _common(serve)
@@ -128,6 +131,7 @@ def _settings(options: argparse.Namespace) -> Settings:
         "handoff_window",
         "data_dir",
         "worker_concurrency",
+        "worker_loglevel",
         "token",
         "token_file",
         "tls_cert",

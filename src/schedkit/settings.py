@@ -48,7 +48,12 @@ class Settings:
     #: The dispatcher looks for due work at least this often, in seconds.
     poll_interval: float = 1.0
     #: Most tasks one dispatcher claims per round.
-    claim_batch: int = 500
+    claim_batch: int = 1000
+    #: Most tasks per queue handed off (or claimed) and not yet started; the rest of a burst
+    #: waits in the store, in run-time order. Keep it above what the queue's workers prefetch
+    #: (workers x concurrency x worker_prefetch_multiplier) plus a second of their start rate,
+    #: so they never wait for the dispatcher. 0: no bound.
+    max_in_flight: int = 2000
     #: A run time this many seconds in the past still runs at once; older is refused.
     past_tolerance: float = 300.0
     #: Largest JSON size of args plus kwargs of one task, in bytes.
@@ -81,6 +86,9 @@ class Settings:
     shutdown_grace: float = 5.0
     #: Processes of the worker that ``schedkit up`` starts.
     worker_concurrency: int = 2
+    #: Log level of the worker ``schedkit up`` and ``schedkit worker`` run (Celery's
+    #: ``--loglevel``). INFO logs two lines per task; WARNING saves their cost in a burst.
+    worker_loglevel: str = "INFO"
     #: Embedded Redis fsync policy for its append-only file: always, everysec or no.
     appendfsync: str = "everysec"
     #: Largest gRPC message the server (or a client) receives, in bytes.

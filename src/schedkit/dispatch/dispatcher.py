@@ -1,7 +1,8 @@
 """The dispatcher: claims tasks entering the hand-off window and hands them to Celery.
 
-Each round claims atomically under a lease (several dispatchers may share a store), calls
-``apply_async(eta=run time, task_id=schedkit id)``, then settles the claims: QUEUED for what
+Each round claims atomically under a lease (several dispatchers may share a store), publishes
+what ``apply_async(eta=run time, task_id=schedkit id)`` would, many messages per broker round
+trip (``schedkit.dispatch.publish``), then settles the claims: QUEUED for what
 the broker took, FAILED for a message the broker refused itself (``message_refusal``), and
 due-again for the rest of a round the broker could not take. A dispatcher that dies mid-round leaves
 claims whose lease lapses; the next round anywhere returns them to the due index. A
@@ -16,7 +17,6 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import redis
 from celery import Celery
@@ -26,14 +26,18 @@ from kombu.exceptions import EncodeError, OperationalError
 from schedkit.backoff import Backoff
 from schedkit.dispatch.broker import Broker
 from schedkit.dispatch.materialize import Materializer
+from schedkit.dispatch.publish import Publisher
 from schedkit.errors import Unavailable
 from schedkit.model import utc_now
 from schedkit.settings import Settings
-from schedkit.store.store import Claimed, Store
+from schedkit.store.store import Store
 
 log = logging.getLogger(__name__)
 
 PURGE_EVERY = timedelta(minutes=1)
+#: Longest wait between rounds while due tasks wait for room under ``max_in_flight`` (a start
+#: that makes room for a tenth of the bound wakes the dispatcher before).
+HELD_BACK_WAIT = 0.05
 
 
 class Dispatcher:
@@ -54,12 +58,15 @@ class Dispatcher:
         # An explicit broker connection: the app object may be shared (tests, embedding) and
         # its own pool may already point elsewhere.
         self.broker = broker or Broker.for_settings(app, settings)
+        self.publisher = Publisher(app, self.broker)
         self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_purge = clock()
         self._next_redeliver = clock()
         self.materializer = Materializer(store, settings, clock=clock)
+        #: Due tasks the last round left in the store for want of room in their queue.
+        self.held_back = 0
 
     def run_once(self) -> int:
         """One round: claim, hand off, settle. Returns how many tasks the broker took."""
@@ -67,83 +74,55 @@ class Dispatcher:
             window_seconds=self.settings.handoff_window,
             lease_seconds=self.settings.claim_lease,
             limit=self.settings.claim_batch,
+            max_in_flight=self.settings.max_in_flight,
             now=self.clock(),
         )
+        self.held_back = claimed.held_back
         if not claimed:
             return 0
-        handed: list[str] = []
-        refused: list[tuple[str, str]] = []  # (id, reason): messages the broker refused
-        try:
-            for task in claimed:
-                reason = self._try_hand_off(task)
-                if reason is None:
-                    handed.append(task.id)
-                else:
-                    refused.append((task.id, reason))
-        except Exception as exc:
+        outcome = self.publisher.publish(claimed, message_refusal)
+        handed = [t.id for t, r in zip(claimed, outcome.reasons, strict=False) if r is None]
+        refused = [
+            (t.id, r) for t, r in zip(claimed, outcome.reasons, strict=False) if r is not None
+        ]
+        for task_id, reason in refused:
+            log.error(
+                "the broker refused the message of task %s: %s",
+                task_id,
+                reason,
+                extra={"task_id": task_id},
+            )
+        if outcome.error is not None or refused:
             # OperationalError and OSError are the broker being away; kombu also raises
             # AttributeError from a channel whose connection broke. Either way the rest of
-            # the claims are released below and the next round uses a fresh connection.
-            expected = isinstance(exc, OperationalError | OSError)
-            log.warning(
-                "broker refused hand-off after %d of %d tasks: %s",
-                len(handed) + len(refused),
-                len(claimed),
-                exc,
-                exc_info=not expected,
-                extra={"released": len(claimed) - len(handed) - len(refused)},
-            )
+            # the claims are released below and the next round uses a fresh connection; a
+            # refused message may have left the channel broken too.
+            if outcome.error is not None:
+                exc = outcome.error
+                log.warning(
+                    "broker refused hand-off after %d of %d tasks: %s",
+                    outcome.settled,
+                    len(claimed),
+                    exc,
+                    exc_info=not isinstance(exc, OperationalError | OSError),
+                    extra={"released": len(claimed) - outcome.settled},
+                )
             self.broker.reset()
-        finally:
-            settled = len(handed) + len(refused)
-            self.store.mark_queued(handed, now=self.clock())
-            self.store.fail_refused(refused, now=self.clock())
-            self.store.release([t.id for t in claimed[settled:]], now=self.clock())
+            self.publisher.reset()
+        now = self.clock()
+        self.store.mark_queued(handed, now=now)
+        self.store.fail_refused(refused, now=now)
+        self.store.release([t.id for t in claimed[outcome.settled :]], now=now)
+        if log.isEnabledFor(logging.DEBUG):  # a line per task: only when asked for
+            for task, verdict in zip(claimed, outcome.reasons, strict=False):
+                if verdict is None:
+                    log.debug(
+                        "handed off",
+                        extra={"task_id": task.id, "task": task.task, "eta": task.run_at},
+                    )
         if handed:
             log.info("handed off %d tasks", len(handed), extra={"handed": len(handed)})
         return len(handed)
-
-    def _try_hand_off(self, task: Claimed) -> str | None:
-        """Hand one task off: None when the broker took it, the reason when it refused this
-        message itself. Any other error (the broker away) propagates and ends the round."""
-        try:
-            with self.broker.producer() as producer:
-                self._hand_off(task, producer)
-        except Exception as exc:
-            reason = message_refusal(exc)
-            if reason is None:
-                raise
-            # Handing it off again would fail the same way, and releasing it would block
-            # every later round: the task fails, the rest of the round goes on. The failed
-            # publish may have left the channel broken, so the next one starts afresh.
-            log.error(
-                "the broker refused the message of task %s: %s",
-                task.id,
-                reason,
-                extra={"task_id": task.id, "task": task.task, "queue": task.queue},
-            )
-            self.broker.reset()
-            return reason
-        log.debug("handed off", extra={"task_id": task.id, "task": task.task, "eta": task.run_at})
-        return None
-
-    def _hand_off(self, task: Claimed, producer: Any) -> None:
-        options: dict[str, Any] = {
-            "task_id": task.id,
-            "eta": task.run_at,
-            "serializer": "json",
-            "producer": producer,
-        }
-        if task.queue:
-            options["queue"] = task.queue
-        if task.priority is not None:
-            options["priority"] = task.priority
-        registered = self.app.tasks.get(task.task)
-        if registered is not None:
-            registered.apply_async(tuple(task.args), task.kwargs, **options)
-        else:
-            # Registered only on the workers: send by name, as apply_async would.
-            self.app.send_task(task.task, task.args, task.kwargs, **options)
 
     def seconds_until_work(self) -> float:
         """How long to wait before the next task enters the window (capped at poll_interval)."""
@@ -194,6 +173,11 @@ class Dispatcher:
                     continue  # they are due now
                 backoff.succeeded()
                 if handed >= self.settings.claim_batch:
+                    continue
+                if self.held_back:
+                    # Due work waits for room: a start that brings its queue a tenth below
+                    # the bound nudges the wake list; look again soon in any case.
+                    self.store.wait_for_work(HELD_BACK_WAIT)
                     continue
                 self.store.wait_for_work(self.seconds_until_work())
             except Exception as exc:

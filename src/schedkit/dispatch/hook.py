@@ -2,13 +2,16 @@
 
 ``install(app)`` wraps four handlers on the app's base Task class, so every task defined with
 ``@app.task`` gets them: ``before_start`` asks the store to start the task (refusing a
-cancelled, expired or already-started one with Celery's ``Ignore``), and ``on_success``,
-``on_failure`` and ``on_retry`` record how it ended. Tasks not scheduled by schedkit run as
-usual. Tasks with a custom ``base=`` class not derived from ``app.Task`` are not covered.
+cancelled, expired or already-started one with Celery's ``Ignore``): the run-once guard, the
+one store call on the task's path. ``on_success``, ``on_failure`` and ``on_retry`` record how
+it ended; final records are written in batches by a thread (:class:`Recorder`). Tasks not
+scheduled by schedkit run as usual. Tasks with a custom ``base=`` class not derived from
+``app.Task`` are not covered.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -17,6 +20,7 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import Ignore
+from celery.signals import worker_process_shutdown
 
 from schedkit.dispatch import overlap
 from schedkit.errors import ConfigError, Unavailable
@@ -40,6 +44,7 @@ class StoreHandle:
         self._store: Store | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self.recorder = Recorder(self)
 
     def configure(self, settings: Settings | None) -> None:
         """Use these settings from now on (None keeps reading the environment)."""
@@ -87,11 +92,21 @@ def install(app: Celery, settings: Settings | None = None) -> StoreHandle:
         return existing
     handle = StoreHandle(settings)
     base._schedkit_store = handle
+    # Pending finish records are written before a worker process ends.
+    worker_process_shutdown.connect(_flusher(handle), weak=False)
+    atexit.register(handle.recorder.flush)
     _wrap(base, "before_start", _before_start(handle))
     _wrap(base, "on_success", _on_success(handle))
     _wrap(base, "on_failure", _on_error(handle, TaskState.FAILED))
     _wrap(base, "on_retry", _on_error(handle, TaskState.RETRYING))
     return handle
+
+
+def _flusher(handle: StoreHandle) -> Callable[..., None]:
+    def flush(**_: Any) -> None:
+        handle.recorder.flush()
+
+    return flush
 
 
 def _wrap(base: Any, name: str, hook: Callable[..., bool]) -> None:
@@ -130,16 +145,72 @@ def _before_start(handle: StoreHandle) -> Callable[..., bool]:
     return hook
 
 
+class Recorder:
+    """How tasks ended, written to the store in batches off the tasks' path.
+
+    A worker process hands each final record (SUCCEEDED, FAILED) to a thread of its own that
+    writes what gathered every :data:`FLUSH_SECONDS` in one round trip, so a task pays for
+    one store call (the start guard), not two. RETRYING is written at once: the retry's start
+    must find it. A process that ends flushes first (``worker_process_shutdown``, ``atexit``);
+    one killed outright can lose the last few records, which leaves those tasks STARTED, as
+    a task killed while it ran.
+    """
+
+    def __init__(self, handle: StoreHandle) -> None:
+        self._handle = handle
+        self._pending: list[tuple[str, TaskState, str, str, str]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0
+
+    def add(self, task_id: str, state: TaskState, result: str, error: str, traceback: str) -> None:
+        """Queue one record; the thread writes it within FLUSH_SECONDS."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: its own list and thread
+                self._pending = []
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="schedkit-recorder", daemon=True).start()
+            self._pending.append((task_id, state, result, error, traceback))
+            if len(self._pending) >= FLUSH_BATCH:
+                self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(FLUSH_SECONDS)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending now; on failure keep it for the next flush (bounded)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            self._handle.get().finish_many(batch)
+        except Exception:  # recording must never stop the worker
+            log.exception("schedkit could not record %d finished tasks; retrying", len(batch))
+            with self._lock:
+                self._pending[:0] = batch[-MAX_PENDING:]
+
+
+#: Seconds a finished task's record may wait to be written, and records written at once.
+FLUSH_SECONDS = 0.02
+FLUSH_BATCH = 200
+#: Most records kept while the store is away (the oldest are dropped beyond it).
+MAX_PENDING = 100_000
+
+
 def _record(handle: StoreHandle, task_id: str, state: TaskState, **fields: str) -> None:
     log.debug("finished", extra={"task_id": task_id, "state": state.value})
+    result = fields.get("result", "")
+    error = fields.get("error", "")
+    traceback = fields.get("traceback", "")
     try:
-        handle.get().finish(
-            task_id,
-            state,
-            result=fields.get("result", ""),
-            error=fields.get("error", ""),
-            traceback=fields.get("traceback", ""),
-        )
+        if state is TaskState.RETRYING:
+            handle.get().finish(task_id, state, result=result, error=error, traceback=traceback)
+        else:
+            handle.recorder.add(task_id, state, result, error, traceback)
     except Exception:  # recording must never change how the task itself ended
         log.exception(
             "schedkit could not record %s for %s",

@@ -39,13 +39,17 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
 
 
 def worker_argv(
-    *, concurrency: int, pool: str = "prefork", queues: list[str] | None = None
+    *,
+    concurrency: int,
+    pool: str = "prefork",
+    queues: list[str] | None = None,
+    loglevel: str = "INFO",
 ) -> list[str]:
     """The ``celery worker`` arguments schedkit uses; ``queues`` become ``-Q``."""
     return [
         "worker",
         *([f"--queues={','.join(queues)}"] if queues else []),
-        "--loglevel=INFO",
+        f"--loglevel={loglevel}",
         f"--concurrency={concurrency}",
         f"--pool={pool}",
         "--without-gossip",
@@ -65,4 +69,8 @@ def run_worker(settings: Settings, *, concurrency: int, pool: str = "prefork") -
     setup_logging.connect(own_logging, weak=False)
     # Every queue a task may name, so an accepted queue is never one nobody reads.
     queues = worker_queues(app, settings.allow_queues)
-    app.worker_main(worker_argv(concurrency=concurrency, pool=pool, queues=queues))
+    app.worker_main(
+        worker_argv(
+            concurrency=concurrency, pool=pool, queues=queues, loglevel=settings.worker_loglevel
+        )
+    )

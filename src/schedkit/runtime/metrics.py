@@ -24,6 +24,10 @@ schedkit_tasks{state}                  gauge    tasks in each state now (until p
 schedkit_dispatcher_lag_seconds        gauge    how long the oldest overdue SCHEDULED task is
                                                 past its run time; 0 when none is overdue
 schedkit_claims_in_flight              gauge    tasks claimed by a dispatcher, not yet settled
+schedkit_tasks_in_flight{queue}        gauge    per queue, tasks handed off (or claimed) and not
+                                                yet started: what max_in_flight bounds
+schedkit_tasks_overdue                 gauge    SCHEDULED tasks whose run time has come: a burst
+                                                waiting for room, or for a dispatcher
 =====================================  =======  ================================================
 """
 
@@ -61,7 +65,7 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Read the totals and gauges in one round trip; nothing when the store is down."""
         try:
-            stats, states, first, claims = self._read()
+            stats, states, first, claims, flight, overdue = self._read()
         except Unavailable as exc:
             # Missing series (not zeros) tell the scraper the store could not be read.
             log.warning("metrics: %s", exc)
@@ -74,9 +78,13 @@ class StoreCollector(Collector):
         yield up
         yield from _totals(stats)
         yield from _gauges(states, first, claims)
+        yield from _flight(flight, overdue)
 
-    def _read(self) -> tuple[dict[str, str], dict[str, int], int | None, int]:
+    def _read(
+        self,
+    ) -> tuple[dict[str, str], dict[str, int], int | None, int, dict[str, str], int]:
         keys = self.store.keys
+        now = to_millis(utc_now())
         with store_errors():
             pipe = self.store.redis.pipeline(transaction=False)
             pipe.hgetall(keys.stats)
@@ -84,13 +92,15 @@ class StoreCollector(Collector):
                 pipe.zcard(keys.state(state.value))
             pipe.zrange(keys.state("SCHEDULED"), 0, 0, withscores=True)
             pipe.zcard(keys.claims)
+            pipe.hgetall(keys.flight)
+            pipe.zcount(keys.state("SCHEDULED"), "-inf", now)
             replies = pipe.execute()
         stats: dict[str, str] = replies[0]
         states = {
-            state.value: int(size) for state, size in zip(TaskState, replies[1:-2], strict=True)
+            state.value: int(size) for state, size in zip(TaskState, replies[1:-4], strict=True)
         }
-        first = int(replies[-2][0][1]) if replies[-2] else None
-        return stats, states, first, int(replies[-1])
+        first = int(float(replies[-4][0][1])) if replies[-4] else None
+        return stats, states, first, int(replies[-3]), replies[-2], int(replies[-1])
 
 
 @dataclass
@@ -192,3 +202,18 @@ def _gauges(states: dict[str, int], first: int | None, claims: int) -> Iterator[
     )
     in_flight.add_metric([], claims)
     yield in_flight
+
+
+def _flight(flight: dict[str, str], overdue: int) -> Iterator[Metric]:
+    """Where a burst waits: handed off and not started, per queue; due and still parked."""
+    in_flight = GaugeMetricFamily(
+        "schedkit_tasks_in_flight",
+        "Per queue, tasks handed off (or claimed) and not yet started",
+        labels=["queue"],
+    )
+    for queue, size in sorted(flight.items()):
+        in_flight.add_metric([queue or "default"], max(0, int(size)))
+    yield in_flight
+    waiting = GaugeMetricFamily("schedkit_tasks_overdue", "SCHEDULED tasks whose run time has come")
+    waiting.add_metric([], overdue)
+    yield waiting

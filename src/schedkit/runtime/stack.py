@@ -140,6 +140,7 @@ class Stack:
             "--broker", self.settings.effective_broker_url,
             "--concurrency", str(self.settings.worker_concurrency),
             "--pool", self.worker_pool,
+            "--loglevel", self.settings.worker_loglevel,
         ]  # fmt: skip
 
     def start_worker(self) -> subprocess.Popen[bytes]:

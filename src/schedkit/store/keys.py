@@ -7,6 +7,8 @@
 ``{prefix}:events``        stream state changes (id, state) that WatchTasks follows; newly
                                   scheduled tasks share entries, up to 100 ids in one
 ``{prefix}:wake``          list   a nudge: work entered the hand-off window; dispatchers BLPOP it
+``{prefix}:flight``        hash   per queue ('' the default), tasks claimed or handed off and not
+                                  yet started: what the dispatcher keeps under ``max_in_flight``
 ``{prefix}:stats``         hash   running totals that the metrics endpoint reads; fields:
                                   :class:`Stat` (finished:STATE, late:BOUND, ...)
 ``{prefix}:sc:{id}``       hash   one recurring schedule (fields: :class:`ScheduleField`)
@@ -30,7 +32,7 @@ the idempotency index: no extra key per task.
 How the Lua scripts get these names (they never build one from the prefix): every script
 call passes the same ``KEYS``, :meth:`Keys.script_keys`: the fixed keys named in
 :data:`SCRIPT_KEYS` in that order, then one state index per ``TaskState`` in declaration
-order (12 keys). The header ``schedkit.store.header`` renders from the same two lists gives
+order (13 keys). The header ``schedkit.store.header`` renders from the same two lists gives
 them Lua names (``claims``, ``events``, ``stats``, ``wake``, ``state_keys[STATE]``), the
 stats fields theirs (``stat.handed``, ``stat.finished .. STATE``) and the record fields
 theirs (``field.run``). Task records are found inside scripts (claim, page, purge and
@@ -63,7 +65,7 @@ __all__ = [
 
 #: The fixed keys of every script call, by their :class:`Keys` property (and Lua) names, in
 #: the order they open ``KEYS``; the state indexes follow.
-SCRIPT_KEYS = ("claims", "events", "stats", "wake")
+SCRIPT_KEYS = ("claims", "events", "stats", "wake", "flight")
 #: The Lua names of the keys schedule scripts receive after those (``Keys.schedule_keys``).
 SCHEDULE_SCRIPT_KEYS = ("sched", "scheds", "sched_due", "sched_runs", "sched_running")
 
@@ -94,6 +96,9 @@ class Stat(enum.StrEnum):
     LATE = "late:"  # followed by the bucket's upper bound in ms
     LATE_INF = "late:inf"  # later than the last bound
     LATE_SUM_MS = "late_sum_ms"
+    #: Not a total: the in-flight count at which a start wakes the dispatchers (the claim
+    #: writes it from its bound, a tenth below it, so refills come in batches).
+    FLIGHT_WAKE = "flight:wake"
 
 
 def one_slot(prefix: str) -> str:
@@ -154,6 +159,11 @@ class Keys:
     def stats(self) -> str:
         """The hash of running totals behind the metrics."""
         return f"{self.prefix}:stats"
+
+    @property
+    def flight(self) -> str:
+        """Per queue, tasks claimed or handed off and not yet started."""
+        return f"{self.prefix}:flight"
 
     @property
     def wake(self) -> str:

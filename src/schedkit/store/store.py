@@ -68,6 +68,19 @@ class Claimed:
     priority: int | None
 
 
+class Claims(list[Claimed]):
+    """Claimed tasks; ``held_back`` counts due tasks the last call left for want of room in
+    their queue (its in-flight bound)."""
+
+    held_back: int = 0
+
+
+#: Most tasks one claim script call takes, and most due entries it reads: a call over a
+#: burst of any size stays a few milliseconds long.
+CLAIM_SLICE = 100
+CLAIM_SCAN = 4 * CLAIM_SLICE
+
+
 @dataclass(frozen=True)
 class TaskQuery:
     """What ListTasks and WatchTasks select; empty fields match everything."""
@@ -458,48 +471,66 @@ class Store:
         window_seconds: float,
         lease_seconds: float,
         limit: int,
+        max_in_flight: int = 0,
         now: datetime | None = None,
-    ) -> list[Claimed]:
-        """Atomically claim up to ``limit`` tasks due within the window, under a lease."""
-        flat = self._run(
-            "claim",
-            int(window_seconds * 1000),
-            int(lease_seconds * 1000),
-            limit,
-            now=now,
-        )
-        claimed = []
-        for i in range(0, len(flat), 7):
-            task_id, task, args, kwargs, run, queue, priority = flat[i : i + 7]
-            claimed.append(
-                Claimed(
-                    id=task_id,
-                    task=task,
-                    args=json.loads(args) if args else [],
-                    kwargs=json.loads(kwargs) if kwargs else {},
-                    run_at=from_millis(int(run)),
-                    queue=queue,
-                    priority=int(priority) if priority else None,
-                )
+    ) -> Claims:
+        """Atomically claim up to ``limit`` tasks due within the window, under a lease, in
+        run-time order (priority breaks ties), keeping each queue's tasks claimed or handed
+        off and not yet started at ``max_in_flight`` at most (0: no bound).
+
+        One script call claims at most :data:`CLAIM_SLICE` tasks and reads at most
+        :data:`CLAIM_SCAN` due entries, so Redis stays responsive however large a burst is;
+        a larger ``limit`` takes several calls.
+        """
+        claimed = Claims()
+        while len(claimed) < limit:
+            want = min(CLAIM_SLICE, limit - len(claimed))
+            flat = self._run(
+                "claim",
+                int(window_seconds * 1000),
+                int(lease_seconds * 1000),
+                want,
+                max(0, max_in_flight),
+                CLAIM_SCAN,
+                now=now,
             )
+            claimed.held_back = int(flat[0])
+            for i in range(1, len(flat), 7):
+                task_id, task, args, kwargs, run, queue, priority = flat[i : i + 7]
+                claimed.append(
+                    Claimed(
+                        id=task_id,
+                        task=task,
+                        args=json.loads(args) if args else [],
+                        kwargs=json.loads(kwargs) if kwargs else {},
+                        run_at=from_millis(int(run)),
+                        queue=queue,
+                        priority=int(priority) if priority else None,
+                    )
+                )
+            if len(flat) // 7 < want:
+                break
         return claimed
+
+    def _settle(self, verdict: str, values: Sequence[str], step: int, now: datetime | None) -> None:
+        """Run the handed script over ``values`` (``step`` values per task), in calls of at
+        most :data:`CLAIM_SLICE` tasks, so no one call holds Redis long."""
+        size = CLAIM_SLICE * step
+        for first in range(0, len(values), size):
+            self._run("handed", verdict, *values[first : first + size], now=now)
 
     def mark_queued(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
         """The broker has these tasks: QUEUED, claim settled."""
-        if task_ids:
-            self._run("handed", "queued", *task_ids, now=now)
+        self._settle("queued", task_ids, 1, now)
 
     def release(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
         """Hand-off failed: these tasks are due again right away."""
-        if task_ids:
-            self._run("handed", "release", *task_ids, now=now)
+        self._settle("release", task_ids, 1, now)
 
     def fail_refused(self, refused: Sequence[tuple[str, str]], now: datetime | None = None) -> None:
         """The broker refused these (id, reason) messages themselves: FAILED, claim settled,
         the reason as each task's error."""
-        if refused:
-            pairs = [value for pair in refused for value in pair]
-            self._run("handed", "failed", *pairs, now=now)
+        self._settle("failed", [value for pair in refused for value in pair], 2, now)
 
     def redeliver(
         self, *, stale_seconds: float, limit: int = 1000, now: datetime | None = None
@@ -547,6 +578,25 @@ class Store:
     ) -> bool:
         """Record how a started task ended; False if it was not STARTED."""
         return bool(self._run("finish", task_id, state.value, result, error, traceback, now=now))
+
+    def finish_many(
+        self, records: Sequence[tuple[str, TaskState, str, str, str]], now: datetime | None = None
+    ) -> None:
+        """Record how many started tasks ended, (id, state, result, error, traceback) each,
+        in one round trip."""
+        if not records:
+            return
+        sha = self._scripts["finish"].sha
+        calls = [
+            script_argv(self.keys.task_prefix, self.history, now, task_id, state.value, *rest)
+            for task_id, state, *rest in records
+        ]
+        with store_errors():
+            try:
+                self._evalsha_all(sha, calls)
+            except redis.exceptions.NoScriptError:
+                self.redis.script_load(self._scripts["finish"].script)
+                self._evalsha_all(sha, calls)  # the script only changes a STARTED task
 
     # -- cancelling -------------------------------------------------------------------------
 

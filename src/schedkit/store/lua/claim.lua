@@ -1,30 +1,80 @@
--- Claim what falls due inside the window. ARGV[4] window ms, ARGV[5] lease ms, ARGV[6] limit.
+-- Claim what falls due inside the window, in run-time order (priority breaks ties among the
+-- entries one slice reads: lower first, as Celery reads priorities on Redis; none counts as
+-- 0), at most ARGV[6] tasks.
+-- ARGV[4] window ms, ARGV[5] lease ms, ARGV[6] limit, ARGV[7] bound: most tasks per queue
+-- claimed or handed off and not yet started (the flight hash; 0: no bound), ARGV[8] scan: most
+-- due entries read, so one call stays short however large the burst.
 -- First returns lapsed claims (a dispatcher died between claim and hand-off) to the due index.
 -- Tasks past their expiry become EXPIRED instead of being claimed.
--- Returns a flat list of id, task, args, kwargs, run, queue, priority per claimed task.
+-- Returns {held back, then id, task, args, kwargs, run, queue, priority per claimed task}:
+-- held back counts due tasks left for want of room in their queue.
 local window, lease, limit = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local bound, scan = tonumber(ARGV[7]), tonumber(ARGV[8])
+if bound > 0 then redis.call('HSET', stats, stat.flight_wake, bound - math.max(1, math.floor(bound / 10))) end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', claims, '-inf', now, 'LIMIT', 0, limit)) do
   redis.call('ZREM', claims, id)
-  local state, run = unpack(redis.call('HMGET', tkey(id), field.state, field.run))
+  local state, run, queue = unpack(redis.call('HMGET', tkey(id), field.state, field.run, field.queue))
+  land(queue)
   if run and state_of(state) == 'SCHEDULED' then redis.call('ZADD', skey('SCHEDULED'), run, id) end
 end
 
-local out = {}
-local due = redis.call('ZRANGEBYSCORE', skey('SCHEDULED'), '-inf', now + window, 'LIMIT', 0, limit)
-for _, id in ipairs(due) do
-  local f = redis.call('HMGET', tkey(id), field.task, field.args, field.kwargs, field.run,
-    field.queue, field.priority, field.expires)
-  local expires = f[7] and (tonumber(f[4]) + tonumber(f[7])) or nil
-  if expires and expires < now then
-    move(id, 'SCHEDULED', 'EXPIRED', f[4])
-    redis.call('HSET', tkey(id), field.finished, now, field.error, 'expired before hand-off')
-    count(stat.finished .. 'EXPIRED')
-  else
-    redis.call('ZREM', skey('SCHEDULED'), id)
-    redis.call('ZADD', claims, now + lease, id)
-    out[#out + 1] = id
-    for j = 1, 6 do out[#out + 1] = f[j] or '' end
+local out = {0}
+local room = {}
+local took = {}  -- per queue, one HINCRBY at the end
+local taken = 0
+
+-- Read the due index a slice of `limit` at a time: most rounds need one slice; a slice whose
+-- queues are full moves on to the next, up to `scan` entries in all.
+local function claim_slice(due)
+  local candidates = {}
+  for n, id in ipairs(due) do
+    local f = redis.call('HMGET', tkey(id), field.task, field.args, field.kwargs, field.run,
+      field.queue, field.priority, field.expires)
+    local expires = f[7] and (tonumber(f[4]) + tonumber(f[7])) or nil
+    if expires and expires < now then
+      move(id, 'SCHEDULED', 'EXPIRED', f[4])
+      redis.call('HSET', tkey(id), field.finished, now, field.error, 'expired before hand-off')
+      count(stat.finished .. 'EXPIRED')
+    else
+      candidates[#candidates + 1] = {tonumber(f[4]), tonumber(f[6]) or 0, n, id, f}
+    end
   end
+  table.sort(candidates, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return a[3] < b[3]
+  end)
+  local kept = 0  -- entries of this slice still in the due index
+  for _, c in ipairs(candidates) do
+    local id, f = c[4], c[5]
+    local queue = f[5] or ''
+    if room[queue] == nil then
+      room[queue] = bound > 0 and bound - tonumber(redis.call('HGET', flight, queue) or 0) or limit
+    end
+    if taken < limit and room[queue] > 0 then
+      room[queue] = room[queue] - 1
+      taken = taken + 1
+      redis.call('ZREM', skey('SCHEDULED'), id)
+      redis.call('ZADD', claims, now + lease, id)
+      took[queue] = (took[queue] or 0) + 1
+      out[#out + 1] = id
+      for j = 1, 6 do out[#out + 1] = f[j] or '' end
+    else
+      if taken < limit then out[1] = out[1] + 1 end
+      kept = kept + 1
+    end
+  end
+  return kept
 end
+
+local offset, read = 0, 0
+while taken < limit and read < scan do
+  local due = redis.call('ZRANGEBYSCORE', skey('SCHEDULED'), '-inf', now + window,
+    'LIMIT', offset, math.min(limit, scan - read))
+  if #due == 0 then break end
+  read = read + #due
+  offset = offset + claim_slice(due)
+end
+for queue, n in pairs(took) do redis.call('HINCRBY', flight, queue, n) end
 return out

@@ -8,14 +8,17 @@ local verdict = ARGV[4]
 local step = 1
 if verdict == 'failed' then step = 2 end
 local handed, failed = 0, 0
+local queued = {}  -- one event entry per hundred, not per task
 for i = 5, #ARGV, step do
   local id = ARGV[i]
   if redis.call('ZREM', claims, id) == 1 then
-    local state, run = unpack(redis.call('HMGET', tkey(id), field.state, field.run))
+    local state, run, queue = unpack(redis.call('HMGET', tkey(id), field.state, field.run, field.queue))
+    if not (verdict == 'queued' and run and state_of(state) == 'SCHEDULED') then land(queue) end
     if run and state_of(state) == 'SCHEDULED' then
       if verdict == 'queued' then
-        move(id, 'SCHEDULED', 'QUEUED', run)
-        redis.call('HSET', tkey(id), field.queued, now)
+        redis.call('ZADD', skey('QUEUED'), run, id)  -- a claimed task is in no state index
+        redis.call('HSET', tkey(id), field.state, 'QUEUED', field.queued, now)
+        queued[#queued + 1] = id
         handed = handed + 1
       elseif verdict == 'failed' then
         move(id, 'SCHEDULED', 'FAILED', run)
@@ -27,6 +30,7 @@ for i = 5, #ARGV, step do
     end
   end
 end
+emit_many(queued, 'QUEUED')
 count(stat.handed, handed)
 count(stat.finished .. 'FAILED', failed)
 return 0

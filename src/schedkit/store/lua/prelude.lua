@@ -25,6 +25,19 @@ local function observe_lateness(ms)
   redis.call('HINCRBY', stats, stat.late_sum_ms, ms)
 end
 
+-- A task of ``queue`` claimed or handed off has started, or will not be: one less in flight
+-- (the hash counts, per queue, what the dispatcher keeps under its bound; '' is the default).
+-- When the count falls to the claim's wake mark, a dispatcher waiting for room is nudged.
+local function land(queue)
+  queue = queue or ''
+  local left = redis.call('HINCRBY', flight, queue, -1)
+  if left <= 0 then redis.call('HDEL', flight, queue) end
+  if left == tonumber(redis.call('HGET', stats, stat.flight_wake) or -1) then
+    redis.call('LPUSH', wake, '1')
+    redis.call('LTRIM', wake, 0, 0)
+  end
+end
+
 -- A parked task has no 's' field: SCHEDULED is implied (saves bytes on every parked task).
 local function state_of(s) if s then return s end return 'SCHEDULED' end
 

@@ -6,8 +6,9 @@
 local stale, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', skey('QUEUED'), '-inf', now - stale, 'LIMIT', 0, limit)) do
-  local run, queued = unpack(redis.call('HMGET', tkey(id), field.run, field.queued))
+  local run, queued, queue = unpack(redis.call('HMGET', tkey(id), field.run, field.queued, field.queue))
   if run and (not queued or tonumber(queued) <= now - stale) then
+    land(queue)
     move(id, 'QUEUED', 'SCHEDULED', run)
     out[#out + 1] = id
   end

@@ -6,8 +6,8 @@
 -- stops those runs and starts this one again); else marks the run started and start.lua runs.
 local run_id = ARGV[4]
 local run_key = tkey(run_id)
-local labels_json, run_state, run_at = unpack(redis.call('HMGET', run_key, field.labels,
-  field.state, field.run))
+local labels_json, run_state, run_at, run_queue = unpack(redis.call('HMGET', run_key,
+  field.labels, field.state, field.run, field.queue))
 run_state = state_of(run_state)
 if run_at and labels_json and string.find(labels_json, schedule_label, 1, true)
     and waiting_states[run_state] and run_state ~= 'RETRYING' then
@@ -36,8 +36,9 @@ if run_at and labels_json and string.find(labels_json, schedule_label, 1, true)
     end
     if #others > 0 and policy ~= 'allow_all' then
       if policy == 'cancel_other' then return 'overlap:cancel ' .. table.concat(others, ' ') end
+      -- Skipped or parked again, the run no longer counts against its queue's bound.
+      if redis.call('ZREM', claims, run_id) == 1 or run_state == 'QUEUED' then land(run_queue) end
       if policy == 'skip' or (policy == 'buffer_one' and waiting > 0) then
-        redis.call('ZREM', claims, run_id)
         move(run_id, run_state, 'CANCELLED', run_at)
         redis.call('HSET', run_key, field.finished, now, field.error,
           'overlap: skipped, run ' .. others[1] .. ' of the schedule is still going')
@@ -46,7 +47,6 @@ if run_at and labels_json and string.find(labels_json, schedule_label, 1, true)
       end
       -- buffer_one or buffer_all: parked again, due shortly, so it starts after the other.
       local again = now + tonumber(ARGV[7])
-      redis.call('ZREM', claims, run_id)
       redis.call('ZREM', skey(run_state), run_id)
       redis.call('ZADD', skey('SCHEDULED'), again, run_id)
       redis.call('HDEL', run_key, field.state)

@@ -2,7 +2,8 @@
 -- 'unmanaged' (not a schedkit task), 'started', 'cancelled', 'expired', 'duplicate:<state>'.
 local id = ARGV[4]
 local key = tkey(id)
-local state, run, expires_after = unpack(redis.call('HMGET', key, field.state, field.run, field.expires))
+local state, run, expires_after, queue = unpack(redis.call('HMGET', key, field.state, field.run,
+  field.expires, field.queue))
 if not run then return 'unmanaged' end
 state = state_of(state)
 if state == 'CANCELLED' then count(stat.refused_cancelled); return 'cancelled' end
@@ -11,7 +12,7 @@ if not waiting_states[state] then
   return 'duplicate:' .. state
 end
 -- A claimed task can start before its dispatcher marks it queued.
-redis.call('ZREM', claims, id)
+if redis.call('ZREM', claims, id) == 1 or state == 'QUEUED' then land(queue) end
 if expires_after and tonumber(run) + tonumber(expires_after) < now then
   move(id, state, 'EXPIRED', run)
   redis.call('HSET', key, field.finished, now, field.error, 'expired before a worker could start it')

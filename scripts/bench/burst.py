@@ -1,0 +1,263 @@
+"""Bursts: how fast tasks reach the broker, and how a burst due at one instant starts.
+
+Hand-off rate: ``handoff_tasks`` parked tasks enter the hand-off window at one instant while
+1 or 2 ``schedkit dispatch`` processes wait; the time until all are QUEUED gives tasks/s,
+next to a bare ``apply_async(eta=...)`` loop in the same run.
+
+Burst: ``burst_tasks`` tasks due at one instant, through schedkit (its worker, prefork,
+concurrency 2) against the same number sent ahead of time as ETA messages to a plain Celery
+worker of the same size. Start lateness p50/p99, the rate the burst drained at, worker RSS
+growth (peak minus idle) and bytes per task, and the longest Lua call Redis logged during
+schedkit's burst (SLOWLOG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from common import PYTHON, Report, Result, Sizes, percentile, rss_bytes, wait_until
+from parts import celery_worker, flush_celery_queue, fresh_prefix, schedkit_stack
+
+from schedkit.model import TaskRows, TaskSpec, TaskState
+from schedkit.service.schedules import Schedules
+from schedkit.service.servicer import SPEC_FIELDS
+from schedkit.settings import Settings
+from schedkit.store.store import Store
+
+WINDOW = 30.0  # schedkit's default hand-off window
+
+
+def _park(store: Store, settings: Settings, count: int, run_at: datetime) -> None:
+    """``count`` ``add`` tasks at ``run_at``, stored as the server would (in batches)."""
+    from schedkit.demo import app as demo_app
+    from schedkit.dispatch.registry import TaskRegistry
+
+    schedules = Schedules(store, TaskRegistry(demo_app), settings)
+    for first in range(0, count, 5000):
+        specs = [TaskSpec("add", run_at, [n, 1]) for n in range(first, min(count, first + 5000))]
+        prepared = schedules.prepare_rows(TaskRows.of_specs(specs), fields=SPEC_FIELDS)
+        results = schedules.store_prepared(prepared)
+        assert all(r.error is None for r in results), results[:3]
+
+
+@contextlib.contextmanager
+def _dispatchers(url: str, prefix: str, count: int) -> Iterator[None]:
+    """``count`` ``schedkit dispatch`` processes on the store at ``url``, no in-flight bound
+    (no worker consumes here: the rate measured is the dispatchers')."""
+    env = {**os.environ, "SCHEDKIT_PREFIX": prefix, "SCHEDKIT_MAX_IN_FLIGHT": "0"}
+    processes = [
+        subprocess.Popen(
+            [PYTHON, "-m", "schedkit", "dispatch", "--store", url],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+
+
+def _schedkit_rate(url: str, sizes: Sizes, dispatchers: int) -> float:
+    """Tasks/s from the instant ``handoff_tasks`` enter the window until all are QUEUED."""
+    prefix = fresh_prefix()
+    settings = Settings(store_url=url, prefix=prefix)
+    store = Store.for_settings(settings)
+    count = sizes.handoff_tasks
+    try:
+        lead = 8.0 + count / 5000  # time to park them and start the dispatchers first
+        enters = datetime.now(UTC) + timedelta(seconds=lead)
+        _park(store, settings, count, enters + timedelta(seconds=WINDOW))
+        with _dispatchers(url, prefix, dispatchers):
+            wait = (enters - datetime.now(UTC)).total_seconds()
+            assert wait > 0, "parking took longer than the lead: raise it"
+            time.sleep(wait)  # until the burst enters the window (the dispatchers wait too)
+            began = time.monotonic()
+            wait_until(lambda: store.count(TaskState.QUEUED) >= count, 600, "every hand-off")
+            took = time.monotonic() - began
+    finally:
+        store.close()
+    flush_celery_queue(url)
+    return count / took
+
+
+def handoff_rate(report: Report, sizes: Sizes, url: str) -> None:
+    """schedkit with 1 and 2 dispatcher processes, then the bare apply_async loop."""
+    for dispatchers in (1, 2):
+        rates = [_schedkit_rate(url, sizes, dispatchers) for _ in range(sizes.repeat)]
+        report.add(
+            Result(
+                "hand-off rate", f"schedkit, {dispatchers} dispatcher process"
+                + ("es" if dispatchers > 1 else ""), "tasks/s", rates,
+                note=f"{sizes.handoff_tasks:,} tasks entering the window at one instant",
+                higher_is_better=True,
+            )
+        )  # fmt: skip
+    from fixtures import schedule_celery_task
+
+    at = datetime.now(UTC) + timedelta(days=1)
+    count = max(sizes.handoff_tasks // 10, 100)
+
+    def loop() -> float:
+        began = time.perf_counter()
+        for n in range(count):
+            schedule_celery_task.apply_async(args=[n], eta=at)
+        return count / (time.perf_counter() - began)
+
+    rates = [loop() for _ in range(sizes.repeat)]
+    report.add(
+        Result(
+            "hand-off rate", "bare apply_async(eta) loop", "tasks/s", rates,
+            note=f"{count:,} calls in one process", higher_is_better=True,
+        )
+    )  # fmt: skip
+    flush_celery_queue(url)
+
+
+class _Peak:
+    """The highest RSS of a process tree, sampled every 0.2 s until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = rss_bytes(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak
+
+
+def _idle_rss(pid: int) -> int:
+    """RSS once it stops moving (a worker that just started is still importing)."""
+    last = -1
+    for _ in range(20):
+        now = rss_bytes(pid)
+        if abs(now - last) < 256 * 1024:
+            return now
+        last = now
+        time.sleep(0.5)  # polling a process that has no readiness signal
+    return last
+
+
+def _burst_results(
+    report: Report, who: str, late_ms: list[float], drain: float, idle: int, peak: int, n: int
+) -> None:
+    note = f"{n:,} tasks due at one instant, one worker, prefork, concurrency 2"
+    for q, name in ((50, "p50"), (99, "p99")):
+        report.add(Result(f"burst: start lateness {name}", who, "ms",
+                          [percentile(late_ms, q)], note=note))  # fmt: skip
+    report.add(Result("burst: drain rate", who, "tasks/s", [drain], note=note,
+                      higher_is_better=True))  # fmt: skip
+    growth = max(0, peak - idle)
+    per_task = f"{growth / n:,.0f} bytes per task; idle {idle / 1e6:.0f} MB"
+    report.add(Result("burst: worker RSS growth", who, "MB", [growth / 1e6], note=per_task))
+
+
+def _longest_lua_ms(client: redis.Redis) -> dict[str, float]:
+    """The longest call of each schedkit script SLOWLOG kept (calls over 1 ms here), in ms."""
+    from schedkit.store.store import SCRIPTS, script_text
+
+    names = {client.script_load(script_text(name)): name for name in SCRIPTS}
+    longest: dict[str, float] = {}
+    for entry in client.slowlog_get(100_000):
+        words = bytes(entry.get("command", b"")).split()
+        if len(words) > 1 and words[0].upper() == b"EVALSHA":
+            name = names.get(words[1].decode(), "other")
+            longest[name] = max(longest.get(name, 0.0), entry["duration"] / 1000)
+    return longest
+
+
+def schedkit_burst(report: Report, sizes: Sizes, url: str) -> None:
+    """``burst_tasks`` due at one instant through schedkit."""
+    count = sizes.burst_tasks
+    probe = redis.Redis.from_url(url)
+    # The plain Celery worker below logs at WARNING: so does this one (INFO costs two lines
+    # per task).
+    with schedkit_stack(url, worker=True, worker_loglevel="WARNING") as stack:
+        assert stack.store is not None
+        assert stack.worker is not None
+        idle = _idle_rss(stack.worker.pid)
+        peak = _Peak(stack.worker.pid)
+        at = datetime.now(UTC) + timedelta(seconds=5 + count / 5000)
+        _park(stack.store, stack.settings, count, at)
+        # From here on: the claims, hand-offs, starts and finishes of the burst.
+        probe.config_set("slowlog-log-slower-than", 1000)
+        probe.config_set("slowlog-max-len", 100_000)
+        probe.slowlog_reset()
+        store = stack.store
+        wait_until(
+            lambda: store.count(TaskState.SUCCEEDED) >= count,
+            120 + count / 50,
+            "the schedkit burst to run",
+        )
+        top = peak.stop()
+        longest = _longest_lua_ms(probe)
+        records = _all_records(store)
+    probe.config_set("slowlog-log-slower-than", 10_000)
+    probe.close()
+    starts = [r.started_at for r in records if r.started_at is not None]
+    late = [(s - at).total_seconds() * 1000 for s in starts]
+    drain = count / max((max(starts) - at).total_seconds(), 1e-3)
+    _burst_results(report, "schedkit", late, drain, idle, top, count)
+    during = "while the burst was claimed, handed off and run; per script: " + ", ".join(
+        f"{name} {ms:.1f}" for name, ms in sorted(longest.items())
+    )
+    report.add(
+        Result("burst: longest Lua call", "schedkit", "ms", [max(longest.values(), default=0.0)],
+               note=during)
+    )  # fmt: skip
+    flush_celery_queue(url)
+
+
+def _all_records(store: Store) -> list[Any]:
+    records: list[Any] = []
+    ids = store.redis.zrange(store.keys.state("SUCCEEDED"), 0, -1)
+    for first in range(0, len(ids), 5000):
+        records += [r for r in store.get_many(ids[first : first + 5000]) if r is not None]
+    return records
+
+
+def celery_burst(report: Report, sizes: Sizes, url: str) -> None:
+    """The same burst as ETA messages sent ahead of time to a plain Celery worker."""
+    from fixtures import LATENESS_KEY, celery
+
+    count = sizes.burst_tasks
+    client = redis.Redis.from_url(url)
+    client.delete(LATENESS_KEY)
+    with celery_worker(url) as worker:
+        idle = _idle_rss(worker.pid)
+        peak = _Peak(worker.pid)
+        at = datetime.now(UTC) + timedelta(seconds=10 + count / 500)
+        with celery.producer_or_acquire() as producer:
+            task = celery.tasks["schedule_celery_task"]
+            for n in range(count):
+                task.apply_async(args=[n], eta=at, producer=producer)
+        assert datetime.now(UTC) < at, "sending took longer than the lead: raise it"
+        wait_until(lambda: client.llen(LATENESS_KEY) >= count, 120 + count / 50, "the Celery burst")
+        top = peak.stop()
+        late = [float(v) * 1000 for v in client.lrange(LATENESS_KEY, 0, -1)]
+    client.delete(LATENESS_KEY)
+    client.close()
+    drain = count / max(max(late) / 1000, 1e-3)
+    _burst_results(report, "plain Celery worker, ETA", late, drain, idle, top, count)
+    flush_celery_queue(url)
