@@ -20,7 +20,7 @@ from conftest import ARTIFACTS
 from schedkit.client.client import Client
 from schedkit.errors import InvalidArgument
 from schedkit.notebook import ScheduleBuilder, ScheduleInspector, timeline
-from schedkit.notebook._common import ERROR_CLASS
+from schedkit.notebook._common import ERROR_CLASS, fmt_time
 from schedkit.testing import LocalStack
 
 matplotlib.use("Agg")  # no display in tests
@@ -406,6 +406,65 @@ def test_inspector_says_why_a_cancel_is_refused(
     inspector.select([])
     inspector.cancel_button.click()
     assert "select the tasks to cancel first" in inspector.feedback.message.value
+
+
+def test_inspector_moves_the_selected_tasks_and_names_those_refused(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    tag = _tag()
+    done = client.schedule("add", 1, 1, run_at=timedelta(seconds=0.2), labels={"test": tag})
+    parked = [
+        client.schedule("add", i, 1, run_at=timedelta(hours=1), labels={"test": tag})
+        for i in range(2)
+    ]
+    client.wait_for(done.id, ["SUCCEEDED"])
+    inspector = ScheduleInspector(client, tz="Europe/Paris", live=False)
+    inspector_of.append(inspector)
+    inspector.label.value = f"test={tag}"
+    everything = [done.id, *(t.id for t in parked)]
+    inspector.select(everything)
+    assert "in Europe/Paris" in inspector.move_zone.value
+
+    target = _later(3 * 60)  # a wall-clock time in Paris, the zone the grid shows
+    inspector.move_to.value = target
+    inspector.move_button.click()
+
+    message = unescape(inspector.feedback.message.value)
+    assert "moved 2 to" in message
+    assert "refused 1" in message
+    assert f"{done.id}: " in message  # the refused task is named, with why
+    assert "SUCCEEDED" in message
+    for task in parked:
+        wall = client.get(task.id).spec.run_at.astimezone(ZoneInfo("Europe/Paris"))
+        assert wall.replace(tzinfo=None) == target
+    assert client.get(done.id).state == "SUCCEEDED"
+    # The page was read again: the moved tasks show their new time, still selected.
+    assert sorted(inspector.selected) == sorted(everything)
+    shown = inspector.grid.df.set_index("id")["run_at"]
+    expected = fmt_time(pd.Timestamp(target).tz_localize("Europe/Paris"))
+    assert [shown[t.id] for t in parked] == [expected, expected]
+
+    # Without a zone a wall-clock time means nothing: refused, nothing moved.
+    inspector.tz.value = ""
+    assert "no time zone" in inspector.move_zone.value
+    inspector.move_to.value = _later(5 * 60)
+    inspector.move_button.click()
+    assert "move to" in inspector.feedback.message.value
+    assert "has no time zone: pick one" in inspector.feedback.message.value
+    wall = client.get(parked[0].id).spec.run_at.astimezone(ZoneInfo("Europe/Paris"))
+    assert wall.replace(tzinfo=None) == target
+
+    # A time the clocks skip in the zone is refused too (the kit's DST policy: raise).
+    inspector.tz.value = "Europe/Paris"
+    inspector.move_to.value = datetime(2099, 3, 29, 2, 30)
+    inspector.move_button.click()
+    assert "does not exist in Europe/Paris" in inspector.feedback.message.value
+    wall = client.get(parked[0].id).spec.run_at.astimezone(ZoneInfo("Europe/Paris"))
+    assert wall.replace(tzinfo=None) == target
+
+    inspector.select([])
+    inspector.move_button.click()
+    assert "select the tasks to move first" in inspector.feedback.message.value
 
 
 def test_inspector_detail_shows_a_failure_with_its_traceback(
