@@ -752,3 +752,48 @@ def test_schedules_view_lists_pauses_resumes_and_triggers(client: Client) -> Non
     view.pause_button.click()
     assert "pick a schedule first" in unescape(view.feedback.message.value)
     client.delete_schedule(f"view-{tag}")
+
+
+def test_inspector_has_a_schedules_tab_showing_runs_with_pause_resume_and_trigger(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    from schedkit.notebook.schedules_view import SchedulesView
+
+    tag = _tag()
+    schedule_id = f"tab-{tag}"
+    client.create_schedule(
+        schedule_id, "add", args=[1, 2], cron="0 8 * * *", tz="Europe/Paris", labels={"v": tag}
+    )
+    try:
+        inspector = ScheduleInspector(client, live=False)
+        inspector_of.append(inspector)
+        assert inspector.tabs.titles == ("Tasks", "Schedules")
+        view = inspector.schedules
+        assert isinstance(view, SchedulesView)  # the one view, not a copy of it
+        assert inspector.tabs.children[1] is view
+        view.labels.value = f"v={tag}"
+        inspector.tabs.selected_index = 1  # opening the tab reads the schedules again
+        assert list(view.frame["id"]) == [schedule_id]
+        assert view.choice.value == schedule_id
+        # The chosen schedule's next runs, at 08:00 in its zone.
+        upcoming = view.runs_frame[view.runs_frame["run"] == "next"]
+        assert len(upcoming) >= 1, view.feedback.message.value
+        assert all(" 08:00:00 CE" in t for t in upcoming["nominal time"])
+
+        view.note.value = "for the test"
+        view.pause_button.click()
+        assert "paused: for the test" in unescape(view.table.value)
+        assert client.get_schedule(schedule_id).paused
+        view.resume_button.click()
+        assert not client.get_schedule(schedule_id).paused
+        view.trigger_button.click()
+        made = client.get_schedule(schedule_id).recent_runs[0].task_id
+        assert made in view.feedback.message.value
+        # The run just made shows among the recent runs, with its task's state.
+        recent = view.runs_frame[view.runs_frame["run"] == "recent"]
+        assert made in list(recent["task id"])
+        state = recent[recent["task id"] == made]["state"].iloc[0]
+        assert state in {"SCHEDULED", "QUEUED", "STARTED", "SUCCEEDED"}
+        assert made in view.runs.value
+    finally:
+        client.delete_schedule(schedule_id)

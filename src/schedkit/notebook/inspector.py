@@ -12,6 +12,9 @@ and re-reads the page when a task changes (at most every ``min_interval`` second
 least every ``period`` seconds when nothing changes. A page that did not change is not sent
 again (the grid keeps its scroll); one that did keeps its selection, by task id. "Live" off,
 :meth:`stop` or :meth:`close` end the thread; it notices within ``period`` seconds.
+
+A second tab, "Schedules", is :class:`~schedkit.notebook.schedules_view.SchedulesView`:
+server-side schedules with their next and recent runs, paused, resumed or triggered there.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from schedkit.notebook._common import (
     zone_names,
 )
 from schedkit.notebook.pages import MAX_PAGE_SIZE, Pager
+from schedkit.notebook.schedules_view import SchedulesView
 from schedkit.timetable.frames import tasks_frame
 from schedkit.timeutil import to_instant, zone
 
@@ -120,7 +124,20 @@ class ScheduleInspector(widgets.VBox):
         self._build_filter_controls([t.name for t in client.task_types()], tz, states, limit)
         self._build_table_controls()
         self._observe_controls()
-        super().__init__(self._layout())
+        # Schedules in a tab of their own: the same view as SchedulesView alone, read again
+        # each time the tab is opened so it is current.
+        self.schedules = SchedulesView(client)
+        self.tasks_view = widgets.VBox(self._layout())
+        self.tabs = widgets.Tab(
+            children=[self.tasks_view, self.schedules], titles=("Tasks", "Schedules")
+        )
+        self.tabs.observe(
+            self.schedules.feedback.guard(
+                lambda change: self.schedules.refresh() if change["new"] == 1 else None
+            ),
+            names="selected_index",
+        )
+        super().__init__([self.tabs])
         # Stable CSS hooks for styling and for browser tests.
         self.add_class("schedkit-inspector")
         for control, name in (
@@ -135,6 +152,7 @@ class ScheduleInspector(widgets.VBox):
             (self.last_button, "last"),
             (self.detail, "detail"),
             (self.label, "label-filter"),
+            (self.tabs, "tabs"),
         ):
             control.add_class(f"schedkit-{name}")
         self.refresh()
