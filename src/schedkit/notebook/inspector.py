@@ -10,8 +10,11 @@ page shown; pages follow run time.
 It stays live without blocking the kernel: a background thread holds a WatchTasks call open
 and re-reads the page when a task changes (at most every ``min_interval`` seconds), and at
 least every ``period`` seconds when nothing changes. A page that did not change is not sent
-again (the grid keeps its scroll); one that did keeps its selection, by task id. "Live" off,
-:meth:`stop` or :meth:`close` end the thread; it notices within ``period`` seconds.
+again (the grid keeps its scroll and sort); one that did keeps its selection, by task id,
+but ITable's front end re-creates its table for new data, which resets the scroll and a
+sort clicked in a header (neither is reported to Python; docs/notebook.md says more).
+"Live" off, :meth:`stop` or :meth:`close` end the thread; it notices within ``period``
+seconds.
 
 A second tab, "Schedules", is :class:`~schedkit.notebook.schedules_view.SchedulesView`:
 server-side schedules with their next and recent runs, paused, resumed or triggered there.
