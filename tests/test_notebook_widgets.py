@@ -20,7 +20,7 @@ from conftest import ARTIFACTS
 from schedkit.client.client import Client
 from schedkit.errors import InvalidArgument
 from schedkit.notebook import ScheduleBuilder, ScheduleInspector, timeline
-from schedkit.notebook._common import ERROR_CLASS
+from schedkit.notebook._common import ERROR_CLASS, fmt_time
 from schedkit.testing import LocalStack
 
 matplotlib.use("Agg")  # no display in tests
@@ -408,6 +408,65 @@ def test_inspector_says_why_a_cancel_is_refused(
     assert "select the tasks to cancel first" in inspector.feedback.message.value
 
 
+def test_inspector_moves_the_selected_tasks_and_names_those_refused(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    tag = _tag()
+    done = client.schedule("add", 1, 1, run_at=timedelta(seconds=0.2), labels={"test": tag})
+    parked = [
+        client.schedule("add", i, 1, run_at=timedelta(hours=1), labels={"test": tag})
+        for i in range(2)
+    ]
+    client.wait_for(done.id, ["SUCCEEDED"])
+    inspector = ScheduleInspector(client, tz="Europe/Paris", live=False)
+    inspector_of.append(inspector)
+    inspector.label.value = f"test={tag}"
+    everything = [done.id, *(t.id for t in parked)]
+    inspector.select(everything)
+    assert "in Europe/Paris" in inspector.move_zone.value
+
+    target = _later(3 * 60)  # a wall-clock time in Paris, the zone the grid shows
+    inspector.move_to.value = target
+    inspector.move_button.click()
+
+    message = unescape(inspector.feedback.message.value)
+    assert "moved 2 to" in message
+    assert "refused 1" in message
+    assert f"{done.id}: " in message  # the refused task is named, with why
+    assert "SUCCEEDED" in message
+    for task in parked:
+        wall = client.get(task.id).spec.run_at.astimezone(ZoneInfo("Europe/Paris"))
+        assert wall.replace(tzinfo=None) == target
+    assert client.get(done.id).state == "SUCCEEDED"
+    # The page was read again: the moved tasks show their new time, still selected.
+    assert sorted(inspector.selected) == sorted(everything)
+    shown = inspector.grid.df.set_index("id")["run_at"]
+    expected = fmt_time(pd.Timestamp(target).tz_localize("Europe/Paris"))
+    assert [shown[t.id] for t in parked] == [expected, expected]
+
+    # Without a zone a wall-clock time means nothing: refused, nothing moved.
+    inspector.tz.value = ""
+    assert "no time zone" in inspector.move_zone.value
+    inspector.move_to.value = _later(5 * 60)
+    inspector.move_button.click()
+    assert "move to" in inspector.feedback.message.value
+    assert "has no time zone: pick one" in inspector.feedback.message.value
+    wall = client.get(parked[0].id).spec.run_at.astimezone(ZoneInfo("Europe/Paris"))
+    assert wall.replace(tzinfo=None) == target
+
+    # A time the clocks skip in the zone is refused too (the kit's DST policy: raise).
+    inspector.tz.value = "Europe/Paris"
+    inspector.move_to.value = datetime(2099, 3, 29, 2, 30)
+    inspector.move_button.click()
+    assert "does not exist in Europe/Paris" in inspector.feedback.message.value
+    wall = client.get(parked[0].id).spec.run_at.astimezone(ZoneInfo("Europe/Paris"))
+    assert wall.replace(tzinfo=None) == target
+
+    inspector.select([])
+    inspector.move_button.click()
+    assert "select the tasks to move first" in inspector.feedback.message.value
+
+
 def test_inspector_detail_shows_a_failure_with_its_traceback(
     client: Client, inspector_of: list[ScheduleInspector]
 ) -> None:
@@ -693,3 +752,48 @@ def test_schedules_view_lists_pauses_resumes_and_triggers(client: Client) -> Non
     view.pause_button.click()
     assert "pick a schedule first" in unescape(view.feedback.message.value)
     client.delete_schedule(f"view-{tag}")
+
+
+def test_inspector_has_a_schedules_tab_showing_runs_with_pause_resume_and_trigger(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    from schedkit.notebook.schedules_view import SchedulesView
+
+    tag = _tag()
+    schedule_id = f"tab-{tag}"
+    client.create_schedule(
+        schedule_id, "add", args=[1, 2], cron="0 8 * * *", tz="Europe/Paris", labels={"v": tag}
+    )
+    try:
+        inspector = ScheduleInspector(client, live=False)
+        inspector_of.append(inspector)
+        assert inspector.tabs.titles == ("Tasks", "Schedules")
+        view = inspector.schedules
+        assert isinstance(view, SchedulesView)  # the one view, not a copy of it
+        assert inspector.tabs.children[1] is view
+        view.labels.value = f"v={tag}"
+        inspector.tabs.selected_index = 1  # opening the tab reads the schedules again
+        assert list(view.frame["id"]) == [schedule_id]
+        assert view.choice.value == schedule_id
+        # The chosen schedule's next runs, at 08:00 in its zone.
+        upcoming = view.runs_frame[view.runs_frame["run"] == "next"]
+        assert len(upcoming) >= 1, view.feedback.message.value
+        assert all(" 08:00:00 CE" in t for t in upcoming["nominal time"])
+
+        view.note.value = "for the test"
+        view.pause_button.click()
+        assert "paused: for the test" in unescape(view.table.value)
+        assert client.get_schedule(schedule_id).paused
+        view.resume_button.click()
+        assert not client.get_schedule(schedule_id).paused
+        view.trigger_button.click()
+        made = client.get_schedule(schedule_id).recent_runs[0].task_id
+        assert made in view.feedback.message.value
+        # The run just made shows among the recent runs, with its task's state.
+        recent = view.runs_frame[view.runs_frame["run"] == "recent"]
+        assert made in list(recent["task id"])
+        state = recent[recent["task id"] == made]["state"].iloc[0]
+        assert state in {"SCHEDULED", "QUEUED", "STARTED", "SUCCEEDED"}
+        assert made in view.runs.value
+    finally:
+        client.delete_schedule(schedule_id)

@@ -10,8 +10,14 @@ page shown; pages follow run time.
 It stays live without blocking the kernel: a background thread holds a WatchTasks call open
 and re-reads the page when a task changes (at most every ``min_interval`` seconds), and at
 least every ``period`` seconds when nothing changes. A page that did not change is not sent
-again (the grid keeps its scroll); one that did keeps its selection, by task id. "Live" off,
-:meth:`stop` or :meth:`close` end the thread; it notices within ``period`` seconds.
+again (the grid keeps its scroll and sort); one that did keeps its selection, by task id,
+but ITable's front end re-creates its table for new data, which resets the scroll and a
+sort clicked in a header (neither is reported to Python; docs/notebook.md says more).
+"Live" off, :meth:`stop` or :meth:`close` end the thread; it notices within ``period``
+seconds.
+
+A second tab, "Schedules", is :class:`~schedkit.notebook.schedules_view.SchedulesView`:
+server-side schedules with their next and recent runs, paused, resumed or triggered there.
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ import contextlib
 import html
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import ipywidgets as widgets
 import pandas as pd
 
 from schedkit.client.client import Client
-from schedkit.errors import ConfigError, SchedkitError
+from schedkit.errors import ConfigError, InvalidArgument, SchedkitError
 from schedkit.model import TaskState
 from schedkit.notebook._common import (
     TABLE_STYLE,
@@ -41,8 +49,9 @@ from schedkit.notebook._common import (
     zone_names,
 )
 from schedkit.notebook.pages import MAX_PAGE_SIZE, Pager
+from schedkit.notebook.schedules_view import SchedulesView
 from schedkit.timetable.frames import tasks_frame
-from schedkit.timeutil import zone
+from schedkit.timeutil import to_instant, zone
 
 TABLE_COLUMNS = ("state", "task", "run_at", "labels", "id", "lateness", "result or error")
 #: Live refreshes recount the matches while there are at most this many (a count walks them
@@ -118,12 +127,27 @@ class ScheduleInspector(widgets.VBox):
         self._build_filter_controls([t.name for t in client.task_types()], tz, states, limit)
         self._build_table_controls()
         self._observe_controls()
-        super().__init__(self._layout())
+        # Schedules in a tab of their own: the same view as SchedulesView alone, read again
+        # each time the tab is opened so it is current.
+        self.schedules = SchedulesView(client)
+        self.tasks_view = widgets.VBox(self._layout())
+        self.tabs = widgets.Tab(
+            children=[self.tasks_view, self.schedules], titles=("Tasks", "Schedules")
+        )
+        self.tabs.observe(
+            self.schedules.feedback.guard(
+                lambda change: self.schedules.refresh() if change["new"] == 1 else None
+            ),
+            names="selected_index",
+        )
+        super().__init__([self.tabs])
         # Stable CSS hooks for styling and for browser tests.
         self.add_class("schedkit-inspector")
         for control, name in (
             (self.grid, "grid"),
             (self.cancel_button, "cancel"),
+            (self.move_to, "move-to"),
+            (self.move_button, "move"),
             (self.summary, "summary"),
             (self.first_button, "first"),
             (self.previous_button, "previous"),
@@ -131,6 +155,7 @@ class ScheduleInspector(widgets.VBox):
             (self.last_button, "last"),
             (self.detail, "detail"),
             (self.label, "label-filter"),
+            (self.tabs, "tabs"),
         ):
             control.add_class(f"schedkit-{name}")
         self.refresh()
@@ -169,6 +194,10 @@ class ScheduleInspector(widgets.VBox):
         self.cancel_button = widgets.Button(
             description="Cancel selected", button_style="danger", icon="ban"
         )
+        # A wall-clock time read in the inspector's zone, the one its times are shown in.
+        self.move_to = widgets.NaiveDatetimePicker(description="move to")
+        self.move_zone = widgets.HTML()
+        self.move_button = widgets.Button(description="Move selected", icon="clock-o")
         self.detail = widgets.HTML()
 
     def _observe_controls(self) -> None:
@@ -183,6 +212,9 @@ class ScheduleInspector(widgets.VBox):
         self.next_button.on_click(guard(lambda _: self.go_to(self.page_number + 1)))
         self.last_button.on_click(guard(lambda _: self.last_page()))
         self.cancel_button.on_click(guard(lambda _: self.cancel_selected()))
+        self.move_button.on_click(guard(lambda _: self.move_selected()))
+        self.tz.observe(lambda _: self._show_move_zone(), names="value")
+        self._show_move_zone()
         self.grid.observe(guard(lambda _: self.show_detail()), names="selected_rows")
         self.live.observe(guard(self._toggle_live), names="value")
 
@@ -206,7 +238,8 @@ class ScheduleInspector(widgets.VBox):
                 ]
             ),
             self.grid,
-            widgets.HBox([self.cancel_button, self.feedback.message]),
+            widgets.HBox([self.cancel_button, self.move_to, self.move_zone, self.move_button]),
+            self.feedback.message,
             self.detail,
             self.feedback.out,
         ]
@@ -427,6 +460,13 @@ class ScheduleInspector(widgets.VBox):
             f"<table class='schedkit-table'>{body}</table>{trace}</div>"
         )
 
+    def _show_move_zone(self) -> None:
+        """Say which zone the "move to" time is read in (the one the grid shows)."""
+        name = self.tz.value.strip()
+        self.move_zone.value = (
+            f"<i>in {html.escape(name)}</i>" if name else error_html("no time zone: pick one")
+        )
+
     def timeline(self, **options: Any) -> Any:
         """The page shown as a :func:`~schedkit.notebook.timeline.timeline` Figure, its window
         the from/to filter when set (so an outlier does not set it), in the chosen zone."""
@@ -441,25 +481,57 @@ class ScheduleInspector(widgets.VBox):
 
     def cancel_selected(self) -> list[str]:
         """Cancel every selected task; return the ids cancelled, show those refused and why."""
+        return self._act_on_selected("cancel", self.client.cancel)
+
+    def move_selected(self, to: datetime | None = None) -> list[str]:
+        """Move every selected task to run at ``to`` (default: the "move to" input, a
+        wall-clock time in the inspector's zone); return the ids moved, show those refused
+        (already handed off, say) and why. The others are moved all the same."""
+        if not self.selected:
+            self.feedback.message.value = error_html("select the tasks to move first")
+            return []
+        value = self.move_to.value if to is None else to
+        if value is None:
+            raise InvalidArgument.for_field("move to", "pick the time to move the tasks to")
+        name = self.tz.value.strip()
+        if not name and value.tzinfo is None:
+            # A wall-clock time without a zone is refused, as everywhere in the kit: it is
+            # not read as UTC.
+            raise InvalidArgument.for_field(
+                "move to", f"{value.isoformat()} has no time zone: pick one (UTC, if meant)"
+            )
+        when = to_instant(value, tz=name or None, field="move to")
+        shown = fmt_time(pd.Timestamp(when).tz_convert(zone(name)))
+        return self._act_on_selected(
+            "move", lambda task_id: self.client.update_task(task_id, run_at=when), f"to {shown}"
+        )
+
+    def _act_on_selected(
+        self, verb: str, action: Callable[[str], object], how: str = ""
+    ) -> list[str]:
+        """``action`` on each selected task, one refusal not stopping the others; the page is
+        read again (keeping the selection) and the outcome shown, naming each refused task."""
         ids = self.selected
         if not ids:
-            self.feedback.message.value = error_html("select the tasks to cancel first")
+            self.feedback.message.value = error_html(f"select the tasks to {verb} first")
             return []
         done: list[str] = []
         refused: list[str] = []
         for task_id in ids:
             try:
-                self.client.cancel(task_id)
+                action(task_id)
                 done.append(task_id)
             except SchedkitError as exc:
                 refused.append(f"{task_id}: {describe(exc)}")
         self.refresh(recount=True)
+        past = {"cancel": "cancelled", "move": "moved"}.get(verb, verb + "d")
+        said = f"{past} {len(done)}{' ' + how if how else ''}"
         if refused:
             self.feedback.message.value = error_html(
-                f"cancelled {len(done)}, refused {len(refused)}:\n" + "\n".join(refused)
+                f"{said}, refused {len(refused)}:\n" + "\n".join(refused)
             )
         else:
-            self.feedback.ok(f"cancelled {len(done)}: {', '.join(done)}")
+            self.feedback.ok(f"{said}: {', '.join(done)}")
         return done
 
     # -- staying live -----------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """A notebook view of server-side schedules: a table with each schedule's state, next and
-recent runs; pick one to pause (with a note), resume or trigger it.
+recent runs; pick one to see all its next runs and its recent runs with their tasks' states,
+and to pause (with a note), resume or trigger it.
 
     from schedkit.notebook.schedules_view import SchedulesView
     SchedulesView(client)
@@ -9,15 +10,19 @@ Composed of core widgets; every call's error shows in the view, never as a trace
 
 from __future__ import annotations
 
+import html
+
 import ipywidgets as widgets
 import pandas as pd
 
 from schedkit.client.client import Client
 from schedkit.client.schedules import ScheduleInfo
-from schedkit.errors import InvalidArgument
-from schedkit.notebook._common import Feedback, fmt_time, html_table, parse_labels
+from schedkit.errors import InvalidArgument, SchedkitError
+from schedkit.notebook._common import Feedback, describe, fmt_time, html_table, parse_labels
+from schedkit.timeutil import zone
 
 MAX_SCHEDULES = 500
+RUN_COLUMNS = ["run", "nominal time", "task id", "state", "result or error"]
 
 
 def schedules_frame(schedules: list[ScheduleInfo]) -> pd.DataFrame:
@@ -44,6 +49,38 @@ def schedules_frame(schedules: list[ScheduleInfo]) -> pd.DataFrame:
     )
 
 
+def runs_frame(client: Client, schedule: ScheduleInfo) -> pd.DataFrame:
+    """One row per next run (nominal time) and per recent run (with its task's state, read
+    from the server: at most the ten the server keeps), in the schedule's zone."""
+    place = zone(schedule.definition.recurrence.tz or "UTC")
+    rows = [
+        {
+            "run": "next",
+            "nominal time": fmt_time(pd.Timestamp(t).tz_convert(place)),
+            "task id": "",
+            "state": "",
+            "result or error": "",
+        }
+        for t in schedule.next_run_times
+    ]
+    for run in schedule.recent_runs:
+        try:
+            task = client.get(run.task_id)
+            state, outcome = str(task.state), task.error or task.result
+        except SchedkitError as exc:  # purged since, say: the run is still listed
+            state, outcome = "", describe(exc)
+        rows.append(
+            {
+                "run": "recent",
+                "nominal time": fmt_time(pd.Timestamp(run.nominal).tz_convert(place)),
+                "task id": run.task_id,
+                "state": state,
+                "result or error": outcome,
+            }
+        )
+    return pd.DataFrame(rows, columns=RUN_COLUMNS, dtype=object)
+
+
 class SchedulesView(widgets.VBox):
     """Schedules (filtered by labels) with pause, resume and trigger."""
 
@@ -59,8 +96,14 @@ class SchedulesView(widgets.VBox):
         self.pause_button = widgets.Button(description="Pause", icon="pause")
         self.resume_button = widgets.Button(description="Resume", icon="play")
         self.trigger_button = widgets.Button(description="Run now", icon="bolt")
+        self.runs = widgets.HTML()
         self.feedback = Feedback()
         guard = self.feedback.guard
+        # Picking a schedule shows its runs; refresh() shows them once, after the listing.
+        self._listing = False
+        self.choice.observe(
+            guard(lambda _: None if self._listing else self.show_runs()), names="value"
+        )
         self.refresh_button.on_click(guard(lambda _: self.refresh()))
         self.pause_button.on_click(guard(lambda _: self._act("pause")))
         self.resume_button.on_click(guard(lambda _: self._act("resume")))
@@ -73,10 +116,14 @@ class SchedulesView(widgets.VBox):
                 widgets.HBox([self.choice, self.note]),
                 controls,
                 self.feedback.message,
+                self.runs,
                 self.feedback.out,
             ]
         )
+        self.add_class("schedkit-schedules")
+        self.runs.add_class("schedkit-schedule-runs")
         self.frame = schedules_frame([])
+        self.runs_frame = pd.DataFrame(columns=RUN_COLUMNS)
         guard(lambda: self.refresh())()
 
     def refresh(self) -> None:
@@ -91,11 +138,29 @@ class SchedulesView(widgets.VBox):
         self.frame = frame
         self.table.value = html_table(frame, "no schedules")
         current = self.choice.value
-        self.choice.options = [s.id for s in found]
-        if current in self.choice.options:
-            self.choice.value = current
-        elif self.choice.options:
-            self.choice.value = self.choice.options[0]
+        self._listing = True
+        try:
+            self.choice.options = [s.id for s in found]
+            if current in self.choice.options:
+                self.choice.value = current
+            elif self.choice.options:
+                self.choice.value = self.choice.options[0]
+        finally:
+            self._listing = False
+        self.show_runs()  # the chosen schedule's runs changed, or it did
+
+    def show_runs(self) -> None:
+        """Show the chosen schedule's next runs and recent runs (read from the server now)."""
+        schedule_id = self.choice.value
+        if not schedule_id:
+            self.runs_frame = pd.DataFrame(columns=RUN_COLUMNS)
+            self.runs.value = ""
+            return
+        frame = runs_frame(self.client, self.client.get_schedule(schedule_id))
+        self.runs_frame = frame
+        self.runs.value = f"<b>{html.escape(schedule_id)}</b>" + html_table(
+            frame, "no next or recent runs"
+        )
 
     def _act(self, action: str) -> None:
         schedule_id = self.choice.value
