@@ -3,6 +3,7 @@ real stack (tasks created and cancelled) and what the widget shows (results and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -18,9 +19,10 @@ import pytest
 
 from conftest import ARTIFACTS
 from schedkit.client.client import Client
-from schedkit.errors import InvalidArgument
+from schedkit.errors import InvalidArgument, NotFound
 from schedkit.notebook import ScheduleBuilder, ScheduleInspector, timeline
 from schedkit.notebook._common import ERROR_CLASS, fmt_time
+from schedkit.recurring import Overlap
 from schedkit.testing import LocalStack
 
 matplotlib.use("Agg")  # no display in tests
@@ -308,6 +310,155 @@ def test_builder_on_a_closed_client_says_so(stack: LocalStack) -> None:
 
     assert "this Client is closed" in builder.feedback.message.value
     builder.close()
+
+
+# -- builder: a server-side schedule ------------------------------------------------------------
+
+
+@pytest.fixture
+def schedule_ids(client: Client) -> Iterator[list[str]]:
+    """Schedule ids a test may create, deleted at its end: no schedule outlives the test."""
+    made: list[str] = []
+    yield made
+    for ident in made:
+        with contextlib.suppress(NotFound):  # a test that refused to create it
+            client.delete_schedule(ident)
+
+
+def _rule_form(builder: ScheduleBuilder, tag: str, schedule_ids: list[str]) -> str:
+    """The builder filled with a cron rule and a schedule id (returned, and to be deleted)."""
+    builder.task.value = "add"
+    builder.args.value = "[1, 2]"
+    builder.repeat.value = "cron"
+    builder.rule.value = "0 8 * * mon-fri"
+    builder.labels.value = f"test={tag}"
+    ident = f"builder-{tag}"
+    schedule_ids.append(ident)
+    builder.schedule_id.value = ident
+    return ident
+
+
+def test_builder_creates_a_schedule_from_a_cron_rule(
+    builder: ScheduleBuilder, client: Client, schedule_ids: list[str]
+) -> None:
+    tag = _tag()
+    ident = _rule_form(builder, tag, schedule_ids)
+    assert builder.overlap.value == "skip"
+    builder.overlap.value = "buffer_one"
+    assert not builder.create_button.disabled
+
+    builder.create_button.click()
+
+    message = builder.feedback.message.value
+    assert ERROR_CLASS not in message
+    assert f"schedule {ident} created" in message
+    assert len(builder.frame) == 0  # a schedule, not draft rows
+    info = client.get_schedule(ident)
+    rule = info.definition.recurrence
+    assert rule.cron == ("0 8 * * mon-fri",)
+    assert rule.every is None
+    assert rule.tz == "Europe/Paris"
+    assert rule.dst == "cron"  # the builder's "raise" has no meaning for a rule: cron's own
+    assert rule.start is not None
+    wall = rule.start.astimezone(ZoneInfo("Europe/Paris")).replace(tzinfo=None)
+    assert abs(wall - builder.run_at.value) < timedelta(seconds=1)
+    action = info.definition.action
+    assert (action.task, action.args, action.kwargs) == ("add", [1, 2], {})
+    assert action.labels == {"test": tag, "source": "notebook"}
+    assert info.definition.labels == {"test": tag}
+    assert info.definition.overlap is Overlap.BUFFER_ONE
+    paris = [t.astimezone(ZoneInfo("Europe/Paris")) for t in info.next_run_times]
+    assert paris
+    assert all((t.hour, t.minute) == (8, 0) and t.weekday() < 5 for t in paris)
+
+    builder.create_button.click()  # the same again: said to be there already, nothing new
+    assert f"schedule {ident} already exists, the same" in builder.feedback.message.value
+    assert ERROR_CLASS not in builder.feedback.message.value
+
+    builder.args.value = "[2, 3]"  # other content under the id: AlreadyExists, field named
+    builder.create_button.click()
+    message = unescape(builder.feedback.message.value)
+    assert ERROR_CLASS in message
+    assert f"schedule {ident} exists with other content" in message
+    assert "change the form's schedule id (schedule_id)" in message
+    assert client.get_schedule(ident).definition.action.args == [1, 2]
+
+
+def test_builder_creates_an_every_schedule_from_its_first_run(
+    builder: ScheduleBuilder, client: Client, schedule_ids: list[str]
+) -> None:
+    tag = _tag()
+    ident = _rule_form(builder, tag, schedule_ids)
+    builder.repeat.value = "every"
+    builder.rule.value = "1D"  # calendar days keep wall-clock time: a schedule cannot
+    builder.create_button.click()
+    message = unescape(builder.feedback.message.value)
+    assert "rule: '1D' keeps wall-clock time" in message
+    assert "use cron" in message
+    with pytest.raises(NotFound):
+        client.get_schedule(ident)
+
+    builder.rule.value = "15min"
+    builder.count.value = 4
+    builder.create_button.click()
+    assert f"schedule {ident} created" in builder.feedback.message.value
+    info = client.get_schedule(ident)
+    assert info.definition.recurrence.every == timedelta(minutes=15)
+    assert info.definition.recurrence.cron == ()
+    assert info.definition.max_runs == 4
+    start = info.definition.recurrence.start
+    assert start is not None
+    assert info.next_run_times[0] == start  # the first run is the form's run time
+    assert info.next_run_times[1] - start == timedelta(minutes=15)
+
+
+def test_builder_refuses_a_schedule_without_an_id_before_sending(
+    builder: ScheduleBuilder, client: Client, schedule_ids: list[str]
+) -> None:
+    tag = _tag()
+    _rule_form(builder, tag, schedule_ids)
+    builder.schedule_id.value = "  "
+    builder.create_button.click()
+    assert "schedule id: required to create a schedule" in builder.feedback.message.value
+    builder.schedule_id.value = "no spaces allowed"
+    builder.create_button.click()
+    assert "is not a schedule id" in unescape(builder.feedback.message.value)
+
+    builder.schedule_id.value = f"builder-{tag}"
+    builder.args.value = "[1]"  # the form has an error: the button is off, the method refuses
+    assert builder.create_button.disabled
+    with pytest.raises(InvalidArgument, match="do not fit add"):
+        builder.create_schedule()
+    assert list(client.schedules(labels={"test": tag})) == []
+
+
+def test_builder_cannot_make_a_schedule_of_a_one_off_run(
+    builder: ScheduleBuilder, client: Client, schedule_ids: list[str]
+) -> None:
+    tag = _tag()
+    _rule_form(builder, tag, schedule_ids)
+    assert not builder.create_button.disabled
+    builder.repeat.value = ""  # once
+    assert builder.create_button.disabled
+    assert "choose every or cron" in builder.schedule_hint.value
+    builder.create_button.click()  # clicked anyway (from code): refused with a message
+    assert "repeat: a schedule needs a rule" in builder.feedback.message.value
+    assert list(client.schedules(labels={"test": tag})) == []
+
+
+def test_builder_names_the_form_field_of_a_server_error(
+    builder: ScheduleBuilder, client: Client, schedule_ids: list[str]
+) -> None:
+    tag = _tag()
+    _rule_form(builder, tag, schedule_ids)
+    # 65 labels: the form takes them, the server's bound (64 on a schedule) does not.
+    builder.labels.value = ", ".join([f"test={tag}", *(f"l{n}=x" for n in range(64))])
+    builder.create_button.click()
+    message = unescape(builder.feedback.message.value)
+    assert ERROR_CLASS in message
+    assert "more than 64 labels" in message
+    assert "change the form's labels" in message
+    assert list(client.schedules(labels={"test": tag})) == []
 
 
 # -- inspector ----------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ The draft is a timetable DataFrame (the columns of :mod:`schedkit.timetable.sche
 added with the form, a row of a DataFrame passed in, and a row of a CSV file are checked and
 scheduled by the same code: each new row goes through the timetable checks before it is
 added, and "Schedule" hands the whole draft to :meth:`schedkit.Client.schedule_frame`.
+
+A form with an every or cron rule can instead become a server-side schedule ("Create
+schedule", :meth:`ScheduleBuilder.create_schedule`): the server keeps the rule and makes its
+runs for ever; :mod:`schedkit.notebook.server_schedule` says how the form maps onto it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import ipywidgets as widgets
 import pandas as pd
 
 from schedkit.client.client import Client
-from schedkit.errors import InvalidArgument
+from schedkit.client.schedules import ScheduleInfo
+from schedkit.errors import InvalidArgument, SchedkitError
 from schedkit.model import TaskType
 from schedkit.notebook._common import (
     Feedback,
@@ -29,6 +34,13 @@ from schedkit.notebook._common import (
     parse_labels,
     signature_from_text,
     zone_names,
+)
+from schedkit.notebook.server_schedule import (
+    OVERLAPS,
+    created_text,
+    schedule_id,
+    schedule_options,
+    server_error_text,
 )
 from schedkit.timetable.check import check_timetable
 from schedkit.timetable.options import TimetableOptions
@@ -92,6 +104,7 @@ class ScheduleBuilder(widgets.VBox):
         self._build_task_controls()
         self._build_time_controls(tz)
         self._build_draft_controls()
+        self._build_schedule_controls()
         self._observe_controls()
         self._check_arguments()
         self._show_when()
@@ -111,6 +124,9 @@ class ScheduleBuilder(widgets.VBox):
             (self.preview, "preview"),
             (self.add_button, "add"),
             (self.schedule_button, "schedule"),
+            (self.schedule_id, "schedule-id"),
+            (self.overlap, "overlap"),
+            (self.create_button, "create-schedule"),
         ):
             control.add_class(f"schedkit-{name}")
 
@@ -161,6 +177,20 @@ class ScheduleBuilder(widgets.VBox):
         )
         self.results_table = widgets.HTML()
 
+    def _build_schedule_controls(self) -> None:
+        """The other way for a rule: a server-side schedule under an id, with its overlap
+        policy; enabled only while the form has a rule and its arguments fit."""
+        self.schedule_id = widgets.Text(
+            description="schedule id", placeholder="water-fern (required)"
+        )
+        self.overlap = widgets.Dropdown(options=OVERLAPS, value="skip", description="overlap")
+        self.create_button = widgets.Button(
+            description="Create schedule",
+            icon="calendar",
+            tooltip="keep the rule on the server instead of expanding it into runs",
+        )
+        self.schedule_hint = widgets.HTML()
+
     def _observe_controls(self) -> None:
         """Check the arguments and the run time as they are edited; act on the buttons."""
         guard = self.feedback.guard
@@ -174,6 +204,9 @@ class ScheduleBuilder(widgets.VBox):
         self.add_button.on_click(guard(lambda _: self.add()))
         self.remove_button.on_click(guard(lambda _: self.remove(self.remove_select.value)))
         self.schedule_button.on_click(guard(lambda _: self.schedule()))
+        for control in (self.repeat, self.rule):
+            control.observe(guard(lambda _: self._show_schedule_option()), names="value")
+        self.create_button.on_click(guard(lambda _: self.create_schedule()))
 
     def _layout(self) -> list[widgets.Widget]:
         """The form, then the draft, then the last results, top to bottom."""
@@ -191,6 +224,10 @@ class ScheduleBuilder(widgets.VBox):
             self.preview,
             self.labels,
             self.add_button,
+            widgets.HTML("<b>Or keep the rule on the server</b>"),
+            widgets.HBox([self.schedule_id, self.overlap]),
+            self.schedule_hint,
+            self.create_button,
             widgets.HTML("<b>Draft</b>"),
             self.draft_table,
             widgets.HBox([self.remove_select, self.remove_button]),
@@ -277,6 +314,37 @@ class ScheduleBuilder(widgets.VBox):
             self.feedback.ok(summary)
         return result
 
+    def create_schedule(self) -> ScheduleInfo | None:
+        """Create a server-side schedule from the form's task, arguments and rule (instead of
+        expanding the rule into runs); the outcome, or the server's error naming the form
+        field, is shown in the feedback line. Nothing is sent while the form has an error."""
+        if not self.repeat.value:
+            raise InvalidArgument.for_field(
+                "repeat",
+                "a schedule needs a rule: choose every or cron (a one-off run is scheduled "
+                "with Add and Schedule)",
+            )
+        ident = schedule_id(self.schedule_id.value)
+        row = self.row()
+        args, kwargs = self._arguments()
+        place = self._zone()
+        options = schedule_options(
+            row,
+            args=args,
+            kwargs=kwargs,
+            place=place,
+            dst=self.dst,
+            overlap=self.overlap.value,
+            source=self.source,
+        )
+        try:
+            info = self.client.create_schedule(ident, row["task"], **options)
+        except SchedkitError as exc:  # AlreadyExists, InvalidArgument... as the server says
+            self.feedback.message.value = error_html(server_error_text(exc))
+            return None
+        self.feedback.ok(created_text(info, place))
+        return info
+
     # -- showing ----------------------------------------------------------------------------
 
     def _arguments(self) -> tuple[list[Any], dict[str, Any]]:
@@ -325,6 +393,7 @@ class ScheduleBuilder(widgets.VBox):
         else:
             self.arguments_check.value = ok_html("arguments fit the task")
             self.add_button.disabled = False
+        self._show_schedule_option()
 
     def _show_when(self) -> None:
         if self.run_at.value is None:
@@ -380,6 +449,20 @@ class ScheduleBuilder(widgets.VBox):
             return
         shown = ", ".join(html.escape(fmt_time(t)) for t in runs)
         self.preview.value = f"next runs: {shown}"
+
+    def _show_schedule_option(self) -> None:
+        """The "Create schedule" button is on for a rule whose arguments fit; else, why not."""
+        has_rule = bool(self.repeat.value and self.rule.value.strip())
+        self.create_button.disabled = not has_rule or self.add_button.disabled
+        if not has_rule:
+            self.schedule_hint.value = (
+                "<i>choose every or cron and a rule to keep it on the server as a schedule</i>"
+            )
+        else:
+            self.schedule_hint.value = (
+                "<i>the server keeps the rule and makes its runs for ever "
+                "(pause, resume, trigger, backfill: see docs/schedules.md)</i>"
+            )
 
     def _show_draft(self) -> None:
         shown = self._draft.copy()
