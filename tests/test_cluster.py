@@ -193,6 +193,9 @@ def test_the_stack_carries_on_when_the_primary_of_its_slot_is_killed(
             claim_lease=5.0,
             store_replicas=replicas,
             store_replica_timeout=1.0,
+            # A hand-off lost with the killed primary comes back after the visibility
+            # timeout (docs/operations.md): short, so the test sees it run.
+            visibility_timeout=15.0,
         ) as stack,
         stack.client() as client,
     ):
