@@ -7,7 +7,7 @@ store executor), ``recurring`` and ``edits``; kept apart so the task RPCs stay o
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -30,6 +30,21 @@ R = TypeVar("R")
 Context = grpc.aio.ServicerContext[Any, Any]
 #: The parts of a schedule UpdateSchedule may replace.
 SCHEDULE_PARTS = ("spec", "action", "policies", "labels")
+
+
+def mask_paths(given: Iterable[str], allowed: Collection[str]) -> list[str]:
+    """The paths of an update mask, each one of ``allowed``; InvalidArgument naming the
+    first path that is not, or the mask when it names nothing."""
+    paths = list(given)
+    if not paths:
+        raise InvalidArgument.for_field("update_mask", f"name what changes: {', '.join(allowed)}")
+    for i, path in enumerate(paths):
+        if path not in allowed:
+            raise InvalidArgument.for_field(
+                f"update_mask.paths[{i}]",
+                f"{path!r} cannot be updated; one of {', '.join(allowed)}",
+            )
+    return paths
 
 
 class ScheduleRpcs:
@@ -84,17 +99,7 @@ class ScheduleRpcs:
         self, request: pb.UpdateScheduleRequest, context: Context
     ) -> pb.UpdateScheduleResponse:
         """Replace the parts the mask names."""
-        paths = list(request.update_mask.paths)
-        if not paths:
-            raise InvalidArgument.for_field(
-                "update_mask", f"name what changes: {', '.join(SCHEDULE_PARTS)}"
-            )
-        for i, path in enumerate(paths):
-            if path not in SCHEDULE_PARTS:
-                raise InvalidArgument.for_field(
-                    f"update_mask.paths[{i}]",
-                    f"{path!r} cannot be updated; one of {', '.join(SCHEDULE_PARTS)}",
-                )
+        paths = mask_paths(request.update_mask.paths, SCHEDULE_PARTS)
         current = await self._call(self.recurring.get, request.schedule.id)
         merged = schedule_to_proto(current)
         for path in paths:
@@ -153,17 +158,7 @@ class ScheduleRpcs:
         self, request: pb.UpdateTaskRequest, context: Context
     ) -> pb.UpdateTaskResponse:
         """Change a parked task's fields the mask names."""
-        paths = list(request.update_mask.paths)
-        if not paths:
-            raise InvalidArgument.for_field(
-                "update_mask", f"name what changes: {', '.join(UPDATABLE)}"
-            )
-        for i, path in enumerate(paths):
-            if path not in UPDATABLE:
-                raise InvalidArgument.for_field(
-                    f"update_mask.paths[{i}]",
-                    f"{path!r} cannot be updated; one of {', '.join(UPDATABLE)}",
-                )
+        paths = mask_paths(request.update_mask.paths, UPDATABLE)
         # Only the masked fields are read: the rest of spec may be left empty.
         masked = pb.TaskSpec(task=request.spec.task or "-")
         for path in paths:
