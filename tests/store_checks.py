@@ -7,10 +7,30 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
+from conftest import poll
+from schedkit.errors import Unavailable
 from schedkit.model import TaskState
 from schedkit.testing import LocalStack
+
+T = TypeVar("T")
+
+
+def retried_call(call: Callable[[], T], tries: list[int], patience: float = 90) -> T:
+    """``call()``, tried again after UNAVAILABLE as a caller would (0.1 s apart, up to
+    ``patience`` seconds); each retry is counted in ``tries``."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return call()
+        except Unavailable:
+            tries.append(1)
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # a caller's pause before retrying, not a wait for a state
 
 
 def schedule_idempotency_list_and_cancel(stack: LocalStack) -> None:
@@ -70,8 +90,9 @@ def a_schedule_is_materialized_and_its_runs_run(stack: LocalStack) -> None:
     with stack.client() as client:
         client.create_schedule(schedule_id, "add", args=[1, 2], every=timedelta(seconds=1))
         runs = {"schedkit.schedule": schedule_id}
-        deadline = time.monotonic() + 60
-        while not list(client.tasks(labels=runs, states=["SUCCEEDED"])):
-            assert time.monotonic() < deadline, "no run of the schedule succeeded in 60 s"
-            time.sleep(0.2)  # polling the server: no event says a run succeeded
+        poll(
+            lambda: bool(list(client.tasks(labels=runs, states=["SUCCEEDED"]))),
+            60,
+            "a run of the schedule to succeed",
+        )
         client.delete_schedule(schedule_id)

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from schedkit.store.store import Store
 from schedkit.testing import ClusterSet, LocalStack, cluster_set, local_stack, redis_server
 from store_checks import (
     a_schedule_is_materialized_and_its_runs_run,
+    retried_call,
     schedule_idempotency_list_and_cancel,
     watch_hand_off_and_run_once,
 )
@@ -144,20 +144,6 @@ def test_scripts_without_the_hash_tag_would_be_refused_by_the_cluster(cluster: C
             client.eval("return 1", 2, "schedkit:claims", "schedkit:events")
     finally:
         client.close()
-
-
-def retried_call(call: Callable[[], T], tries: list[int], patience: float = 90) -> T:
-    """``call()``, tried again after UNAVAILABLE as a caller would (0.1 s apart, up to
-    ``patience`` seconds); each retry is counted in ``tries``."""
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            return call()
-        except Unavailable:
-            tries.append(1)
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)  # a caller's pause before retrying, not a wait for a state
 
 
 def restart_as_replica(cluster: ClusterSet, killed: RedisServer, old_port: int) -> None:

@@ -6,8 +6,7 @@ Over real parts: Redis on free ports, a real gRPC server, a real Celery worker.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 import redis
 from kombu.exceptions import OperationalError
 
-from conftest import FAST, violations
+from conftest import FAST, poll, violations
 from schedkit.cli import main as cli_main
 from schedkit.demo import app as demo_app
 from schedkit.dispatch.dispatcher import message_refusal
@@ -54,13 +53,6 @@ def invalid(stub: pb_grpc.ScheduleServiceStub, msg: pb.TaskSpec) -> dict[str, st
 
 def send(stub: pb_grpc.ScheduleServiceStub, request: pb.ScheduleTasksRequest) -> list[Any]:
     return [r for response in stub.ScheduleTasks(iter([request])) for r in response.results]
-
-
-def poll(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ import subprocess
 import sys
 import termios
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from conftest import poll
 from schedkit.client.client import Client
 from schedkit.dispatch.registry import TaskRegistry
 from schedkit.model import TaskRecord, TaskState
@@ -52,14 +51,6 @@ def tasks_of(client: Client, source: str, *states: TaskState) -> list[TaskRecord
 
 def run(*argv: str) -> int:
     return main([*argv, "--quiet"])
-
-
-def poll(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ another database of the same primary.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from conftest import FAST
-from schedkit.errors import Unavailable
 from schedkit.model import TaskState
 from schedkit.settings import Settings
 from schedkit.store.store import Store
 from schedkit.testing import LocalStack, SentinelSet, local_stack, sentinel_set
 from store_checks import (
     a_schedule_is_materialized_and_its_runs_run,
+    retried_call,
     schedule_idempotency_list_and_cancel,
     watch_hand_off_and_run_once,
 )
@@ -79,20 +78,16 @@ def test_a_failover_during_hand_off_loses_no_acknowledged_task(
         for n in range(40):
             if n == 15:
                 sentinels.failover()
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    task = client.schedule(
-                        "add", n, 1, run_at=start + timedelta(milliseconds=150 * n),
-                        key=f"failover-{label['run']}-{n}", labels=label,
-                    )  # fmt: skip
-                    break
-                except Unavailable:
-                    # During the switch, and until the old primary follows the new one, no
-                    # replica confirms: the call says so and the caller tries again.
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)  # a caller's pause before retrying, not a wait for a state
+            # During the switch, and until the old primary follows the new one, no replica
+            # confirms: the call says so and the caller tries again (patience 60 s).
+            task = retried_call(
+                lambda n=n: client.schedule(
+                    "add", n, 1, run_at=start + timedelta(milliseconds=150 * n),
+                    key=f"failover-{label['run']}-{n}", labels=label,
+                ),
+                [],
+                patience=60,
+            )  # fmt: skip
             acknowledged.append(task.id)
         for task_id in acknowledged:
             finished = client.wait_for(task_id, ["SUCCEEDED", "FAILED"], timeout=120)
