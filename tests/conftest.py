@@ -205,3 +205,13 @@ def poll(check: Callable[[], bool], timeout: float = 30.0, what: str = "conditio
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+class Clock:
+    """A clock the test moves: parts that take ``clock=`` read it instead of the time."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import schedule_ids
+from conftest import Clock, schedule_ids
 from schedkit.demo import app as demo_app
 from schedkit.dispatch.materialize import Materializer
 from schedkit.dispatch.registry import TaskRegistry
@@ -28,16 +28,6 @@ from schedkit.settings import Settings
 from schedkit.store.store import Store, TaskQuery
 
 T0 = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    """The test's clock: every part reads it, the test moves it."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from conftest import FAST, violations
+from conftest import FAST, Clock, violations
 from schedkit.client.client import Client
 from schedkit.demo import runs
 from schedkit.dispatch.dispatcher import Dispatcher
@@ -39,16 +39,6 @@ from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 BERLIN = ZoneInfo("Europe/Berlin")
 # Shorter than the default catch-up window (1 min): a longer step would be an outage.
 STEP = timedelta(seconds=30)
-
-
-class Clock:
-    """The materializers' clock: the test moves it."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

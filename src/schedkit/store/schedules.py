@@ -127,10 +127,7 @@ class ScheduleStore:
                 "create",
                 schedule_id,
                 schedule_id,
-                definition.to_json(),
-                definition.fingerprint(),
-                definition.overlap.value,
-                "1" if definition.pause_on_failure else "",
+                *_definition_argv(definition),
                 to_millis(cursor),
                 max_schedules,
                 now=now,
@@ -144,10 +141,7 @@ class ScheduleStore:
                 "update",
                 schedule_id,
                 schedule_id,
-                definition.to_json(),
-                definition.fingerprint(),
-                definition.overlap.value,
-                "1" if definition.pause_on_failure else "",
+                *_definition_argv(definition),
                 now=now,
             )
         )
@@ -303,6 +297,17 @@ class ScheduleStore:
         )
         with store_errors():
             return cast(str, self._start(keys=self.store.script_keys, args=argv))
+
+
+def _definition_argv(definition: ScheduleDef) -> tuple[str, str, str, str]:
+    """What create and update store of a definition: its JSON, fingerprint, overlap policy
+    (read by the start guard) and pause-on-failure flag."""
+    return (
+        definition.to_json(),
+        definition.fingerprint(),
+        definition.overlap.value,
+        "1" if definition.pause_on_failure else "",
+    )
 
 
 def _batch(runs: Sequence[tuple[datetime, TaskSpec]], now: datetime) -> NewTasks:
