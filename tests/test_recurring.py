@@ -231,6 +231,37 @@ def test_catchup_window_of_an_hour_after_three_hours_down_makes_the_last_hour(
     assert set(nominals(store, "ten")) == expected
 
 
+def test_coalescing_makes_the_missed_hour_one_run_at_its_latest_time(
+    recurring: Recurring, store: Store, settings: Settings, clock: Clock
+) -> None:
+    step = timedelta(minutes=10)
+    recurring.create("ten", every(step, catchup_window=timedelta(hours=1), coalesce=True))
+    mat = materializer(store, settings, clock)
+    mat.run_once()
+    made_before = set(nominals(store, "ten"))
+    clock.now = T0 + timedelta(hours=3)  # the dispatchers were down for three hours
+    mat.run_until_idle()
+    lookahead = timedelta(seconds=settings.schedule_lookahead)
+    missed = grid(clock.now - timedelta(hours=1), clock.now, step)
+    assert len(missed) == 6
+    expected = made_before | {missed[-1]} | set(grid(clock.now, clock.now + lookahead, step))
+    assert set(nominals(store, "ten")) == expected
+
+
+def test_coalescing_an_hour_of_missed_seconds_reads_past_one_round(
+    recurring: Recurring, store: Store, settings: Settings, clock: Clock
+) -> None:
+    # More missed times than one round computes: still one run, the latest.
+    recurring.create(
+        "sec", every(timedelta(seconds=1), catchup_window=timedelta(hours=1), coalesce=True)
+    )
+    clock.now = T0 + timedelta(hours=5)
+    materializer(store, settings, clock).run_until_idle()
+    made = nominals(store, "sec")
+    assert [t for t in made if t < clock.now] == [clock.now - timedelta(seconds=1)]
+    assert min(t for t in made if t >= clock.now) == clock.now
+
+
 def test_backfill_makes_each_nominal_time_once_however_often_asked(
     recurring: Recurring, store: Store
 ) -> None:

@@ -155,8 +155,9 @@ def test_resume_after_a_paused_day_runs_nothing_from_that_day(own_stack: LocalSt
     assert not [t for t in done if paused_at + lookahead <= t < resumed_at]
 
 
+@pytest.mark.parametrize("coalesce", [False, True], ids=["each", "coalesced"])
 def test_a_catchup_window_of_an_hour_after_three_hours_down_runs_the_last_hour(
-    own_stack: LocalStack,
+    own_stack: LocalStack, coalesce: bool
 ) -> None:
     t0 = datetime(2026, 6, 2, tzinfo=UTC)
     step = timedelta(minutes=10)
@@ -168,6 +169,7 @@ def test_a_catchup_window_of_an_hour_after_three_hours_down_runs_the_last_hour(
             TaskSpec("add", EPOCH, [1, 2]),
             catchup_window=timedelta(hours=1),
             overlap=Overlap.ALLOW_ALL,
+            coalesce=coalesce,
         ),
     )
     walk(own_stack, clock, t0 + timedelta(minutes=30))
@@ -184,8 +186,11 @@ def test_a_catchup_window_of_an_hour_after_three_hours_down_runs_the_last_hour(
     def grid(a: datetime, b: datetime) -> list[datetime]:
         return [t0 + k * step for k in range(10_000) if a <= t0 + k * step < b]
 
-    assert done == grid(t0, down_from + lookahead) + grid(
-        back - timedelta(hours=1), clock.now + lookahead
+    missed = grid(back - timedelta(hours=1), back)
+    assert len(missed) == 6
+    after_outage = missed[-1:] if coalesce else missed
+    assert done == grid(t0, down_from + lookahead) + after_outage + grid(
+        back, clock.now + lookahead
     )
 
 
@@ -378,6 +383,15 @@ def test_exclusions_read_back_and_skip_their_days(client: Client) -> None:
     assert made.definition.recurrence.exclude == ("* * * * sat,sun",)
     assert {t.weekday() for t in made.next_run_times} <= {0, 1, 2, 3, 4}
     client.delete_schedule("grpc-weekdays")
+
+
+def test_coalesce_reads_back_over_grpc(client: Client) -> None:
+    made = client.create_schedule(
+        "grpc-coalesce", "add", args=[1, 2], every=timedelta(hours=1), coalesce=True
+    )
+    assert made.definition.coalesce
+    assert client.get_schedule("grpc-coalesce").definition.coalesce
+    client.delete_schedule("grpc-coalesce")
 
 
 def test_a_failed_run_pauses_a_schedule_that_asks_for_it(client: Client) -> None:

@@ -52,6 +52,8 @@ class ScheduleDef:
     catchup_window: timedelta = DEFAULT_CATCHUP
     pause_on_failure: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: Runs missed inside the catch-up window become one run, at the latest missed time.
+    coalesce: bool = False
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys): stored, and fingerprinted for idempotent create."""
@@ -80,6 +82,10 @@ class ScheduleDef:
                 "expires": _ms(spec.expires_after),
             },
         }
+        if self.coalesce:
+            # Only when set: a definition stored before coalescing existed keeps its
+            # fingerprint, so creating it again stays a no-op.
+            value["coalesce"] = True
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
     @classmethod
@@ -114,6 +120,7 @@ class ScheduleDef:
             catchup_window=_delta(value["catchup"]) or timedelta(0),
             pause_on_failure=value["pause_on_failure"],
             labels=value["labels"],
+            coalesce=bool(value.get("coalesce", False)),
         )
 
     def fingerprint(self) -> str:

@@ -99,6 +99,7 @@ class ScheduleOptions(TypedDict, total=False):
     overlap: Overlap | str
     catchup_window: timedelta
     pause_on_failure: bool
+    coalesce: bool
     labels: Mapping[str, str] | None
     queue: str
     priority: int | None
@@ -123,6 +124,7 @@ def schedule_definition(
     overlap: Overlap | str = Overlap.SKIP,
     catchup_window: timedelta = DEFAULT_CATCHUP,
     pause_on_failure: bool = False,
+    coalesce: bool = False,
     labels: Mapping[str, str] | None = None,
     queue: str = "",
     priority: int | None = None,
@@ -156,6 +158,7 @@ def schedule_definition(
         catchup_window=catchup_window,
         pause_on_failure=pause_on_failure,
         labels=dict(labels or {}),
+        coalesce=coalesce,
     )
 
 
@@ -302,8 +305,8 @@ class ScheduleMethods:
         other content under the id is AlreadyExists). The options are
         :func:`schedule_definition`'s: ``cron`` and/or ``every``, ``tz``, ``dst``, ``start``,
         ``end``, ``exclude``, ``jitter``, ``max_runs``, ``overlap``, ``catchup_window``,
-        ``pause_on_failure``, ``labels``, and the action's ``args``, ``kwargs``, ``queue``,
-        ``priority``, ``task_labels``, ``expires_after``."""
+        ``coalesce``, ``pause_on_failure``, ``labels``, and the action's ``args``, ``kwargs``,
+        ``queue``, ``priority``, ``task_labels``, ``expires_after``."""
         return self.create_schedule_def(schedule_id, schedule_definition(task, **options))
 
     def create_schedule_def(self, schedule_id: str, definition: ScheduleDef) -> ScheduleInfo:

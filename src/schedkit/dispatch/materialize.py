@@ -9,7 +9,8 @@ update, stores nothing; and a run's id is derived from (schedule id, nominal tim
 run stored twice is one task.
 
 After an outage a schedule's cursor lies in the past: nominal times older than its catch-up
-window are passed over, the rest are made (and run at once). Resume moves the cursor to now,
+window are passed over, the rest are made (and run at once), or only the latest of them when
+the schedule coalesces. Resume moves the cursor to now,
 so a paused period makes no runs.
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from schedkit.model import utc_now
+from schedkit.recurrence import Recurrence
 from schedkit.recurring import ScheduleRecord, run_spec
 from schedkit.settings import Settings
 from schedkit.store.schedules import RunsOutcome, RunsPlan, ScheduleStore
@@ -113,7 +115,13 @@ class Materializer:
         end = max(now + self.lookahead, record.cursor)
         left = definition.max_runs - record.run_count if definition.max_runs else RUNS_PER_ROUND
         limit = max(0, min(RUNS_PER_ROUND, left))
-        times = rec.times(begin, end, limit) if limit else []
+        missed: list[datetime] = []
+        if definition.coalesce and begin < now and limit:
+            # The runs missed while no dispatcher ran are one run, at the latest of them.
+            latest = _latest_time(rec, begin, now)
+            missed = [latest] if latest is not None else []
+            begin = now
+        times = missed + rec.times(begin, end, limit - len(missed)) if limit else []
         next_due: datetime | None
         if limit and len(times) == limit and len(times) < left:
             # More fall inside the lookahead than one round makes: continue right away.
@@ -127,6 +135,19 @@ class Materializer:
             next_due = following[0] - self.lookahead + _MILLI if following else None
         runs = [(t, run_spec(record.id, definition, t)) for t in times]
         return RunsPlan(record, runs, advance=(cursor, next_due))
+
+
+def _latest_time(rec: Recurrence, begin: datetime, end: datetime) -> datetime | None:
+    """The last nominal time in ``[begin, end)``, read a round's worth at a time (the catch-up
+    window bounds how many there are)."""
+    latest = None
+    while True:
+        chunk = rec.times(begin, end, RUNS_PER_ROUND)
+        if chunk:
+            latest = chunk[-1]
+        if len(chunk) < RUNS_PER_ROUND:
+            return latest
+        begin = chunk[-1] + _MICRO
 
 
 def _created(outcome: RunsOutcome) -> int:

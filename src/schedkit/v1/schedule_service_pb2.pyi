@@ -1225,10 +1225,15 @@ class SchedulePolicies(_message.Message):
     OVERLAP_FIELD_NUMBER: _builtins.int
     CATCHUP_WINDOW_FIELD_NUMBER: _builtins.int
     PAUSE_ON_FAILURE_FIELD_NUMBER: _builtins.int
+    COALESCE_FIELD_NUMBER: _builtins.int
     overlap: Global___OverlapPolicy.ValueType
     """overlap applies when a run is due while another of the schedule runs."""
     pause_on_failure: _builtins.bool
     """pause_on_failure pauses the schedule when a run ends FAILED, with a note naming it."""
+    coalesce: _builtins.bool
+    """coalesce makes the runs missed inside the catch-up window one run, at the latest missed
+    nominal time, instead of one run each (APScheduler's coalesce).
+    """
     @_builtins.property
     def catchup_window(self) -> _duration_pb2.Duration:
         """catchup_window: after an outage (the dispatchers stopped), runs whose nominal time is
@@ -1241,10 +1246,11 @@ class SchedulePolicies(_message.Message):
         overlap: Global___OverlapPolicy.ValueType = ...,
         catchup_window: _duration_pb2.Duration | None = ...,
         pause_on_failure: _builtins.bool = ...,
+        coalesce: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["catchup_window", b"catchup_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catchup_window", b"catchup_window", "overlap", b"overlap", "pause_on_failure", b"pause_on_failure"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catchup_window", b"catchup_window", "coalesce", b"coalesce", "overlap", b"overlap", "pause_on_failure", b"pause_on_failure"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -117,6 +117,7 @@ def definition_from_proto(msg: pb.Schedule, prefix: str = "schedule.") -> Schedu
         catchup_window=DEFAULT_CATCHUP if catchup is None else catchup,
         pause_on_failure=msg.policies.pause_on_failure,
         labels=dict(msg.labels),
+        coalesce=msg.policies.coalesce,
     )
 
 
@@ -151,6 +152,7 @@ def definition_to_proto(d: ScheduleDef) -> pb.Schedule:
             overlap=_OVERLAP_BACK[d.overlap],
             catchup_window=_duration(d.catchup_window),
             pause_on_failure=d.pause_on_failure,
+            coalesce=d.coalesce,
         ),
         labels=dict(d.labels),
     )
