@@ -122,6 +122,44 @@ def test_sync_cancels_nothing_while_rows_are_bad(
     assert tasks_of(client, source, TaskState.CANCELLED) == []
 
 
+def test_sync_moves_a_keyed_row_whose_time_or_args_changed_instead_of_refusing_it(
+    stack: LocalStack,
+    client: Client,
+    source: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    header = "task,run_at,args,kwargs,key"
+    first = [f'add,{tomorrow(0)},"[1, 2]",,k1', f'add,{tomorrow(1)},"[3, 4]",,k2',
+             f'add,{tomorrow(2)},"[5, 6]",,k3', f'add,{tomorrow(3)},"[7, 8]",,k4']  # fmt: skip
+    path = write(tmp_path / "t.csv", first, header)
+    assert run(str(path), "--server", stack.address, "--source", source, "--sync") == 0
+    ids = {t.spec.key: t.id for t in tasks_of(client, source)}
+    later = tomorrow(90)
+    changed = [f'add,{later},"[1, 2]",,k1', f'add,{tomorrow(1)},"[30, 40]",,k2', first[2],
+               f'fail,{tomorrow(3)},"[""x""]",,k4']  # fmt: skip
+    write(path, changed, header)
+    args = ("--server", stack.address, "--source", source, "--sync")
+    capsys.readouterr()
+    assert run(str(path), *args, "--dry-run") == 0  # a plan: nothing is sent
+    plan = capsys.readouterr().out
+    assert (plan.count("\n  ~ row"), plan.count("\n  = row"), plan.count("\n  ! row")) == (2, 1, 1)
+    output = tmp_path / "out.csv"
+    # k4 changed its task, which no update can: refused naming the column, so nothing is
+    # cancelled, but k1 and k2 moved.
+    assert run(str(path), *args, "--output", str(output)) == 1
+    result = pd.read_csv(output, keep_default_na=False).set_index("key")
+    assert list(result["outcome"]) == ["moved", "moved", "existing", "rejected"]
+    assert result.loc["k4", "column"] == "task"
+    assert "give the row a new key" in result.loc["k4", "error"]
+    now = {t.spec.key: t for t in tasks_of(client, source, TaskState.SCHEDULED)}
+    assert {key: t.id for key, t in now.items()} == ids  # the same tasks, moved in place
+    assert now["k1"].spec.run_at == datetime.fromisoformat(later)
+    assert now["k2"].spec.args == [30, 40]
+    assert now["k4"].spec.task == "add"
+    assert tasks_of(client, source, TaskState.CANCELLED) == []
+
+
 def test_dry_run_sends_nothing_and_a_sync_plan_shows_each_change(
     stack: LocalStack,
     client: Client,

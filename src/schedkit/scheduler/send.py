@@ -22,9 +22,16 @@ from tqdm import tqdm
 
 from schedkit.backoff import Backoff
 from schedkit.client.client import DEFAULT_TARGET, Client
-from schedkit.errors import FailedPrecondition, NotFound, SchedkitError, Unavailable
+from schedkit.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    SchedkitError,
+    Unavailable,
+)
 from schedkit.model import TaskState, task_id_for
 from schedkit.recurring import SCHEDULE_LABEL
+from schedkit.scheduler.moves import changes_of, move_conflicts
 from schedkit.settings import Settings
 from schedkit.timetable.batches import column_batches
 from schedkit.timetable.check import load_timetable
@@ -99,6 +106,9 @@ class Report:
 
     runs: RunOutcomes
     cancelled: list[tuple[str, str]] = field(default_factory=list)  # (task id, why kept/none)
+    # Runs refused because their key already has a task with other content: --sync moves them.
+    conflicts: list[int] = field(default_factory=list)
+    moved: int = 0
     sync_note: str = ""
     sync_failures: int = 0
 
@@ -143,6 +153,10 @@ class Sender:
                     )
                     for result in results:
                         report.runs.record(done, result, str(keys[done]), bool(moved[done]))
+                        if report.runs.outcome[done] == "rejected" and isinstance(
+                            result.error, AlreadyExists
+                        ):
+                            report.conflicts.append(done)
                         done += 1
                         if done == resumed_at + 1:
                             backoff.succeeded()  # progress: the retry budget starts again
@@ -190,7 +204,7 @@ def _fmt_time(value: Any) -> str:
 
 def _print_plan(marks: Sequence[str], table: Timetable, stale: Sequence[Any], out: IO[str]) -> None:
     runs = table.runs
-    for mark in ("+", "="):
+    for mark in ("+", "~", "=", "!"):
         where = [i for i, m in enumerate(marks) if m == mark]
         for i in where[:PLAN_LINES]:
             print(
@@ -293,13 +307,22 @@ def _dry_run(
     stale: list[Any] = []
     if options.sync:
         with _RetryingConnect(connect, options.retry_for) as client:
-            have = {t.id for t in client.tasks(labels={SOURCE_LABEL: source})}
-            marks = ["=" if task_id_for(k) in have else "+" for k in table.runs["key"]]
+            have = {t.id: t.spec for t in client.tasks(labels={SOURCE_LABEL: source})}
+            marks = [_dry_mark(i, table.runs, have) for i in range(len(table.runs))]
             stale = stale_tasks(client, table, source)
     print("plan (dry run, nothing sent):", file=out)
     _print_plan(marks, table, stale, out)
     _summary(table, report, out, dry=(marks, stale))
     _write_output(options.output, table, report)
+
+
+def _dry_mark(index: int, runs: pd.DataFrame, have: dict[str, Any]) -> str:
+    """'+' new, '=' unchanged, '~' moved by --sync, '!' a conflict it cannot move."""
+    current = have.get(task_id_for(str(runs["key"].iat[index])))
+    if current is None:
+        return "+"
+    change = changes_of(index, runs.iloc[index], current)
+    return "!" if change.fixed else "~" if change.changes else "="
 
 
 def _send(
@@ -365,11 +388,13 @@ def _sync(
     report: Report,
     out: IO[str],
 ) -> None:
-    if table.errors or report.runs.rejected():
-        # A bad row's old task may be what the user still wants: cancel nothing until fixed.
-        report.sync_note = "sync skipped: fix the bad rows first, nothing was cancelled"
-        return
     with _RetryingConnect(connect, options.retry_for) as client:
+        if report.conflicts:
+            report.moved = move_conflicts(client, table.runs, report.runs, report.conflicts)
+        if table.errors or report.runs.rejected():
+            # A bad row's old task may be what the user still wants: cancel nothing until fixed.
+            report.sync_note = "sync skipped: fix the bad rows first, nothing was cancelled"
+            return
         stale = stale_tasks(client, table, options.table.source)
         for task in stale:
             try:
@@ -378,9 +403,12 @@ def _sync(
             except (FailedPrecondition, NotFound) as exc:
                 report.cancelled.append((task.id, f"not cancelled: {exc.message}"))
                 report.sync_failures += 1
-    marks = ["+" if o == "created" else "=" for o in report.runs.outcome]
+    marks = [_SYNC_MARKS.get(o, "=") for o in report.runs.outcome]
     print("plan (sync):", file=out)
     _print_plan(marks, table, stale, out)
+
+
+_SYNC_MARKS = {"created": "+", "moved": "~"}
 
 
 def _summary(
@@ -395,10 +423,15 @@ def _summary(
         marks = Counter(dry[0])
         print(f"  would create        {marks['+']:>10,}", file=out)
         print(f"  already scheduled   {marks['=']:>10,}", file=out)
+        if marks["~"] or marks["!"]:
+            print(f"  would move          {marks['~']:>10,}", file=out)
+            print(f"  would conflict      {marks['!']:>10,}", file=out)
         print(f"  would cancel        {len(dry[1]):>10,}", file=out)
     else:
         print(f"  created             {counts['created']:>10,}", file=out)
         print(f"  already scheduled   {counts['existing']:>10,}", file=out)
+        if counts["moved"]:
+            print(f"  moved (sync)        {counts['moved']:>10,}", file=out)
     rejected = report.runs.rejected()
     print(f"  rejected            {len(table.errors) + len(rejected):>10,}", file=out)
     print(

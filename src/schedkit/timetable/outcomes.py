@@ -2,8 +2,8 @@
 scheduler command (its ``--output`` file) and ``Client.schedule_frame`` (its result).
 
 Every outcome row has the same columns: ``id`` (the task), ``outcome`` (created, existing,
-rejected, invalid or skipped_past; the command adds planned, cancelled and cancel_failed),
-``column`` (the timetable column a refusal names) and ``error`` (why).
+rejected, invalid or skipped_past; the command adds planned, moved, cancelled and
+cancel_failed), ``column`` (the timetable column a refusal names) and ``error`` (why).
 """
 
 from __future__ import annotations
