@@ -45,6 +45,26 @@ def schedule_celery_task(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str
     return "Task completed"
 
 
+#: Celery beat's side of the schedules bench: BENCH_BEAT_ENTRIES entries, each once a minute.
+BEAT_LATENESS_KEY = "bench:beat_lateness"
+_BEAT_ENTRIES = int(os.environ.get("BENCH_BEAT_ENTRIES", "0"))
+if _BEAT_ENTRIES:
+    from celery.schedules import crontab
+
+    celery.conf.beat_schedule = {
+        f"every-minute-{n}": {"task": "beat_tick", "schedule": crontab()}
+        for n in range(_BEAT_ENTRIES)
+    }
+
+
+@celery.task(name="beat_tick")
+def beat_tick() -> None:
+    """A beat entry's run; records its nominal minute and how late it started after it."""
+    started = time.time()
+    nominal = started - started % 60
+    _client().rpush(BEAT_LATENESS_KEY, f"{nominal:.0f} {started - nominal:.6f}")
+
+
 def rq_job(*args: Any, **kwargs: Any) -> str:
     """What RQ runs; records nothing (RQ is measured on ingest, latency, memory, query)."""
     return "Task completed"

@@ -64,7 +64,8 @@ class Materializer:
         now = now or self.clock()
         ids = self.schedules.take_due(now, SCHEDULES_PER_ROUND, TAKE_LEASE_SECONDS)
         plans = []
-        for schedule_id, record in zip(ids, self.schedules.get_many(ids, now=now), strict=True):
+        records = self.schedules.get_many(ids, now=now, recent=False)
+        for schedule_id, record in zip(ids, records, strict=True):
             if record is None or record.paused:
                 continue
             try:

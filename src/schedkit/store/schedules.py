@@ -234,28 +234,31 @@ class ScheduleStore:
         return record
 
     def get_many(
-        self, schedule_ids: Sequence[str], now: datetime | None = None
+        self, schedule_ids: Sequence[str], now: datetime | None = None, *, recent: bool = True
     ) -> list[ScheduleRecord | None]:
-        """Schedules by id in one round trip; None where there is none."""
+        """Schedules by id in one round trip; None where there is none. Without ``recent``
+        their recent runs are not read (the materializer has no use for them)."""
         now_ms = to_millis(now or utc_now())
         with store_errors():
             pipe = self.store.redis.pipeline(transaction=False)
             for sid in schedule_ids:
                 pipe.hgetall(self.keys.schedule(sid))
-                pipe.zrevrangebyscore(
-                    self.keys.schedule_runs(sid),
-                    now_ms,
-                    "-inf",
-                    start=0,
-                    num=RECENT_RUNS,
-                    withscores=True,
-                )
+                if recent:
+                    pipe.zrevrangebyscore(
+                        self.keys.schedule_runs(sid),
+                        now_ms,
+                        "-inf",
+                        start=0,
+                        num=RECENT_RUNS,
+                        withscores=True,
+                    )
             replies = pipe.execute()
+        per = 2 if recent else 1
         out: list[ScheduleRecord | None] = []
         for i, sid in enumerate(schedule_ids):
-            raw, recent = replies[2 * i], replies[2 * i + 1]
+            raw, runs = replies[per * i], replies[per * i + 1] if recent else []
             try:
-                out.append(_decode(sid, raw, recent) if raw else None)
+                out.append(_decode(sid, raw, runs) if raw else None)
             except (KeyError, ValueError, TypeError):
                 # A record this version cannot read: reported missing, never poisoning a batch.
                 log.exception("schedule %s: unreadable record", sid)
