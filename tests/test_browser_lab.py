@@ -95,6 +95,21 @@ def test_jupyterlab_sorts_selects_cancels_pages_and_refuses_naive_times(
             for i in range(TASKS)
         ]
         ids = [r.id for r in client.schedule_many(specs)]
+        # Two server-side schedules for the Schedules tab, one of them run once already.
+        garden = {"lab": "schedules"}
+        client.create_schedule(
+            "water-fern",
+            "water_plants",
+            args=["fern"],
+            cron="0 8 * * mon-fri",
+            tz="Europe/Paris",
+            labels=garden,
+        )
+        client.create_schedule(
+            "add-hourly", "add", args=[1, 2], every=timedelta(hours=1), labels=garden
+        )
+        ran = client.trigger("water-fern")
+        client.wait_for(ran.id, ["SUCCEEDED"], timeout=30)
 
         page.goto(lab, timeout=120_000)
         expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(len(CELLS), timeout=90_000)
@@ -203,3 +218,20 @@ def test_jupyterlab_sorts_selects_cancels_pages_and_refuses_naive_times(
         builder.locator(".schedkit-tz input").press("Enter")
         expect(builder.locator(".schedkit-when")).to_contain_text("did you mean Europe/Paris?")
         save(page, builder, "lab-builder.png")
+
+        # The inspector's Schedules tab: both schedules, the first one's next and recent runs
+        # (the run triggered above, with its task's state); paused there with a note.
+        inspector.locator(".lm-TabBar-tab", has_text="Schedules").click()
+        schedules = inspector.locator(".schedkit-schedules")
+        expect(schedules).to_contain_text("water-fern", timeout=30_000)
+        expect(schedules).to_contain_text("add-hourly")
+        schedules.locator("select").select_option("water-fern")
+        runs = schedules.locator(".schedkit-schedule-runs")
+        expect(runs).to_contain_text(ran.id, timeout=30_000)
+        expect(runs.locator("tr", has_text=ran.id)).to_contain_text("SUCCEEDED")
+        expect(runs).to_contain_text("08:00:00 CE")  # next runs, in the schedule's zone
+        schedules.locator("input[placeholder=why]").fill("fern repotted")
+        schedules.locator("button", has_text="Pause").click()
+        expect(schedules).to_contain_text("paused: fern repotted", timeout=30_000)
+        assert client.get_schedule("water-fern").paused
+        save(page, inspector, "lab-schedules.png")  # with its tabs

@@ -984,7 +984,10 @@ def test_inspector_has_a_schedules_tab_showing_runs_with_pause_resume_and_trigge
         inspector.tabs.selected_index = 1  # opening the tab reads the schedules again
         assert list(view.frame["id"]) == [schedule_id]
         assert view.choice.value == schedule_id
-        # The chosen schedule's next runs, at 08:00 in its zone.
+        # Its next run in the table, at 08:00 in its zone (said); the chosen schedule's next
+        # runs below it, at 08:00 too.
+        assert " 08:00:00 CE" in view.frame["next run"].iloc[0]
+        assert " 08:00:00 CE" in unescape(view.table.value)
         upcoming = view.runs_frame[view.runs_frame["run"] == "next"]
         assert len(upcoming) >= 1, view.feedback.message.value
         assert all(" 08:00:00 CE" in t for t in upcoming["nominal time"])
