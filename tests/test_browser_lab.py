@@ -2,9 +2,12 @@
 
 A person's path through a notebook of 1,000 tasks: the inspector says "200 of 1,000 shown",
 its grid sorts by a column when the header is clicked, three rows selected in the grid are
-cancelled with the button (and are CANCELLED in the store), "Last" pages to the last of the
-1,000. A naive time without a zone is refused both by ``schedule_frame`` (its result's
-problems, shown in the notebook) and by the builder's form. Screenshots go to
+cancelled with the button (and are CANCELLED in the store). With "Live" on, the reader
+sorts, scrolls and selects; a task of the page changes state and the grid, drawn anew, keeps
+the sort, the scroll offset and the selection. "Last" pages to the last of the 1,000, at the
+top in run-time order. A naive time without a zone is refused both by ``schedule_frame``
+(its result's problems, shown in the notebook) and by the builder's form. The Schedules tab
+lists two schedules, shows one's next and recent runs, and pauses it. Screenshots go to
 test-artifacts/; with SCHEDKIT_UPDATE_DOCS_IMAGES=1 they also replace the pictures under
 docs/img/ that the README shows.
 """
@@ -80,7 +83,7 @@ def page() -> Iterator[Page]:
 
 
 @pytest.mark.timeout(420)
-def test_jupyterlab_sorts_selects_cancels_pages_and_refuses_naive_times(
+def test_jupyterlab_sorts_selects_cancels_keeps_the_view_live_pages_and_refuses_naive_times(
     own_stack: LocalStack, lab: str, page: Page
 ) -> None:
     with own_stack.client() as client:

@@ -60,6 +60,8 @@ TABLE_COLUMNS = ("state", "task", "run_at", "labels", "id", "lateness", "result 
 LIVE_RECOUNT = 5000
 #: Selected tasks shown in full below the grid.
 DETAILS_SHOWN = 5
+#: The label width of filters named in a word or two.
+SHORT = {"description_width": "50px"}
 #: The grid's options, given again on every update: itables fills what an update leaves out
 #: with its defaults, which would make only the small arrow of a header sort.
 GRID_OPTIONS: dict[str, Any] = {
@@ -221,19 +223,47 @@ class ScheduleInspector(widgets.VBox):
         self, names: list[str], tz: str, states: tuple[str, ...], limit: int
     ) -> None:
         """Which tasks are shown: state, task name, labels, run-time range and page size."""
+        # Narrower than ipywidgets' default (300px), short labels narrower than theirs: the
+        # three filter columns fit a JupyterLab cell (about 830px) side by side.
         self.states = widgets.SelectMultiple(
-            options=[s.value for s in TaskState], value=states, description="state", rows=8
+            options=[s.value for s in TaskState],
+            value=states,
+            description="state",
+            style=SHORT,
+            rows=8,
+            layout=widgets.Layout(width="220px"),
         )
         self.task = widgets.Dropdown(
-            options=[("any", ""), *((n, n) for n in names)], description="task"
+            options=[("any", ""), *((n, n) for n in names)],
+            description="task",
+            style=SHORT,
+            layout=widgets.Layout(width="270px"),
         )
-        self.label = widgets.Text(description="labels", placeholder="team=ops")
-        self.after = widgets.NaiveDatetimePicker(description="from")
-        self.before = widgets.NaiveDatetimePicker(description="to")
+        self.label = widgets.Text(
+            description="labels",
+            placeholder="team=ops",
+            style=SHORT,
+            layout=widgets.Layout(width="270px"),
+        )
+        self.after = widgets.NaiveDatetimePicker(
+            description="from", style=SHORT, layout=widgets.Layout(width="270px")
+        )
+        self.before = widgets.NaiveDatetimePicker(
+            description="to", style=SHORT, layout=widgets.Layout(width="270px")
+        )
         # No ensure_option: what is typed is what is used, or said to be unknown.
-        self.tz = widgets.Combobox(value=tz, options=zone_names(), description="time zone")
+        self.tz = widgets.Combobox(
+            value=tz,
+            options=zone_names(),
+            description="time zone",
+            layout=widgets.Layout(width="270px"),
+        )
         self.limit = widgets.BoundedIntText(
-            value=limit, min=1, max=MAX_PAGE_SIZE, description="page size"
+            value=limit,
+            min=1,
+            max=MAX_PAGE_SIZE,
+            description="page size",
+            layout=widgets.Layout(width="270px"),
         )
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.live = widgets.ToggleButton(value=False, description="Live", icon="play")
@@ -282,7 +312,9 @@ class ScheduleInspector(widgets.VBox):
                     self.states,
                     widgets.VBox([self.task, self.label, self.after, self.before]),
                     widgets.VBox([self.tz, self.limit, self.refresh_button, self.live]),
-                ]
+                ],
+                # Narrower still (a side panel open): the columns wrap instead of overlapping.
+                layout=widgets.Layout(flex_flow="row wrap"),
             ),
             widgets.HBox(
                 [
