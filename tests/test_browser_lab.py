@@ -189,6 +189,26 @@ def test_jupyterlab_sorts_selects_cancels_keeps_the_view_live_pages_and_refuses_
         for task_id in selected:  # what the kernel has selected, too
             expect(detail).to_contain_text(task_id)
 
+        # The Tasks tab hidden (a hidden table cannot be scrolled) and shown again, with and
+        # without an update while it was hidden: the offset comes back.
+        tabs = inspector.locator(".lm-TabBar-tab")
+        tabs.filter(has_text="Schedules").click()
+        expect(grid).to_be_hidden()
+        tabs.filter(has_text="Tasks").click()
+        page.wait_for_function(
+            f"top => document.querySelector('{GRID_BODY}').scrollTop === top", arg=top
+        )
+        tabs.filter(has_text="Schedules").click()
+        expect(grid).to_be_hidden()
+        also = next(i for i in ids[5:20] if i not in selected and i != changed)
+        client.cancel(also)
+        expect(grid.locator("tbody tr", has_text=also)).to_contain_text("CANCELLED", timeout=30_000)
+        tabs.filter(has_text="Tasks").click()
+        page.wait_for_function(
+            f"top => document.querySelector('{GRID_BODY}').scrollTop === top", arg=top
+        )
+        expect(rows.nth(in_view[0]).locator("td").nth(4)).to_have_text(shown)
+
         # Page to the last of the 1,000.
         inspector.locator(".schedkit-last").click()
         expect(summary).to_contain_text("rows 801 to 1,000", timeout=30_000)

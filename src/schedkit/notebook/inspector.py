@@ -105,11 +105,20 @@ KEEP_VIEW = """function () {
   body.scrollTop = top;
   // Once more after layout: a column adjustment may scroll the new table back to the top.
   window.requestAnimationFrame(function () { body.scrollTop = top; });
+  if (window.ResizeObserver) {
+    // A table drawn while hidden (another tab shown) cannot be scrolled yet: it is when
+    // shown (kept.top is what the reader last saw).
+    var hidden = !body.clientHeight;
+    new ResizeObserver(function () {
+      if (hidden && body.clientHeight) { body.scrollTop = kept.top; }
+      hidden = !body.clientHeight;
+    }).observe(body);
+  }
   // From now on this DataTable's sorts are the reader's (its first one was the page's own).
   api.settings()[0].schedkitKeeps = true;
   body.addEventListener("scroll", function () {
     // Only while this DataTable shows the rows: a destroyed one scrolls to 0 as it empties.
-    if (body.contains(table)) { kept.top = body.scrollTop; }
+    if (body.contains(table) && body.clientHeight) { kept.top = body.scrollTop; }
   });
   if (!table.schedkitOrders) {
     // Once per <table>: its handlers outlive each DataTable (destroy detaches it).
