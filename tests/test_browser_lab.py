@@ -2,33 +2,40 @@
 
 A person's path through a notebook of 1,000 tasks: the inspector says "200 of 1,000 shown",
 its grid sorts by a column when the header is clicked, three rows selected in the grid are
-cancelled with the button (and are CANCELLED in the store), "Last" pages to the last of the
-1,000. A naive time without a zone is refused both by ``schedule_frame`` (its result's
-problems, shown in the notebook) and by the builder's form. Screenshots go to
+cancelled with the button (and are CANCELLED in the store). With "Live" on, the reader
+sorts, scrolls and selects; a task of the page changes state and the grid, drawn anew, keeps
+the sort, the scroll offset and the selection. "Last" pages to the last of the 1,000, at the
+top in run-time order. A naive time without a zone is refused both by ``schedule_frame``
+(its result's problems, shown in the notebook) and by the builder's form. The Schedules tab
+lists two schedules, shows one's next and recent runs, and pauses it. Screenshots go to
 test-artifacts/; with SCHEDKIT_UPDATE_DOCS_IMAGES=1 they also replace the pictures under
 docs/img/ that the README shows.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import nbformat
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Page, expect
 
-from browser_kit import browser_page, save, wait_http
-from conftest import ARTIFACTS, FAST
+from browser_kit import browser_page, cell_output, jupyter, run_all_cells, save, write_notebook
+from conftest import FAST
 from schedkit.model import TaskSpec
-from schedkit.runtime.embedded import free_port
 from schedkit.testing import LocalStack, local_stack
 
 TASKS = 1000
+GRID_BODY = ".schedkit-inspector .schedkit-grid .dt-scroll-body"
+#: The indexes (in the order shown) of the grid's rows wholly in view in its scrolled body.
+VISIBLE_ROWS = """body => {
+  const box = body.getBoundingClientRect();
+  return [...body.querySelectorAll("tbody tr")]
+    .map((row, n) => [n, row.getBoundingClientRect()])
+    .filter(([, r]) => r.top >= box.top && r.bottom <= box.bottom)
+    .map(([n]) => n);
+}"""
 #: The notebook the test opens, cell by cell (what a user would type).
 CELLS = [
     "import os\n"
@@ -62,61 +69,12 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture(scope="module")
 def lab(own_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """JupyterLab on a free localhost port over a folder holding the test's notebook; the
-    notebook's URL. Settings, workspaces and runtime files stay in the test's folders."""
+    notebook's URL."""
     root = tmp_path_factory.mktemp("lab")
-    notebook = nbformat.v4.new_notebook()
-    notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    nbformat.write(notebook, root / "tasks.ipynb")
-    settings = tmp_path_factory.mktemp("lab-settings")
-    # Every cell rendered, not only those in view (JupyterLab 4 windows long notebooks).
-    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
-    tracker.parent.mkdir(parents=True)
-    tracker.write_text(json.dumps({"windowingMode": "none"}))
-    news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    news.parent.mkdir(parents=True)
-    news.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    port = free_port()
-    env = {
-        **os.environ,
-        "SCHEDKIT_SERVER": own_stack.address,
-        "JUPYTER_PLATFORM_DIRS": "1",
-        "JUPYTER_RUNTIME_DIR": str(tmp_path_factory.mktemp("lab-runtime")),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        f"--port={port}",
-        "--ServerApp.ip=127.0.0.1",
-        "--IdentityProvider.token=",
-        "--ServerApp.password=",
-        f"--ServerApp.root_dir={root}",
-        f"--LabApp.user_settings_dir={settings}",
-        f"--LabApp.workspaces_dir={tmp_path_factory.mktemp('lab-workspaces')}",
-        # No look-ups of extensions on a package index from a test.
-        "--LabApp.extension_manager=readonly",
-        "--ServerApp.allow_root=True",  # CI runs as root
-    ]
-    ARTIFACTS.mkdir(exist_ok=True)
-    with (ARTIFACTS / "jupyterlab.log").open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            wait_http(url, process, timeout=90.0, name="jupyterlab")
-            yield f"{url}lab/tree/tasks.ipynb"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    write_notebook(root, "tasks.ipynb", CELLS)
+    env = {"SCHEDKIT_SERVER": own_stack.address}
+    with jupyter("jupyterlab", root, tmp_path_factory, env) as url:
+        yield f"{url}lab/tree/tasks.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -124,33 +82,8 @@ def page() -> Iterator[Page]:
     yield from browser_page("jupyterlab")
 
 
-def _run_all_cells(page: Page) -> None:
-    """Run > Run All Cells, once the kernel is idle; again if the first click came before
-    the menu item was enabled (the notebook and its kernel start separately)."""
-    expect(page.locator(".jp-StatusBar-TextItem", has_text="Idle").first).to_be_visible(
-        timeout=90_000
-    )
-    first_prompt = page.locator(".jp-Notebook .jp-CodeCell").first.locator(".jp-InputPrompt")
-    for _ in range(5):
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-item:not(.lm-mod-disabled) .lm-Menu-itemLabel").filter(
-            has_text="Run All Cells"
-        ).first.click()
-        try:
-            expect(first_prompt).not_to_have_text("[ ]:", timeout=15_000)
-            return
-        except AssertionError:
-            page.keyboard.press("Escape")  # a menu left open
-    pytest.fail("JupyterLab never ran the notebook's cells")
-
-
-def _cell_output(page: Page, number: int) -> Locator:
-    """The output area of code cell ``number`` (from 0)."""
-    return page.locator(".jp-Notebook .jp-CodeCell").nth(number).locator(".jp-OutputArea")
-
-
 @pytest.mark.timeout(420)
-def test_jupyterlab_sorts_selects_cancels_pages_and_refuses_naive_times(
+def test_jupyterlab_sorts_selects_cancels_keeps_the_view_live_pages_and_refuses_naive_times(
     own_stack: LocalStack, lab: str, page: Page
 ) -> None:
     with own_stack.client() as client:
@@ -165,12 +98,27 @@ def test_jupyterlab_sorts_selects_cancels_pages_and_refuses_naive_times(
             for i in range(TASKS)
         ]
         ids = [r.id for r in client.schedule_many(specs)]
+        # Two server-side schedules for the Schedules tab, one of them run once already.
+        garden = {"lab": "schedules"}
+        client.create_schedule(
+            "water-fern",
+            "water_plants",
+            args=["fern"],
+            cron="0 8 * * mon-fri",
+            tz="Europe/Paris",
+            labels=garden,
+        )
+        client.create_schedule(
+            "add-hourly", "add", args=[1, 2], every=timedelta(hours=1), labels=garden
+        )
+        ran = client.trigger("water-fern")
+        client.wait_for(ran.id, ["SUCCEEDED"], timeout=30)
 
         page.goto(lab, timeout=120_000)
         expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(len(CELLS), timeout=90_000)
-        _run_all_cells(page)
+        run_all_cells(page, page.locator(".jp-StatusBar-TextItem", has_text="Idle"))
 
-        inspector = _cell_output(page, 1).locator(".schedkit-inspector")
+        inspector = cell_output(page, 1).locator(".schedkit-inspector")
         summary = inspector.locator(".schedkit-summary")
         expect(summary).to_contain_text("200 of 1,000 shown", timeout=120_000)
         expect(summary).to_contain_text("page 1 of 5")
@@ -205,15 +153,74 @@ def test_jupyterlab_sorts_selects_cancels_pages_and_refuses_naive_times(
         expect(grid.locator("tbody tr", has_text="CANCELLED")).to_have_count(3)
         save(page, inspector, "lab-cancelled.png")
 
+        # Live: the reader sorts, scrolls down and selects two more rows; a task of the page
+        # changes state, so the grid is drawn anew (a new DataTable), yet it keeps the sort,
+        # the scroll offset and the selection.
+        inspector.locator(".schedkit-live").click()
+        header.click()
+        header.click()
+        expect(header).to_have_class(re.compile("dt-ordering-desc"))
+        body = grid.locator(".dt-scroll-body")
+        top = body.evaluate("b => { b.scrollTop = 1200; return b.scrollTop; }")
+        assert top > 600, top
+        in_view = body.evaluate(VISIBLE_ROWS)
+        for n in in_view[2:5:2]:
+            rows.nth(n).click()
+        expect(grid.locator("tbody tr.selected")).to_have_count(5)
+        selected = sorted(grid.locator("tbody tr.selected td:nth-child(5)").all_inner_texts())
+        for task_id in selected:
+            expect(detail).to_contain_text(task_id)
+        shown = rows.nth(in_view[0]).locator("td").nth(4).inner_text()
+        assert body.evaluate("b => b.scrollTop") == top  # the clicks did not scroll
+        body.evaluate("b => { b.dataset.before = 'update'; }")
+        changed = next(i for i in ids[5:20] if i not in selected)
+        client.cancel(changed)
+        expect(grid.locator("tbody tr", has_text=changed)).to_contain_text(
+            "CANCELLED", timeout=30_000
+        )
+        expect(grid.locator(".dt-scroll-body[data-before]")).to_have_count(0)  # drawn anew
+        page.wait_for_function(
+            f"top => document.querySelector('{GRID_BODY}').scrollTop === top", arg=top
+        )
+        expect(header).to_have_class(re.compile("dt-ordering-desc"))
+        expect(rows.nth(in_view[0]).locator("td").nth(4)).to_have_text(shown)
+        after = sorted(grid.locator("tbody tr.selected td:nth-child(5)").all_inner_texts())
+        assert after == selected
+        for task_id in selected:  # what the kernel has selected, too
+            expect(detail).to_contain_text(task_id)
+
+        # The Tasks tab hidden (a hidden table cannot be scrolled) and shown again, with and
+        # without an update while it was hidden: the offset comes back.
+        tabs = inspector.locator(".lm-TabBar-tab")
+        tabs.filter(has_text="Schedules").click()
+        expect(grid).to_be_hidden()
+        tabs.filter(has_text="Tasks").click()
+        page.wait_for_function(
+            f"top => document.querySelector('{GRID_BODY}').scrollTop === top", arg=top
+        )
+        tabs.filter(has_text="Schedules").click()
+        expect(grid).to_be_hidden()
+        also = next(i for i in ids[5:20] if i not in selected and i != changed)
+        client.cancel(also)
+        expect(grid.locator("tbody tr", has_text=also)).to_contain_text("CANCELLED", timeout=30_000)
+        tabs.filter(has_text="Tasks").click()
+        page.wait_for_function(
+            f"top => document.querySelector('{GRID_BODY}').scrollTop === top", arg=top
+        )
+        expect(rows.nth(in_view[0]).locator("td").nth(4)).to_have_text(shown)
+
         # Page to the last of the 1,000.
         inspector.locator(".schedkit-last").click()
         expect(summary).to_contain_text("rows 801 to 1,000", timeout=30_000)
         expect(summary).to_contain_text("page 5 of 5")
         expect(grid).to_contain_text(ids[-1])
         expect(rows).to_have_count(200)
+        # Another page is another view: at the top, in the page's own order.
+        expect(header).not_to_have_class(re.compile("dt-ordering"))
+        page.wait_for_function(f"() => document.querySelector('{GRID_BODY}').scrollTop === 0")
 
         # schedule_frame: the naive row is a problem, with its hint; the other was created.
-        problems = _cell_output(page, 2)
+        problems = cell_output(page, 2)
         expect(problems).to_contain_text("has no time zone", timeout=30_000)
         expect(problems).to_contain_text("invalid")
         expect(problems).to_contain_text("2099-03-01 09:00")  # as written, not NaT
@@ -222,7 +229,7 @@ def test_jupyterlab_sorts_selects_cancels_pages_and_refuses_naive_times(
         save(page, problems, "lab-schedule-frame.png")
 
         # The builder: no zone picked, so its naive run time is refused.
-        builder = _cell_output(page, 3).locator(".schedkit-builder")
+        builder = cell_output(page, 3).locator(".schedkit-builder")
         expect(builder.locator(".schedkit-when")).to_contain_text("pick the time zone")
         builder.locator(".schedkit-task select").select_option(label="add")
         builder.locator(".schedkit-args input").fill("[1, 2]")
@@ -234,3 +241,20 @@ def test_jupyterlab_sorts_selects_cancels_pages_and_refuses_naive_times(
         builder.locator(".schedkit-tz input").press("Enter")
         expect(builder.locator(".schedkit-when")).to_contain_text("did you mean Europe/Paris?")
         save(page, builder, "lab-builder.png")
+
+        # The inspector's Schedules tab: both schedules, the first one's next and recent runs
+        # (the run triggered above, with its task's state); paused there with a note.
+        inspector.locator(".lm-TabBar-tab", has_text="Schedules").click()
+        schedules = inspector.locator(".schedkit-schedules")
+        expect(schedules).to_contain_text("water-fern", timeout=30_000)
+        expect(schedules).to_contain_text("add-hourly")
+        schedules.locator("select").select_option("water-fern")
+        runs = schedules.locator(".schedkit-schedule-runs")
+        expect(runs).to_contain_text(ran.id, timeout=30_000)
+        expect(runs.locator("tr", has_text=ran.id)).to_contain_text("SUCCEEDED")
+        expect(runs).to_contain_text("08:00:00 CE")  # next runs, in the schedule's zone
+        schedules.locator("input[placeholder=why]").fill("fern repotted")
+        schedules.locator("button", has_text="Pause").click()
+        expect(schedules).to_contain_text("paused: fern repotted", timeout=30_000)
+        assert client.get_schedule("water-fern").paused
+        save(page, inspector, "lab-schedules.png")  # with its tabs

@@ -707,6 +707,64 @@ def test_inspector_follows_changes_live_keeping_the_selection_and_stops(
     assert not inspector.running
 
 
+def test_inspector_redraws_a_changed_page_as_the_same_view_with_its_selection_in_one_message(
+    client: Client, inspector_of: list[ScheduleInspector]
+) -> None:
+    # The browser keeps the reader's scroll offset and clicked sort across redraws of one view
+    # (the same page of the same filters) and resets them for another: the view's number
+    # travels in the grid's drawCallback. The new selection travels with the new rows.
+    tag = _tag()
+    tasks = [
+        client.schedule("add", n, 1, run_at=timedelta(hours=n + 1), labels={"test": tag})
+        for n in range(4)
+    ]
+    inspector = ScheduleInspector(client, live=False, limit=3)
+    inspector_of.append(inspector)
+    inspector.label.value = f"test={tag}"
+    view = inspector.view
+    assert f"kept.view !== {view})" in inspector.grid._dt_args["drawCallback"]
+    assert inspector.grid._dt_args["keys_to_be_evaluated"] == [["drawCallback"]]
+    inspector.select([tasks[1].id])
+    assert inspector.grid.selected_rows == [1]
+
+    sent: list[set[str]] = []
+    send_state = inspector.grid.send_state
+    inspector.grid.send_state = lambda key=None: (sent.append(set(key or ())), send_state(key))
+    earlier = client.schedule("add", 9, 9, run_at=timedelta(minutes=30), labels={"test": tag})
+    client.cancel(tasks[0].id)
+    inspector.refresh()  # what a live update does
+    assert list(inspector.grid.df["id"]) == [earlier.id, tasks[0].id, tasks[1].id]
+    assert list(inspector.grid.df["state"]) == ["SCHEDULED", "CANCELLED", "SCHEDULED"]
+    assert inspector.view == view  # the same page: the browser keeps scroll and sort
+    assert f"kept.view !== {view})" in inspector.grid._dt_args["drawCallback"]
+    # Selected by task id: row 2 now, sent with the rows, not after them.
+    assert inspector.selected == [tasks[1].id]
+    assert inspector.grid.selected_rows == [2]
+    assert {"_dt_args", "selected_rows"} in sent
+    assert not any(keys == {"_dt_args"} or keys == {"selected_rows"} for keys in sent)
+
+    inspector.go_to(1)  # another page: another view, at the top in run-time order
+    assert inspector.view == view + 1
+    assert f"kept.view !== {view + 1})" in inspector.grid._dt_args["drawCallback"]
+    assert list(inspector.grid.df["id"]) == [tasks[2].id, tasks[3].id]
+    inspector.go_to(0)
+    assert inspector.view == view + 2
+    inspector.states.value = ("SCHEDULED",)  # other filters, other rows: another view
+    assert inspector.view == view + 3
+    inspector.refresh()
+    inspector.tz.value = "Asia/Tokyo"  # the same rows, other times: the same view
+    assert "JST" in inspector.grid.df["run_at"].iloc[0]
+    assert inspector.view == view + 3
+    # Other filters, the same rows: not sent again, so the browser keeps its view; the next
+    # update of these rows is still that view.
+    inspector.states.value = ("SCHEDULED", "QUEUED")
+    assert inspector.view == view + 3
+    client.cancel(tasks[1].id)
+    inspector.refresh()
+    assert list(inspector.grid.df["id"]) == [earlier.id, tasks[2].id, tasks[3].id]
+    assert inspector.view == view + 3  # a live update of the view the browser shows
+
+
 def test_inspector_close_stops_its_thread(client: Client) -> None:
     inspector = ScheduleInspector(client, live=True, period=0.5)
     assert inspector.running
@@ -926,7 +984,10 @@ def test_inspector_has_a_schedules_tab_showing_runs_with_pause_resume_and_trigge
         inspector.tabs.selected_index = 1  # opening the tab reads the schedules again
         assert list(view.frame["id"]) == [schedule_id]
         assert view.choice.value == schedule_id
-        # The chosen schedule's next runs, at 08:00 in its zone.
+        # Its next run in the table, at 08:00 in its zone (said); the chosen schedule's next
+        # runs below it, at 08:00 too.
+        assert " 08:00:00 CE" in view.frame["next run"].iloc[0]
+        assert " 08:00:00 CE" in unescape(view.table.value)
         upcoming = view.runs_frame[view.runs_frame["run"] == "next"]
         assert len(upcoming) >= 1, view.feedback.message.value
         assert all(" 08:00:00 CE" in t for t in upcoming["nominal time"])

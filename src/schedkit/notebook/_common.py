@@ -26,9 +26,11 @@ from schedkit.errors import InvalidArgument, SchedkitError
 ERROR_CLASS = "schedkit-error"
 OK_CLASS = "schedkit-ok"
 # Small, self-contained styles: the same HTML reads well in JupyterLab, Voila and a screenshot.
+# The class is doubled: JupyterLab's rules for rendered HTML (two classes) right-align headers.
 TABLE_STYLE = (
     "<style>.schedkit-table{border-collapse:collapse;font-size:12px;font-family:monospace}"
-    ".schedkit-table th,.schedkit-table td{border:1px solid #ccc;padding:2px 6px;"
+    ".schedkit-table.schedkit-table th,.schedkit-table.schedkit-table td{"
+    "border:1px solid #ccc;padding:2px 6px;"
     "text-align:left;white-space:nowrap}.schedkit-table th{background:#f3f3f3}"
     ".schedkit-error{color:#b00020}.schedkit-ok{color:#1b5e20}</style>"
 )
@@ -177,9 +179,9 @@ def html_table(frame: pd.DataFrame, empty: str) -> str:
     """A DataFrame as a compact HTML table (escaped), or ``empty`` when it has no rows."""
     if not len(frame):
         return f"<i>{html.escape(empty)}</i>"
-    return TABLE_STYLE + frame.to_html(
-        index=False, escape=True, classes="schedkit-table", na_rep=""
-    )
+    # Scrolled sideways when wider than the cell, not cut at its edge.
+    table = frame.to_html(index=False, escape=True, classes="schedkit-table", na_rep="")
+    return f'{TABLE_STYLE}<div style="overflow-x:auto">{table}</div>'
 
 
 def fmt_time(value: Any, with_zone: bool = True) -> str:

@@ -10,9 +10,10 @@ page shown; pages follow run time.
 It stays live without blocking the kernel: a background thread holds a WatchTasks call open
 and re-reads the page when a task changes (at most every ``min_interval`` seconds), and at
 least every ``period`` seconds when nothing changes. A page that did not change is not sent
-again (the grid keeps its scroll and sort); one that did keeps its selection, by task id,
-but ITable's front end re-creates its table for new data, which resets the scroll and a
-sort clicked in a header (neither is reported to Python; docs/notebook.md says more).
+again; one that did is, as ITable's front end re-creates its table for new data, but the
+grid keeps what the reader did to it: the selection (sent again by task id, so it follows
+its tasks), the scroll offset and a sort clicked in a header (kept in the browser by
+:data:`KEEP_VIEW`, as long as the page shown is the same page of the same filters).
 "Live" off, :meth:`stop` or :meth:`close` end the thread; it notices within ``period``
 seconds.
 
@@ -59,6 +60,8 @@ TABLE_COLUMNS = ("state", "task", "run_at", "labels", "id", "lateness", "result 
 LIVE_RECOUNT = 5000
 #: Selected tasks shown in full below the grid.
 DETAILS_SHOWN = 5
+#: The label width of filters named in a word or two.
+SHORT = {"description_width": "50px"}
 #: The grid's options, given again on every update: itables fills what an update leaves out
 #: with its defaults, which would make only the small arrow of a header sort.
 GRID_OPTIONS: dict[str, Any] = {
@@ -79,6 +82,64 @@ GRID_OPTIONS: dict[str, Any] = {
 }
 
 
+#: DataTables' ``drawCallback`` (``VIEW`` replaced by the view's number). ITable's front end
+#: destroys its DataTable and builds another whenever the data change, and neither the scroll
+#: offset nor a clicked sort is reported to Python; but the ``<table>`` element outlives each
+#: DataTable, so they are kept on it: the scroll offset as it changes, the order as it is
+#: clicked. The first draw of a new DataTable of the same view (a live update of the page
+#: shown) sorts as the reader had it and scrolls back; a new view (another page, other
+#: filters) starts at the top, in run-time order. (initComplete would be the natural hook,
+#: but ITable's front end drops it unless a header option is set; stateSave, which would
+#: keep the order, makes ITable's update fail: it re-selects rows while the table is null.)
+KEEP_VIEW = """function () {
+  var api = this.api(), table = api.table().node();
+  var body = api.table().container().querySelector(".dt-scroll-body");
+  if (!body || body.schedkitKeeps) { return; }
+  body.schedkitKeeps = true;
+  var kept = table.schedkitKept;
+  if (!kept || kept.view !== VIEW) {
+    kept = table.schedkitKept = {view: VIEW, top: 0, order: []};
+  }
+  var top = kept.top;
+  if (kept.order.length) { api.order(kept.order).draw(false); }
+  body.scrollTop = top;
+  // Once more after layout: a column adjustment may scroll the new table back to the top.
+  window.requestAnimationFrame(function () { body.scrollTop = top; });
+  if (window.ResizeObserver) {
+    // A table drawn while hidden (another tab shown) cannot be scrolled yet: it is when
+    // shown (kept.top is what the reader last saw).
+    var hidden = !body.clientHeight;
+    new ResizeObserver(function () {
+      if (hidden && body.clientHeight) { body.scrollTop = kept.top; }
+      hidden = !body.clientHeight;
+    }).observe(body);
+  }
+  // From now on this DataTable's sorts are the reader's (its first one was the page's own).
+  api.settings()[0].schedkitKeeps = true;
+  body.addEventListener("scroll", function () {
+    // Only while this DataTable shows the rows: a destroyed one scrolls to 0 as it empties.
+    if (body.contains(table) && body.clientHeight) { kept.top = body.scrollTop; }
+  });
+  if (!table.schedkitOrders) {
+    // Once per <table>: its handlers outlive each DataTable (destroy detaches it).
+    table.schedkitOrders = true;
+    api.on("order", function (event, settings) {
+      if (settings.schedkitKeeps) { table.schedkitKept.order = settings.api.order(); }
+    });
+  }
+}"""
+
+
+def grid_options(view: int) -> dict[str, Any]:
+    """:data:`GRID_OPTIONS`, with :data:`KEEP_VIEW` for view number ``view``."""
+    from itables import JavascriptFunction
+
+    return {
+        **GRID_OPTIONS,
+        "drawCallback": JavascriptFunction(KEEP_VIEW.replace("VIEW", str(view))),
+    }
+
+
 def _grid(frame: pd.DataFrame) -> Any:
     """The ITable widget over ``frame``: sortable, multi-row selection, inner scroll."""
     try:
@@ -87,7 +148,7 @@ def _grid(frame: pd.DataFrame) -> Any:
         raise ConfigError(
             "the inspector's grid needs itables: pip install 'schedkit[notebook]'"
         ) from exc
-    return ITable(frame, **GRID_OPTIONS)
+    return ITable(frame, **grid_options(0))
 
 
 class ScheduleInspector(widgets.VBox):
@@ -113,6 +174,11 @@ class ScheduleInspector(widgets.VBox):
         self.pager = Pager(client, page_size=limit)
         self.page_number = 0
         self._filters: dict[str, Any] | None = None
+        # Which page of which filters the grid shows, numbered: the browser keeps the
+        # reader's scroll and sort across redraws of one view, and resets them for another.
+        # The number changes only when other rows are drawn for another page or filters.
+        self.view = 0
+        self._view_of: tuple[str, int, int] | None = None
         # The match count runs in a thread of its own (a walk over 100,000 tasks takes
         # seconds): the page shows first. A newer count, or close(), abandons an older one.
         self._count_generation = 0
@@ -155,6 +221,7 @@ class ScheduleInspector(widgets.VBox):
             (self.last_button, "last"),
             (self.detail, "detail"),
             (self.label, "label-filter"),
+            (self.live, "live"),
             (self.tabs, "tabs"),
         ):
             control.add_class(f"schedkit-{name}")
@@ -165,19 +232,47 @@ class ScheduleInspector(widgets.VBox):
         self, names: list[str], tz: str, states: tuple[str, ...], limit: int
     ) -> None:
         """Which tasks are shown: state, task name, labels, run-time range and page size."""
+        # Narrower than ipywidgets' default (300px), short labels narrower than theirs: the
+        # three filter columns fit a JupyterLab cell (about 830px) side by side.
         self.states = widgets.SelectMultiple(
-            options=[s.value for s in TaskState], value=states, description="state", rows=8
+            options=[s.value for s in TaskState],
+            value=states,
+            description="state",
+            style=SHORT,
+            rows=8,
+            layout=widgets.Layout(width="220px"),
         )
         self.task = widgets.Dropdown(
-            options=[("any", ""), *((n, n) for n in names)], description="task"
+            options=[("any", ""), *((n, n) for n in names)],
+            description="task",
+            style=SHORT,
+            layout=widgets.Layout(width="270px"),
         )
-        self.label = widgets.Text(description="labels", placeholder="team=ops")
-        self.after = widgets.NaiveDatetimePicker(description="from")
-        self.before = widgets.NaiveDatetimePicker(description="to")
+        self.label = widgets.Text(
+            description="labels",
+            placeholder="team=ops",
+            style=SHORT,
+            layout=widgets.Layout(width="270px"),
+        )
+        self.after = widgets.NaiveDatetimePicker(
+            description="from", style=SHORT, layout=widgets.Layout(width="270px")
+        )
+        self.before = widgets.NaiveDatetimePicker(
+            description="to", style=SHORT, layout=widgets.Layout(width="270px")
+        )
         # No ensure_option: what is typed is what is used, or said to be unknown.
-        self.tz = widgets.Combobox(value=tz, options=zone_names(), description="time zone")
+        self.tz = widgets.Combobox(
+            value=tz,
+            options=zone_names(),
+            description="time zone",
+            layout=widgets.Layout(width="270px"),
+        )
         self.limit = widgets.BoundedIntText(
-            value=limit, min=1, max=MAX_PAGE_SIZE, description="page size"
+            value=limit,
+            min=1,
+            max=MAX_PAGE_SIZE,
+            description="page size",
+            layout=widgets.Layout(width="270px"),
         )
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.live = widgets.ToggleButton(value=False, description="Live", icon="play")
@@ -226,7 +321,9 @@ class ScheduleInspector(widgets.VBox):
                     self.states,
                     widgets.VBox([self.task, self.label, self.after, self.before]),
                     widgets.VBox([self.tz, self.limit, self.refresh_button, self.live]),
-                ]
+                ],
+                # Narrower still (a side panel open): the columns wrap instead of overlapping.
+                layout=widgets.Layout(flex_flow="row wrap"),
             ),
             widgets.HBox(
                 [
@@ -349,7 +446,7 @@ class ScheduleInspector(widgets.VBox):
         records, self.page_number = self.pager.page(number)
         frame = tasks_frame(records, tz=zone(self.tz.value.strip()))
         keep = self.selected
-        self._draw(frame, keep)
+        self._draw(frame, keep, (repr(self._filters), self.pager.page_size, self.page_number))
         # Published only once drawn: whoever reads ``frame`` finds the grid showing it.
         self.frame = frame
         self.show_detail()  # the selected tasks may have changed state
@@ -379,15 +476,22 @@ class ScheduleInspector(widgets.VBox):
             dtype=object,  # text only, also when empty: every column sorts as it reads
         ).reset_index(drop=True)
 
-    def _draw(self, frame: pd.DataFrame, keep: list[str]) -> None:
+    def _draw(self, frame: pd.DataFrame, keep: list[str], view_of: tuple[str, int, int]) -> None:
         shown = self._shown(frame)
         previous = self.grid.df
         if previous is None or not shown.equals(previous):
+            if view_of != self._view_of:
+                self.view += 1
             # A page that changed is sent again (the grid is redrawn); its selection is kept
-            # by task id, so a task that moved keeps being selected.
+            # by task id, so a task that moved keeps being selected. One message: the new
+            # table is built with the new selection, not the old rows' for a moment.
             wanted = set(keep)
             rows = [i for i, v in enumerate(frame["id"]) if v in wanted]
-            self.grid.update(shown, selected_rows=rows, **GRID_OPTIONS)
+            with self.grid.hold_sync():
+                self.grid.update(shown, selected_rows=rows, **grid_options(self.view))
+        # Rows not sent again (the same rows under other filters, say) stay the view the
+        # browser shows, its scroll and sort kept.
+        self._view_of = view_of
         self._summarise(frame)
 
     def _summarise(self, frame: pd.DataFrame) -> None:

@@ -1,5 +1,5 @@
-"""A notebook view of server-side schedules: a table with each schedule's state, next and
-recent runs; pick one to see all its next runs and its recent runs with their tasks' states,
+"""A notebook view of server-side schedules: a table with each schedule's state, rule and next
+run; pick one to see all its next runs and its recent runs with their tasks' states,
 and to pause (with a note), resume or trigger it.
 
     from schedkit.notebook.schedules_view import SchedulesView
@@ -26,9 +26,12 @@ RUN_COLUMNS = ["run", "nominal time", "task id", "state", "result or error"]
 
 
 def schedules_frame(schedules: list[ScheduleInfo]) -> pd.DataFrame:
-    """One row per schedule: id, state, spec, next runs, the latest run's task."""
+    """One row per schedule: id, state, task, rule, its next run (in its zone, which is said)
+    and how many runs it made. One next run and no recent runs keep the table as wide as a
+    notebook cell: the picked schedule's runs below list them all, with their tasks' states."""
     rows = []
     for s in schedules:
+        place = zone(s.definition.recurrence.tz or "UTC")
         rec = s.definition.recurrence
         when = " | ".join(rec.cron) or ""
         if rec.every is not None:
@@ -39,14 +42,13 @@ def schedules_frame(schedules: list[ScheduleInfo]) -> pd.DataFrame:
                 "state": f"paused: {s.note}" if s.paused else "active",
                 "task": s.definition.action.task,
                 "when": f"{when} ({rec.tz})",
-                "next runs": ", ".join(fmt_time(t, False) for t in s.next_run_times[:3]),
-                "latest run": s.recent_runs[0].task_id if s.recent_runs else "",
+                "next run": next(
+                    (fmt_time(pd.Timestamp(t).tz_convert(place)) for t in s.next_run_times), ""
+                ),
                 "runs": s.run_count,
             }
         )
-    return pd.DataFrame(
-        rows, columns=["id", "state", "task", "when", "next runs", "latest run", "runs"]
-    )
+    return pd.DataFrame(rows, columns=["id", "state", "task", "when", "next run", "runs"])
 
 
 def runs_frame(client: Client, schedule: ScheduleInfo) -> pd.DataFrame:
