@@ -311,12 +311,16 @@ class Store:
         return store
 
     def check_layout(self) -> None:
-        """Record the partition count in the meta key if the store has none yet (a new
-        store, or one from before partitions, which had 1); ConfigError when it differs."""
+        """Record the partition count in the meta key if the store has none yet: this
+        process's for a new store, 1 for one from before partitions (it has totals or
+        events under the prefix). ConfigError when it differs from this process's."""
+        meta = self.keys.meta
         with store_errors():
-            if self.partitions > 1:
-                self.redis.hsetnx(self.keys.meta, "partitions", self.partitions)
-            recorded = self.redis.hget(self.keys.meta, "partitions")
+            recorded = self.redis.hget(meta, "partitions")
+            if not recorded:
+                used = self.redis.exists(self.keys.stats, self.keys.events)
+                self.redis.hsetnx(meta, "partitions", 1 if used else self.partitions)
+                recorded = self.redis.hget(meta, "partitions")
         stored = int(recorded) if recorded else 1
         if stored != self.partitions:
             raise ConfigError(
@@ -822,10 +826,13 @@ class Store:
 
     # -- the worker's side ------------------------------------------------------------------
 
-    def start(self, task_id: str, now: datetime | None = None) -> str:
-        """Ask to start a task: 'started', 'unmanaged', 'cancelled', 'expired', 'duplicate:…'."""
+    def start(
+        self, task_id: str, now: datetime | None = None, *, places: Sequence[int] | None = None
+    ) -> str:
+        """Ask to start a task: 'started', 'unmanaged', 'cancelled', 'expired', 'duplicate:…'
+        (looked for in ``places``, by default every place its id may be)."""
         verdict = "unmanaged"
-        for partition in self.places(task_id):
+        for partition in self.places(task_id) if places is None else places:
             verdict = cast(str, self._run("start", task_id, now=now, partition=partition))
             if verdict != "unmanaged":
                 break

@@ -1,0 +1,252 @@
+"""A store split into partitions (SCHEDKIT_STORE_PARTITIONS) on one Redis: the core checks,
+where tasks live, ListTasks merging the partitions' pages, the recorded partition count,
+and dispatchers sharing the partitions by lease."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import poll
+from schedkit.demo import runs
+from schedkit.errors import ConfigError, InvalidArgument
+from schedkit.model import TaskSpec, TaskState
+from schedkit.settings import Settings
+from schedkit.store.keys import partition_of, partition_prefix
+from schedkit.store.store import Store
+from schedkit.testing import LocalStack, local_stack, redis_server
+from store_checks import (
+    a_schedule_is_materialized_and_its_runs_run,
+    schedule_idempotency_list_and_cancel,
+    watch_hand_off_and_run_once,
+)
+
+PARTS = 4
+LEASE = 2.0
+
+
+@pytest.fixture(scope="module")
+def parted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with local_stack(
+        data_dir=tmp_path_factory.mktemp("parted"),
+        store_partitions=PARTS,
+        handoff_window=3.0,
+        poll_interval=0.2,
+        claim_lease=LEASE,
+    ) as stack:
+        yield stack
+
+
+def test_schedule_idempotency_list_and_cancel_over_partitions(parted: LocalStack) -> None:
+    schedule_idempotency_list_and_cancel(parted)
+
+
+def test_a_task_is_watched_handed_off_and_run_once_over_partitions(parted: LocalStack) -> None:
+    watch_hand_off_and_run_once(parted)
+
+
+def test_a_schedule_is_materialized_and_its_runs_run_over_partitions(parted: LocalStack) -> None:
+    a_schedule_is_materialized_and_its_runs_run(parted)
+
+
+def test_a_task_lives_in_the_partition_its_id_hashes_to(parted: LocalStack) -> None:
+    store = parted.store
+    assert store is not None
+    at = datetime.now(UTC) + timedelta(hours=2)
+    with parted.client() as client:
+        ids = [r.id for r in client.schedule_many([TaskSpec("add", at, [n, 1]) for n in range(40)])]
+    homes = {task_id: partition_of(task_id, PARTS) for task_id in ids}
+    assert set(homes.values()) == set(range(PARTS))  # 40 ids reach all four
+    for task_id, home in homes.items():
+        for partition in range(PARTS):
+            key = store.parts[partition].task(task_id)
+            assert store.redis.exists(key) == (1 if partition == home else 0)
+    assert [store.parts[p].prefix for p in range(PARTS)] == [
+        "schedkit",
+        "{schedkit:1}",
+        "{schedkit:2}",
+        "{schedkit:3}",
+    ]
+
+
+def test_partition_prefixes_keep_a_hash_tag_of_the_prefix() -> None:
+    assert partition_prefix("app", 0) == "app"
+    assert partition_prefix("app", 3) == "{app:3}"
+    assert partition_prefix("{schedkit}", 2) == "{schedkit:2}"
+    assert partition_prefix("x{tag}y", 5) == "x{tag:5}y"
+
+
+def test_pages_merge_partitions_by_run_time_each_task_once(parted: LocalStack) -> None:
+    run = uuid.uuid4().hex[:8]
+    base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    # Three tasks share each run time, so ties are broken by id across partitions.
+    specs = [
+        TaskSpec("add", base + timedelta(seconds=n // 3), [n, 0], labels={"run": run})
+        for n in range(90)
+    ]
+    with parted.client() as client:
+        ids = [r.id for r in client.schedule_many(specs)]
+        expected = sorted(zip([s.run_at for s in specs], ids, strict=True))
+        for size in (1, 7, 500):
+            listed = list(client.tasks(labels={"run": run}, page_size=size))
+            assert [(t.spec.run_at, t.id) for t in listed] == expected
+        cancelled = sorted(ids[::4])
+        for task_id in cancelled:
+            client.cancel(task_id)
+        listed = list(client.tasks(labels={"run": run}, states=["CANCELLED"], page_size=4))
+        assert sorted(t.id for t in listed) == cancelled
+        assert [t.spec.run_at for t in listed] == sorted(t.spec.run_at for t in listed)
+        later = list(
+            client.tasks(labels={"run": run}, run_after=base + timedelta(seconds=20), page_size=6)
+        )
+        assert [t.id for t in later] == [
+            i for at, i in expected if at >= base + timedelta(seconds=20)
+        ]
+
+
+def test_a_forged_or_altered_page_token_is_invalid_argument(parted: LocalStack) -> None:
+    with parted.client() as client:
+        client.schedule_many([TaskSpec("add", datetime.now(UTC) + timedelta(days=1), [1, 2])] * 3)
+        _, token = client.tasks_page(page_size=1)
+        assert token
+        text = base64.urlsafe_b64decode(token).decode()
+        altered = [
+            "forged",
+            token[:-2],
+            base64.urlsafe_b64encode(b"99999999999999999:" + text.split(":")[1].encode()).decode(),
+            base64.urlsafe_b64encode((text + "!").encode()).decode(),
+        ]
+        for bad in altered:
+            with pytest.raises(InvalidArgument, match="page_token"):
+                client.tasks_page(page_size=1, page_token=bad)
+
+
+def test_metrics_sum_the_partitions(parted: LocalStack) -> None:
+    store = parted.store
+    assert store is not None
+    parked = sum(int(store.redis.zcard(keys.state("SCHEDULED"))) for keys in store.parts)
+    assert store.count(TaskState.SCHEDULED) == parked
+    from schedkit.runtime.metrics import StoreCollector
+
+    stats, states, *_ = StoreCollector(store)._read()
+    assert states["SCHEDULED"] == parked
+    scheduled = sum(int(store.redis.hget(keys.stats, "scheduled") or 0) for keys in store.parts)
+    assert int(stats["scheduled"]) == scheduled > 0
+
+
+def test_the_store_refuses_a_process_with_another_partition_count(tmp_path: Path) -> None:
+    with redis_server(appendonly=False) as server:
+        first = Store.for_settings(Settings(store_url=server.url, store_partitions=3))
+        first.close()
+        with pytest.raises(ConfigError, match=r"created with 3 partition.*PARTITIONS=2"):
+            Store.for_settings(Settings(store_url=server.url, store_partitions=2))
+        with pytest.raises(ConfigError, match=r"created with 3 partition.*PARTITIONS=1"):
+            Store.for_settings(Settings(store_url=server.url))
+        # A store from before partitions (no meta key, but totals) had one.
+        redis.Redis.from_url(server.url).hset("old:stats", "scheduled", 5)
+        with pytest.raises(ConfigError, match=r"created with 1 partition.*PARTITIONS=4"):
+            Store.for_settings(Settings(store_url=server.url, prefix="old", store_partitions=4))
+
+
+@pytest.mark.parametrize("count", [0, -1, 257])
+def test_a_partition_count_out_of_bounds_is_refused_naming_the_setting(count: int) -> None:
+    with pytest.raises(ConfigError, match=f"SCHEDKIT_STORE_PARTITIONS is {count}: give"):
+        Store.for_settings(Settings(store_url="redis://127.0.0.1:1/0", store_partitions=count))
+
+
+def _holders(store: Store) -> dict[int, str]:
+    return {p: str(store.redis.get(store.parts[p].lease) or "") for p in range(store.partitions)}
+
+
+def test_dispatchers_share_partitions_and_take_over_a_killed_ones(tmp_path: Path) -> None:
+    """Two dispatchers, four partitions: two each; SIGKILL one, the other serves all four
+    within a lease, and every task is handed off and run once."""
+    with local_stack(
+        data_dir=tmp_path / "data",
+        store_partitions=PARTS,
+        handoff_window=1.0,
+        poll_interval=0.2,
+        claim_lease=LEASE,
+    ) as stack:
+        store = stack.store
+        assert store is not None
+        env = {
+            **os.environ,
+            "SCHEDKIT_STORE_URL": stack.settings.store_url,
+            "SCHEDKIT_BROKER_URL": stack.settings.effective_broker_url,
+            "SCHEDKIT_STORE_PARTITIONS": str(PARTS),
+            "SCHEDKIT_CLAIM_LEASE": str(LEASE),
+            "SCHEDKIT_HANDOFF_WINDOW": "1",
+            "SCHEDKIT_POLL_INTERVAL": "0.2",
+        }
+        other = subprocess.Popen(
+            [sys.executable, "-m", "schedkit", "dispatch"], env=env, start_new_session=True
+        )
+        try:
+            poll(
+                lambda: (
+                    sorted(Counter(_holders(store).values()).values()) == [2, 2]
+                    and "" not in _holders(store).values()
+                ),
+                30,
+                "two dispatchers holding two partitions each",
+            )
+            assert stack.dispatcher is not None
+            mine = stack.dispatcher.leases.owner
+            theirs = {p for p, h in _holders(store).items() if h != mine}
+            with stack.client() as client:
+                soon = datetime.now(UTC) + timedelta(seconds=2)
+                specs = [TaskSpec("add", soon, [n, 1]) for n in range(80)]
+                ids = [r.id for r in client.schedule_many(specs)]
+                assert theirs & {partition_of(i, PARTS) for i in ids}
+                os.kill(other.pid, signal.SIGKILL)
+                other.wait(10)
+                poll(
+                    lambda: set(_holders(store).values()) == {mine},
+                    2 * LEASE,
+                    "the survivor to hold every partition within a lease",
+                )
+                states = {
+                    i: client.wait_for(i, ["SUCCEEDED", "FAILED"], timeout=60).state for i in ids
+                }
+        finally:
+            if other.poll() is None:
+                other.kill()
+                other.wait(10)
+        assert set(states.values()) == {TaskState.SUCCEEDED}
+        ran = Counter(r["id"] for r in runs(store))
+        assert {i: ran[i] for i in ids} == dict.fromkeys(ids, 1)
+
+
+def test_a_client_reads_a_run_of_a_schedule_in_partition_zero(parted: LocalStack) -> None:
+    """Runs of schedules live with the schedules; get, cancel and list still find them."""
+    store = parted.store
+    assert store is not None
+    schedule_id = f"later-{uuid.uuid4().hex[:8]}"
+    with parted.client() as client:
+        # Every two minutes: the next run is parked ahead (the lookahead is five).
+        client.create_schedule(schedule_id, "add", args=[1, 2], every=timedelta(minutes=2))
+        runs_of = {"schedkit.schedule": schedule_id}
+        try:
+            poll(
+                lambda: bool(list(client.tasks(labels=runs_of, states=["SCHEDULED"]))),
+                30,
+                "a parked run",
+            )
+            run = next(iter(client.tasks(labels=runs_of, states=["SCHEDULED"])))
+            assert store.redis.exists(store.keys.task(run.id)) == 1
+            assert client.get(run.id).id == run.id
+            assert client.cancel(run.id).state == TaskState.CANCELLED
+        finally:
+            client.delete_schedule(schedule_id)
