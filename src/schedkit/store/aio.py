@@ -79,7 +79,7 @@ class AsyncStore:
     async def _schedule_split(
         self, batch: NewTasks, *, window_seconds: float, now: datetime
     ) -> list[ScheduleResult]:
-        """A batch of a partitioned store: one script call per partition, all at once."""
+        """A batch of a partitioned store: one script call per partition."""
         if self.store.replicas.count:
             # WAIT per server, after that server's writes: the blocking store groups them.
             return await asyncio.to_thread(
@@ -87,16 +87,17 @@ class AsyncStore:
             )
         split = self.store.split(batch)
         window = int(window_seconds * 1000)
+        replies = []
         with store_errors():
-            replies = await asyncio.gather(
-                *(
-                    self._schedule(
+            # One after the other: a few partitions cost a few round trips, and concurrent
+            # commands on one asyncio cluster client leave coroutines behind when cancelled.
+            for p, part in split:
+                replies.append(
+                    await self._schedule(
                         keys=self.store.part_script_keys[p],
                         args=self.store.argv(p, now, window, schedule_payload(part)),
                     )
-                    for p, part in split
                 )
-            )
         return self.store.merge_results(batch, split, replies)
 
     async def get(self, task_id: str) -> TaskRecord:
@@ -160,10 +161,9 @@ class AsyncStore:
             if len(cursors) == 1 or not self.on_cluster:
                 reply = await self.redis.xread(dict(cursors), count=count)  # type: ignore[arg-type]
             else:  # a cluster reads one slot per command
-                replies: list[Any] = await asyncio.gather(
-                    *(self.redis.xread({s: c}, count=count) for s, c in cursors.items())
-                )
-                reply = [entry for part in replies for entry in part or []]
+                reply = []
+                for stream, at in cursors.items():
+                    reply.extend(await self.redis.xread({stream: at}, count=count) or [])
         if len(cursors) == 1:
             return changes_of(reply)
         for stream, entries in reply or []:
