@@ -50,7 +50,10 @@ def test_every_benchmark_runs_and_yields_numbers(tmp_path: Path) -> None:
         ("worker RSS growth", "plain Celery worker, ETA"),
         ("query: first page (100)", "schedkit ListTasks"),
         ("unary calls/s, 32 clients", "one server process"),
-        ("one Redis vs cluster: ingest", "schedkit on a Redis Cluster (3 primaries)"),
+        ("one Redis vs cluster: ingest", "schedkit on a Redis Cluster (3 primaries), 3 partitions"),
+        ("one Redis vs cluster: ingest", "schedkit on a Redis Cluster (3 primaries), 1 partition"),
+        ("cluster partitions: hand-off", "schedkit on a Redis Cluster (3 primaries), 3 partitions"),
+        ("cluster partitions: hand-off", "schedkit on a Redis Cluster (3 primaries), 1 partition"),
         ("one Redis vs cluster: ingest", "schedkit on one Redis"),
         ("unary calls/s, 32 clients", "schedkit serve --processes 2"),
     }

@@ -39,8 +39,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-#: A lease is renewed (and free partitions looked for) this many times per lease.
+#: A lease is renewed (and free partitions looked for) this many times per lease at least,
+#: and at least every LOOK_EVERY seconds: a dispatcher that joins gets its share within a
+#: couple of looks, and a dead one's partitions are taken a look after its leases lapse.
 LOOKS_PER_LEASE = 4
+LOOK_EVERY = 1.0
+LOOK_EVERY_MS = int(LOOK_EVERY * 1000)
 
 
 class PartitionLeases:
@@ -72,7 +76,7 @@ class PartitionLeases:
             return [0]
         now = to_millis(self.clock())
         if now >= self._next_look:
-            self._next_look = now + self.lease_ms // LOOKS_PER_LEASE
+            self._next_look = now + min(self.lease_ms // LOOKS_PER_LEASE, LOOK_EVERY_MS)
             self.look(now)
         return sorted(self.held)
 
