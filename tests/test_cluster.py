@@ -1,7 +1,8 @@
 """The store on a real Redis Cluster (`redis+cluster://`): 3 primaries, 3 replicas on loopback.
 
-Every key sits in one hash slot (the prefix is a hash tag), so the cluster gives failover and
-its operations, not more room; the broker is a Redis of its own, because Celery's Redis
+With one partition every key sits in one hash slot (the prefix is a hash tag), so the cluster
+gives failover and its operations, not more room; with three (SCHEDKIT_STORE_PARTITIONS) each
+partition's slot is on its own primary. The broker is a Redis of its own, because Celery's Redis
 transport does not speak Redis Cluster.
 """
 
