@@ -24,6 +24,7 @@ from schedkit.errors import ConfigError, InvalidArgument
 from schedkit.model import TaskSpec, TaskState
 from schedkit.settings import Settings
 from schedkit.store.keys import partition_of, partition_prefix
+from schedkit.store.record import NewTasks, Row
 from schedkit.store.store import Store
 from schedkit.testing import LocalStack, local_stack, redis_server
 from store_checks import (
@@ -250,3 +251,26 @@ def test_a_client_reads_a_run_of_a_schedule_in_partition_zero(parted: LocalStack
             assert client.cancel(run.id).state == TaskState.CANCELLED
         finally:
             client.delete_schedule(schedule_id)
+
+
+def test_a_batch_is_split_by_partition_each_part_with_only_its_templates() -> None:
+    store = Store(redis.Redis(port=1), partitions=PARTS)  # no round trip: nothing is sent
+    ids = [f"k{n:03d}" for n in range(40)]
+    templates = [[f"t{n}"] for n in range(5)]
+    rows = [Row(task_id, "", "", 1000 + n, n % 5) for n, task_id in enumerate(ids)]
+    parts = store.split(NewTasks(templates, rows, 7))
+    assert [part.partition for part in parts] == sorted({partition_of(i, PARTS) for i in ids})
+    for part in parts:
+        originals = [rows[n] for n in part.positions]
+        assert [r.id for r in part.tasks.rows] == [r.id for r in originals]
+        assert all(partition_of(r.id, PARTS) == part.partition for r in originals)
+        # Each row still names its own template's fields, and no part carries another's.
+        for row, original in zip(part.tasks.rows, originals, strict=True):
+            assert part.tasks.templates[row.template] == templates[original.template]
+        assert len(part.tasks.templates) == len({r.template for r in originals})
+    verdicts = [[1 if n % 2 else 2 for n in part.positions] for part in parts]
+    results = Store.merge_results(NewTasks(templates, rows, 7), parts, verdicts)
+    assert [r.id for r in results] == ids
+    assert [r.outcome.name for r in results] == [
+        "CREATED" if n % 2 else "EXISTING" for n in range(len(ids))
+    ]

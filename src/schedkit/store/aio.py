@@ -85,20 +85,22 @@ class AsyncStore:
             return await asyncio.to_thread(
                 self.store.schedule_new, batch, window_seconds=window_seconds, now=now
             )
-        split = self.store.split(batch)
+        parts = self.store.split(batch)
         window = int(window_seconds * 1000)
         replies = []
         with store_errors():
             # One after the other: a few partitions cost a few round trips, and concurrent
             # commands on one asyncio cluster client leave coroutines behind when cancelled.
-            for p, part in split:
+            for part in parts:
                 replies.append(
                     await self._schedule(
-                        keys=self.store.part_script_keys[p],
-                        args=self.store.argv(p, now, window, schedule_payload(part)),
+                        keys=self.store.part_script_keys[part.partition],
+                        args=self.store.argv(
+                            part.partition, now, window, schedule_payload(part.tasks)
+                        ),
                     )
                 )
-        return self.store.merge_results(batch, split, replies)
+        return self.store.merge_results(batch, parts, replies)
 
     async def get(self, task_id: str) -> TaskRecord:
         """The task with this id, or NotFound."""

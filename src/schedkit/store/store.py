@@ -43,7 +43,7 @@ from schedkit.store.keys import (
     partition_of,
     partition_prefix,
 )
-from schedkit.store.record import Field, NewTasks, Row, decode
+from schedkit.store.record import Field, NewTasks, decode
 
 if TYPE_CHECKING:
     from schedkit.settings import Settings
@@ -84,6 +84,15 @@ class Claims(list[Claimed]):
     their queue (its in-flight bound)."""
 
     held_back: int = 0
+
+
+@dataclass(frozen=True)
+class Part:
+    """The rows of a batch that go to one partition, and their places in the batch."""
+
+    partition: int
+    tasks: NewTasks
+    positions: list[int]
 
 
 #: Most tasks one claim script call takes, and most due entries it reads: a call over a
@@ -484,30 +493,48 @@ class Store:
             payload = schedule_payload(batch)
             verdicts = self._run_acknowledged("schedule", window, payload, now=now)
             return schedule_results(batch.rows, verdicts)
-        split = self.split(batch)
+        parts = self.split(batch)
         now = now or utc_now()
-        calls = [(p, self.argv(p, now, window, schedule_payload(part))) for p, part in split]
+        calls = [
+            (part.partition, self.argv(part.partition, now, window, schedule_payload(part.tasks)))
+            for part in parts
+        ]
         replies = self._evalsha_many("schedule", calls, acknowledged=True)
-        return self.merge_results(batch, split, replies)
+        return self.merge_results(batch, parts, replies)
 
-    def split(self, batch: NewTasks) -> list[tuple[int, NewTasks]]:
-        """``batch`` split by partition (one script call each), in partition order; each
-        part keeps the batch's templates (rows name them by index)."""
-        rows: dict[int, list[Row]] = {}
-        for row in batch.rows:
-            rows.setdefault(self.partition_of(row.id), []).append(row)
-        return [(p, NewTasks(batch.templates, rows[p], batch.created_ms)) for p in sorted(rows)]
+    def split(self, batch: NewTasks) -> list[Part]:
+        """``batch`` split by partition (one script call each), in partition order. Each part
+        carries only the templates its rows name, so a batch of distinct tasks crosses the
+        wire once, not once per partition."""
+        positions: dict[int, list[int]] = {}
+        for n, row in enumerate(batch.rows):
+            positions.setdefault(self.partition_of(row.id), []).append(n)
+        parts = []
+        for partition in sorted(positions):
+            templates: list[list[str]] = []
+            renumbered: dict[int, int] = {}
+            rows = []
+            for n in positions[partition]:
+                row = batch.rows[n]
+                if row.template not in renumbered:
+                    renumbered[row.template] = len(templates)
+                    templates.append(batch.templates[row.template])
+                rows.append(row._replace(template=renumbered[row.template]))
+            tasks = NewTasks(templates, rows, batch.created_ms)
+            parts.append(Part(partition, tasks, positions[partition]))
+        return parts
 
     @staticmethod
     def merge_results(
-        batch: NewTasks, split: Sequence[tuple[int, NewTasks]], replies: Sequence[Any]
+        batch: NewTasks, parts: Sequence[Part], replies: Sequence[Any]
     ) -> list[ScheduleResult]:
         """The results of a split batch's script calls, back in the batch's row order."""
-        by_row: dict[int, ScheduleResult] = {}
-        for (_, part), verdicts in zip(split, replies, strict=True):
-            for row, result in zip(part.rows, schedule_results(part.rows, verdicts), strict=True):
-                by_row[id(row)] = result
-        return [by_row[id(row)] for row in batch.rows]
+        results: list[ScheduleResult | None] = [None] * len(batch.rows)
+        for part, verdicts in zip(parts, replies, strict=True):
+            found = schedule_results(part.tasks.rows, verdicts)
+            for n, result in zip(part.positions, found, strict=True):
+                results[n] = result
+        return [result for result in results if result is not None]
 
     # -- reading ----------------------------------------------------------------------------
 
