@@ -32,8 +32,10 @@ REREAD_EVERY = 5.0
 #: The reader's longest wait on the stream: it bounds how long closing the feed takes.
 TAIL_BLOCK_SECONDS = 1.0
 #: How often the reader looks at the partitions' streams of a cluster, which cannot block on
-#: several slots in one read (seconds).
+#: several slots in one read (seconds), and per partition (a look is a read of each stream):
+#: 50 ms for up to 5 partitions, longer beyond, so a look costs at most 100 reads a second.
 CLUSTER_TAIL_POLL = 0.05
+CLUSTER_TAIL_POLL_PER_PARTITION = 0.01
 
 
 class ChangeFeed:
@@ -116,7 +118,9 @@ class ChangeFeed:
                         cursor = changes[-1].cursor
                         self._wake()
                     else:
-                        await asyncio.sleep(CLUSTER_TAIL_POLL)
+                        await asyncio.sleep(
+                            max(CLUSTER_TAIL_POLL, CLUSTER_TAIL_POLL_PER_PARTITION * len(streams))
+                        )
                     backoff.succeeded()
                     continue
                 cursors = stream_cursors(cursor, streams)

@@ -599,6 +599,9 @@ class Store:
     ) -> tuple[list[TaskRecord], str]:
         cursor_score, cursor_id = parse_page_token(page_token)
         budget = scan_budget or max(page_size * 20, 2000)
+        if self.partitions > 1 and not scan_budget:
+            # Each partition scans its share: a page reads about as much as with one.
+            budget = max(budget // self.partitions, page_size, 100)
         states = sorted(query.states or ALL_STATES)
         labels = json.dumps(dict(query.labels)) if query.labels else ""
         lo = str(to_millis(query.run_after)) if query.run_after else ""
@@ -691,6 +694,9 @@ class Store:
                 if got[0] < want:
                     open_parts.remove(partition)
         claimed.held_back = sum(held.values())
+        if len(held) > 1:
+            # Each partition's slice is in run-time order; hand off the round in that order.
+            claimed.sort(key=lambda task: task.run_at)
         return claimed
 
     def _claim_slice(
