@@ -33,6 +33,7 @@ from schedkit.settings import Settings
 from schedkit.store.store import Store
 from schedkit.testing import ClusterSet, LocalStack, cluster_set, local_stack, redis_server
 from store_checks import (
+    a_killed_dispatchers_partitions_are_taken_over,
     a_schedule_is_materialized_and_its_runs_run,
     retried_call,
     schedule_idempotency_list_and_cancel,
@@ -110,6 +111,12 @@ def test_three_partitions_spread_keys_over_the_three_primaries(
 def test_core_checks_on_a_cluster_with_three_partitions(on_cluster_parts: LocalStack) -> None:
     watch_hand_off_and_run_once(on_cluster_parts)
     a_schedule_is_materialized_and_its_runs_run(on_cluster_parts)
+
+
+def test_a_killed_dispatchers_partitions_are_taken_over_on_a_cluster(
+    on_cluster_parts: LocalStack,
+) -> None:
+    a_killed_dispatchers_partitions_are_taken_over(on_cluster_parts)
 
 
 def test_every_key_of_the_store_is_in_one_slot_of_the_cluster(on_cluster: LocalStack) -> None:

@@ -5,12 +5,7 @@ and dispatchers sharing the partitions by lease."""
 from __future__ import annotations
 
 import base64
-import os
-import signal
-import subprocess
-import sys
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +14,6 @@ import pytest
 import redis
 
 from conftest import poll
-from schedkit.demo import runs
 from schedkit.errors import ConfigError, InvalidArgument
 from schedkit.model import TaskSpec, TaskState
 from schedkit.settings import Settings
@@ -28,6 +22,7 @@ from schedkit.store.record import NewTasks, Row
 from schedkit.store.store import Store
 from schedkit.testing import LocalStack, local_stack, redis_server
 from store_checks import (
+    a_killed_dispatchers_partitions_are_taken_over,
     a_schedule_is_materialized_and_its_runs_run,
     schedule_idempotency_list_and_cancel,
     watch_hand_off_and_run_once,
@@ -166,13 +161,7 @@ def test_a_partition_count_out_of_bounds_is_refused_naming_the_setting(count: in
         Store.for_settings(Settings(store_url="redis://127.0.0.1:1/0", store_partitions=count))
 
 
-def _holders(store: Store) -> dict[int, str]:
-    return {p: str(store.redis.get(store.parts[p].lease) or "") for p in range(store.partitions)}
-
-
 def test_dispatchers_share_partitions_and_take_over_a_killed_ones(tmp_path: Path) -> None:
-    """Two dispatchers, four partitions: two each; SIGKILL one, the other serves all four
-    within a lease, and every task is handed off and run once."""
     with local_stack(
         data_dir=tmp_path / "data",
         store_partitions=PARTS,
@@ -180,54 +169,7 @@ def test_dispatchers_share_partitions_and_take_over_a_killed_ones(tmp_path: Path
         poll_interval=0.2,
         claim_lease=LEASE,
     ) as stack:
-        store = stack.store
-        assert store is not None
-        env = {
-            **os.environ,
-            "SCHEDKIT_STORE_URL": stack.settings.store_url,
-            "SCHEDKIT_BROKER_URL": stack.settings.effective_broker_url,
-            "SCHEDKIT_STORE_PARTITIONS": str(PARTS),
-            "SCHEDKIT_CLAIM_LEASE": str(LEASE),
-            "SCHEDKIT_HANDOFF_WINDOW": "1",
-            "SCHEDKIT_POLL_INTERVAL": "0.2",
-        }
-        other = subprocess.Popen(
-            [sys.executable, "-m", "schedkit", "dispatch"], env=env, start_new_session=True
-        )
-        try:
-            poll(
-                lambda: (
-                    sorted(Counter(_holders(store).values()).values()) == [2, 2]
-                    and "" not in _holders(store).values()
-                ),
-                30,
-                "two dispatchers holding two partitions each",
-            )
-            assert stack.dispatcher is not None
-            mine = stack.dispatcher.leases.owner
-            theirs = {p for p, h in _holders(store).items() if h != mine}
-            with stack.client() as client:
-                soon = datetime.now(UTC) + timedelta(seconds=2)
-                specs = [TaskSpec("add", soon, [n, 1]) for n in range(80)]
-                ids = [r.id for r in client.schedule_many(specs)]
-                assert theirs & {partition_of(i, PARTS) for i in ids}
-                os.kill(other.pid, signal.SIGKILL)
-                other.wait(10)
-                poll(
-                    lambda: set(_holders(store).values()) == {mine},
-                    2 * LEASE,
-                    "the survivor to hold every partition within a lease",
-                )
-                states = {
-                    i: client.wait_for(i, ["SUCCEEDED", "FAILED"], timeout=60).state for i in ids
-                }
-        finally:
-            if other.poll() is None:
-                other.kill()
-                other.wait(10)
-        assert set(states.values()) == {TaskState.SUCCEEDED}
-        ran = Counter(r["id"] for r in runs(store))
-        assert {i: ran[i] for i in ids} == dict.fromkeys(ids, 1)
+        a_killed_dispatchers_partitions_are_taken_over(stack)
 
 
 def test_a_client_reads_a_run_of_a_schedule_in_partition_zero(parted: LocalStack) -> None:
