@@ -5,6 +5,9 @@ and dispatchers sharing the partitions by lease."""
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -153,6 +156,25 @@ def test_the_store_refuses_a_process_with_another_partition_count(tmp_path: Path
         redis.Redis.from_url(server.url).hset("old:stats", "scheduled", 5)
         with pytest.raises(ConfigError, match=r"created with 1 partition.*PARTITIONS=4"):
             Store.for_settings(Settings(store_url=server.url, prefix="old", store_partitions=4))
+
+
+def test_a_dispatcher_given_another_partition_count_refuses_to_start(parted: LocalStack) -> None:
+    env = {
+        **os.environ,
+        "SCHEDKIT_STORE_URL": parted.settings.store_url,
+        "SCHEDKIT_BROKER_URL": parted.settings.effective_broker_url,
+        "SCHEDKIT_STORE_PARTITIONS": "2",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "schedkit", "dispatch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "created with 4 partition(s)" in done.stderr
+    assert "SCHEDKIT_STORE_PARTITIONS=2" in done.stderr
 
 
 @pytest.mark.parametrize("count", [0, -1, 257])
