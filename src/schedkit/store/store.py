@@ -820,8 +820,9 @@ class Store:
         """Block until a scheduler nudges (work entered the window) in ``partitions`` (None:
         all) or ``timeout`` passes.
 
-        A cluster blocks on one slot per command: over several partitions it waits on
-        each in turn for :data:`CLUSTER_WAKE_SLICE` at most, so a nudge is seen within that.
+        A cluster blocks on one slot per command: over several partitions it takes any
+        nudge waiting in them, then blocks on one of them (in turn) for
+        :data:`CLUSTER_WAKE_SLICE` at most, so a nudge to any is seen within that.
         """
         wakes = [self.parts[p].wake for p in self.all_partitions(partitions)]
         wait = min(max(timeout, 0.01), MAX_BLOCK_SECONDS)
@@ -833,9 +834,11 @@ class Store:
                 pipe.lpop(wake)
             if any(pipe.execute()):
                 return True
-            slice_wait = max(0.01, min(CLUSTER_WAKE_SLICE, wait) / len(wakes))
+            # Block on one (in turn), so a nudge to any is seen within a slice.
             self._wake_turn = (self._wake_turn + 1) % len(wakes)
-            return self._waiting.blpop([wakes[self._wake_turn]], timeout=slice_wait) is not None
+            waiting_on = [wakes[self._wake_turn]]
+            nudged = self._waiting.blpop(waiting_on, timeout=min(CLUSTER_WAKE_SLICE, wait))
+            return nudged is not None
 
     def nudge(self) -> None:
         """Wake waiting dispatchers, one per partition (used on shutdown and in tests)."""
