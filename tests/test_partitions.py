@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from conftest import poll
+from schedkit.dispatch.leases import PartitionLeases
 from schedkit.errors import ConfigError, InvalidArgument
 from schedkit.model import TaskSpec, TaskState
 from schedkit.settings import Settings
@@ -238,3 +239,28 @@ def test_a_batch_is_split_by_partition_each_part_with_only_its_templates() -> No
     assert [r.outcome.name for r in results] == [
         "CREATED" if n % 2 else "EXISTING" for n in range(len(ids))
     ]
+
+
+def test_leases_cover_every_partition_once_and_outlive_a_silent_dispatcher() -> None:
+    """Three dispatchers' leases over four partitions: each partition held by exactly one,
+    shares of 1 to 2; one stops renewing (dead), and within its lease the other two hold all
+    four between them."""
+    with redis_server(appendonly=False) as server:
+        store = Store.from_url(server.url, partitions=PARTS)
+        leases = [PartitionLeases(store, 0.5, owner=f"d{n}") for n in range(3)]
+
+        def held(alive: list[PartitionLeases]) -> list[set[int]]:
+            return [set(lease.current()) for lease in alive]
+
+        def covered_once(alive: list[PartitionLeases]) -> bool:
+            shares = held(alive)
+            every = [p for share in shares for p in share]
+            return sorted(every) == list(range(PARTS)) and max(map(len, shares)) <= -(
+                -PARTS // len(alive)
+            )
+
+        poll(lambda: covered_once(leases), 10, "the partitions shared, each once")
+        assert sorted(len(share) for share in held(leases)) == [1, 1, 2]
+        poll(lambda: covered_once(leases[1:]), 0.5 + 2, "the living two to take it all")
+        assert sorted(len(share) for share in held(leases[1:])) == [2, 2]
+        store.close()

@@ -25,7 +25,7 @@ from kombu.exceptions import EncodeError, OperationalError
 
 from schedkit.backoff import Backoff
 from schedkit.dispatch.broker import Broker
-from schedkit.dispatch.leases import PartitionLeases
+from schedkit.dispatch.leases import LOOK_EVERY, PartitionLeases
 from schedkit.dispatch.materialize import Materializer
 from schedkit.dispatch.publish import Publisher
 from schedkit.errors import Unavailable
@@ -203,12 +203,12 @@ class Dispatcher:
         """Sleep until a nudge in a partition served, or ``seconds``. With work held back for
         room (a short wait), a start that brings its queue a tenth below the bound nudges the
         wake list; look again soon in any case. Serving no partition (more dispatchers than
-        partitions), look for a free one a few times per lease."""
+        partitions), look for a free one at every look (``schedkit.dispatch.leases``)."""
         partitions = self.leases.current()
         if partitions:
             self.store.wait_for_work(seconds, partitions)
         else:
-            self._stop.wait(min(seconds, self.settings.claim_lease / 4))
+            self._stop.wait(min(seconds, LOOK_EVERY))
 
     def start(self) -> Dispatcher:
         """Run the loop in a daemon thread."""

@@ -3,8 +3,9 @@
 With P > 1 partitions every dispatcher holds a lease per partition it serves (``SET NX PX``
 on the partition's lease key, renewed well within the lease) and keeps its membership in a
 sorted set of dispatchers scored by when it lapses. With D live dispatchers each aims at
-ceil(P / D) partitions: it gives back leases above that and takes free ones below it, so the
-targets add up to at least P and every partition is served. A dead dispatcher's leases and
+P // D partitions, the first P % D of them (by id) at one more: it gives back leases above
+its share and takes free ones below it, so the shares add up to P and every partition is
+served. A dead dispatcher's leases and
 membership lapse after one lease; the others then take its partitions at their next look.
 Two dispatchers never hand off one task whatever the leases say: a claim is atomic in its
 partition (claim.lua), so a lease only spreads the work.
@@ -15,7 +16,6 @@ With one partition every dispatcher serves it, as before partitions existed.
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 import zlib
 from collections.abc import Callable
@@ -88,9 +88,9 @@ class PartitionLeases:
             pipe = store.redis.pipeline(transaction=False)
             pipe.zadd(members, {self.owner: now + self.lease_ms})
             pipe.zremrangebyscore(members, "-inf", now)
-            pipe.zcard(members)
-            live = max(1, int(pipe.execute()[-1]))
-            share = math.ceil(store.partitions / live)
+            pipe.zrange(members, 0, -1)
+            live = sorted(str(member) for member in pipe.execute()[-1])
+            share = self.share(live)
             for partition in sorted(self.held):
                 key = store.parts[partition].lease
                 if not self._renew(keys=[key], args=[self.owner, self.lease_ms]):
@@ -113,8 +113,17 @@ class PartitionLeases:
             self.owner,
             sorted(self.held),
             store.partitions,
-            live,
+            len(live),
         )
+
+    def share(self, live: list[str]) -> int:
+        """How many partitions this dispatcher should serve among the ``live`` ones (their
+        ids, sorted): P // D each, and one more for the first P % D of them, so the shares
+        add up to P exactly."""
+        count = max(1, len(live))
+        rank = live.index(self.owner) if self.owner in live else 0
+        base, extra = divmod(self.store.partitions, count)
+        return base + (1 if rank < extra else 0)
 
     def release_all(self) -> None:
         """Give every lease back (on a clean stop), so others take them at once."""
