@@ -4,16 +4,23 @@ Redis Cluster)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from conftest import poll
+from schedkit.demo import runs
 from schedkit.errors import Unavailable
-from schedkit.model import TaskState
+from schedkit.model import TaskSpec, TaskState
+from schedkit.store.store import Store
 from schedkit.testing import LocalStack
 
 T = TypeVar("T")
@@ -96,3 +103,65 @@ def a_schedule_is_materialized_and_its_runs_run(stack: LocalStack) -> None:
             "a run of the schedule to succeed",
         )
         client.delete_schedule(schedule_id)
+
+
+def _holders(store: Store) -> dict[int, str]:
+    """Which dispatcher holds each partition's lease ('' none)."""
+    return {p: str(store.redis.get(store.parts[p].lease) or "") for p in range(store.partitions)}
+
+
+def a_killed_dispatchers_partitions_are_taken_over(stack: LocalStack) -> None:
+    """A second dispatcher (a real process) beside the stack's: the partitions split between
+    them; SIGKILL it, the survivor holds every partition within a lease (and a look), and
+    every task, those of the killed one's partitions too, is handed off and run once."""
+    store = stack.store
+    assert store is not None
+    assert stack.dispatcher is not None
+    parts, lease = store.partitions, stack.settings.claim_lease
+    env = {
+        **os.environ,
+        "SCHEDKIT_STORE_URL": stack.settings.store_url,
+        "SCHEDKIT_BROKER_URL": stack.settings.effective_broker_url,
+        "SCHEDKIT_PREFIX": stack.settings.prefix,
+        "SCHEDKIT_STORE_PARTITIONS": str(parts),
+        "SCHEDKIT_CLAIM_LEASE": str(lease),
+        "SCHEDKIT_HANDOFF_WINDOW": str(stack.settings.handoff_window),
+        "SCHEDKIT_POLL_INTERVAL": "0.2",
+    }
+    other = subprocess.Popen(
+        [sys.executable, "-m", "schedkit", "dispatch"], env=env, start_new_session=True
+    )
+    mine = stack.dispatcher.leases.owner
+    try:
+        poll(
+            lambda: (
+                sorted(Counter(_holders(store).values()).values())
+                == [parts // 2, parts - parts // 2]
+                and "" not in _holders(store).values()
+            ),
+            30,
+            "two dispatchers sharing the partitions",
+        )
+        theirs = {p for p, h in _holders(store).items() if h != mine}
+        with stack.client() as client:
+            soon = datetime.now(UTC) + timedelta(seconds=2)
+            ids = [
+                r.id
+                for r in client.schedule_many([TaskSpec("add", soon, [n, 1]) for n in range(60)])
+            ]
+            assert theirs & {store.partition_of(i) for i in ids}
+            os.kill(other.pid, signal.SIGKILL)
+            other.wait(10)
+            poll(
+                lambda: set(_holders(store).values()) == {mine},
+                lease + 2,
+                "the survivor to hold every partition within a lease",
+            )
+            states = {i: client.wait_for(i, ["SUCCEEDED", "FAILED"], timeout=60).state for i in ids}
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait(10)
+    assert set(states.values()) == {TaskState.SUCCEEDED}
+    ran = Counter(r["id"] for r in runs(store))
+    assert {i: ran[i] for i in ids} == dict.fromkeys(ids, 1)

@@ -20,6 +20,9 @@ pytest.importorskip("flask", reason="the bench needs the dev extra (flask, reque
 pytest.importorskip("rq", reason="the bench needs the dev extra (flask, requests, rq)")
 
 
+ON_CLUSTER = "schedkit on a Redis Cluster (3 primaries)"
+
+
 @pytest.mark.timeout(240)
 def test_every_benchmark_runs_and_yields_numbers(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -50,7 +53,17 @@ def test_every_benchmark_runs_and_yields_numbers(tmp_path: Path) -> None:
         ("worker RSS growth", "plain Celery worker, ETA"),
         ("query: first page (100)", "schedkit ListTasks"),
         ("unary calls/s, 32 clients", "one server process"),
-        ("one Redis vs cluster: ingest", "schedkit on a Redis Cluster (3 primaries)"),
+        ("one Redis vs cluster: ingest", "schedkit on a Redis Cluster (3 primaries), 3 partitions"),
+        ("one Redis vs cluster: ingest", "schedkit on a Redis Cluster (3 primaries), 1 partition"),
+        (
+            "one Redis vs cluster: hand-off",
+            "schedkit on a Redis Cluster (3 primaries), 3 partitions",
+        ),
+        (
+            "one Redis vs cluster: hand-off",
+            "schedkit on a Redis Cluster (3 primaries), 1 partition",
+        ),
+        ("busiest Redis CPU per task: ingest", "schedkit on one Redis"),
         ("one Redis vs cluster: ingest", "schedkit on one Redis"),
         ("unary calls/s, 32 clients", "schedkit serve --processes 2"),
     }

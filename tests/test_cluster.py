@@ -1,7 +1,8 @@
 """The store on a real Redis Cluster (`redis+cluster://`): 3 primaries, 3 replicas on loopback.
 
-Every key sits in one hash slot (the prefix is a hash tag), so the cluster gives failover and
-its operations, not more room; the broker is a Redis of its own, because Celery's Redis
+With one partition every key sits in one hash slot (the prefix is a hash tag), so the cluster
+gives failover and its operations, not more room; with three (SCHEDKIT_STORE_PARTITIONS) each
+partition's slot is on its own primary. The broker is a Redis of its own, because Celery's Redis
 transport does not speak Redis Cluster.
 """
 
@@ -32,6 +33,7 @@ from schedkit.settings import Settings
 from schedkit.store.store import Store
 from schedkit.testing import ClusterSet, LocalStack, cluster_set, local_stack, redis_server
 from store_checks import (
+    a_killed_dispatchers_partitions_are_taken_over,
     a_schedule_is_materialized_and_its_runs_run,
     retried_call,
     schedule_idempotency_list_and_cancel,
@@ -60,6 +62,61 @@ def on_cluster(cluster: ClusterSet) -> Iterator[LocalStack]:
         ) as stack,
     ):
         yield stack
+
+
+#: A prefix whose three partitions' slots fall to three different primaries of the cluster
+#: ``redis-cli --cluster create`` makes (slots split in equal thirds): crc16 is fixed.
+SPREAD_PREFIX = "store"
+
+
+@pytest.fixture(scope="module")
+def on_cluster_parts(cluster: ClusterSet) -> Iterator[LocalStack]:
+    with (
+        redis_server(appendonly=False) as broker,
+        local_stack(
+            store_url=cluster.url(),
+            broker_url=broker.url,
+            prefix=SPREAD_PREFIX,
+            store_partitions=3,
+            handoff_window=3.0,
+            poll_interval=0.2,
+            claim_lease=5.0,
+        ) as stack,
+    ):
+        yield stack
+
+
+def test_three_partitions_spread_keys_over_the_three_primaries(
+    on_cluster_parts: LocalStack, cluster: ClusterSet
+) -> None:
+    schedule_idempotency_list_and_cancel(on_cluster_parts)
+    store = on_cluster_parts.store
+    assert store is not None
+    at = datetime.now(UTC) + timedelta(hours=2)
+    with on_cluster_parts.client() as client:
+        ids = [r.id for r in client.schedule_many([TaskSpec("add", at, [n, 1]) for n in range(30)])]
+    assert {store.partition_of(task_id) for task_id in ids} == {0, 1, 2}
+    assert [keys.prefix for keys in store.parts] == ["{store}", "{store:1}", "{store:2}"]
+    owners = [cluster.owner(keys.claims).port for keys in store.parts]
+    assert sorted(owners) == sorted(server.port for server in cluster.primaries)
+    client = store.redis
+    for keys, owner in zip(store.parts, owners, strict=True):
+        # Every partition holds tasks, all on its own primary.
+        found = list(client.scan_iter(match=f"{keys.task_prefix}*", target_nodes="all"))  # type: ignore[call-arg]
+        assert found, keys.prefix
+        ports = {client.get_node_from_key(key).port for key in found}  # type: ignore[attr-defined]
+        assert ports == {owner}
+
+
+def test_core_checks_on_a_cluster_with_three_partitions(on_cluster_parts: LocalStack) -> None:
+    watch_hand_off_and_run_once(on_cluster_parts)
+    a_schedule_is_materialized_and_its_runs_run(on_cluster_parts)
+
+
+def test_a_killed_dispatchers_partitions_are_taken_over_on_a_cluster(
+    on_cluster_parts: LocalStack,
+) -> None:
+    a_killed_dispatchers_partitions_are_taken_over(on_cluster_parts)
 
 
 def test_every_key_of_the_store_is_in_one_slot_of_the_cluster(on_cluster: LocalStack) -> None:

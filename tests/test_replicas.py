@@ -64,11 +64,12 @@ def pair() -> Iterator[Pair]:
             replica_client.close()
 
 
-def serve(pair: Pair, replicas: int, timeout: float) -> tuple[Server, Store]:
+def serve(pair: Pair, replicas: int, timeout: float, partitions: int = 1) -> tuple[Server, Store]:
     settings = Settings(
         store_url=pair.primary.url,
         store_replicas=replicas,
         store_replica_timeout=timeout,
+        store_partitions=partitions,
         **FAST,  # type: ignore[arg-type]
     )
     store = Store.for_settings(settings)
@@ -87,7 +88,7 @@ def spec(key: str) -> pb.TaskSpec:
     return made
 
 
-StubFor = Callable[[int, float], tuple[pb_grpc.ScheduleServiceStub, Store]]
+StubFor = Callable[..., tuple[pb_grpc.ScheduleServiceStub, Store]]
 
 
 @pytest.fixture
@@ -95,8 +96,10 @@ def stub_for(pair: Pair) -> Iterator[StubFor]:
     """Makes a server on the pair's primary asking for ``replicas`` within ``timeout``."""
     opened: list[tuple[Server, Store, grpc.Channel]] = []
 
-    def make(replicas: int, timeout: float) -> tuple[pb_grpc.ScheduleServiceStub, Store]:
-        server, store = serve(pair, replicas, timeout)
+    def make(
+        replicas: int, timeout: float, partitions: int = 1
+    ) -> tuple[pb_grpc.ScheduleServiceStub, Store]:
+        server, store = serve(pair, replicas, timeout, partitions)
         channel = grpc.insecure_channel(server.address)
         opened.append((server, store, channel))
         return pb_grpc.ScheduleServiceStub(channel), store
@@ -143,6 +146,31 @@ def test_a_schedule_no_replica_confirms_fails_unavailable_and_a_retry_makes_one_
     assert first.task.id == again.task.id
     listed = stub.ListTasks(pb.ListTasksRequest(), timeout=30)
     assert [t.spec.idempotency_key for t in listed.tasks].count("k1") == 1
+
+
+def test_over_partitions_a_batch_no_replica_confirms_fails_and_a_retry_makes_each_once(
+    pair: Pair, stub_for: StubFor
+) -> None:
+    """Four partitions: a batch is one script per partition, then WAIT; unconfirmed, the
+    batch and a single schedule fail UNAVAILABLE; thawed, the retries make each task once."""
+    stub, store = stub_for(1, 0.3, 4)
+    batch = pb.ScheduleTasksRequest(specs=[spec(f"part-{n}") for n in range(12)])
+    pair.freeze()
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.ScheduleTasks(iter([batch]), timeout=30))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "0 of 1 replicas" in refused.value.details()
+    with pytest.raises(grpc.RpcError) as single:
+        stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("part-12")), timeout=30)
+    assert single.value.code() == grpc.StatusCode.UNAVAILABLE
+    pair.thaw()
+    list(stub.ScheduleTasks(iter([batch]), timeout=30))
+    list(stub.ScheduleTasks(iter([batch]), timeout=30))
+    stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("part-12")), timeout=30)
+    listed = stub.ListTasks(pb.ListTasksRequest(page_size=100), timeout=30).tasks
+    keys = sorted(t.spec.idempotency_key for t in listed)
+    assert keys == sorted(f"part-{n}" for n in range(13))
+    assert len({store.partition_of(t.id) for t in listed}) > 1
 
 
 def test_a_cancel_no_replica_confirms_fails_unavailable(pair: Pair, stub_for: StubFor) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,6 +23,14 @@ from schedkit.store.codec import StateChange
 from schedkit.store.store import Store, TaskQuery
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=[1, 4], ids=["P1", "P4"])
+def store(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Every check on a store of one partition and on one of four (store partitions)."""
+    opened = Store.from_url(redis_url, partitions=request.param)
+    yield opened
+    opened.close()
 
 
 def spec(n: int = 0, *, key: str = "", at: datetime = T0, **extra: object) -> TaskSpec:
@@ -202,7 +212,8 @@ def test_a_filter_behind_many_other_tasks_still_fills_the_page(
     schedules: Schedules, store: Store
 ) -> None:
     """Matches that sit after more non-matches than one scan budget come back in one call."""
-    put(schedules, [spec(n, key=f"early{n}") for n in range(90)])
+    # 90 non-matches in each partition, ahead of the matches.
+    put(schedules, [spec(n % 99, key=f"early{n}") for n in range(90 * store.partitions)])
     late = put(
         schedules, [spec(100 + n, key=f"late{n}", labels={"team": "late"}) for n in range(4)]
     )
@@ -321,13 +332,19 @@ def test_a_batch_is_one_event_per_hundred_tasks_and_each_task_a_change(
     schedules: Schedules, store: Store
 ) -> None:
     ids = put(schedules, [spec(n) for n in range(250)])
-    assert store.redis.xlen(store.keys.events) == 3  # 100 + 100 + 50 ids
+    per_partition = Counter(store.partition_of(task_id) for task_id in ids)
+    entries = sum(store.redis.xlen(keys.events) for keys in store.parts)
+    assert entries == sum(-(-n // 100) for n in per_partition.values())  # 100 + 100 + 50 in one
     changes = events_after(store, "0-0")
-    assert [c.task_id for c in changes] == ids
     assert {c.state for c in changes} == {TaskState.SCHEDULED}
-    # Resuming after an entry's cursor skips all of its tasks, and only those.
-    after_first = events_after(store, changes[99].cursor)
-    assert [c.task_id for c in after_first] == ids[100:]
+    if store.partitions == 1:
+        assert [c.task_id for c in changes] == ids
+        # Resuming after an entry's cursor skips all of its tasks, and only those.
+        after_first = events_after(store, changes[99].cursor)
+        assert [c.task_id for c in after_first] == ids[100:]
+    else:  # one read of every partition's stream; its cursor resumes after all of it
+        assert sorted(c.task_id for c in changes) == sorted(ids)
+        assert events_after(store, changes[-1].cursor) == []
 
 
 def test_redeliver_makes_due_again_only_long_queued_unstarted_tasks(

@@ -30,6 +30,10 @@ class Settings:
     store_replicas: int = 0
     #: Seconds a schedule or cancel waits for ``store_replicas`` replicas.
     store_replica_timeout: float = 1.0
+    #: Partitions of the store (1 to 256), fixed when the store is created: each has its own
+    #: due index, claims and event stream under a hash tag of its own, so on a Redis Cluster
+    #: they spread over the primaries. Every process of one store must give the same number.
+    store_partitions: int = 1
     #: Celery broker URL; empty means another database of the store's Redis (see
     #: :func:`broker_url_beside`). Never the store's own database.
     broker_url: str = ""

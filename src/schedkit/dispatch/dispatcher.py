@@ -25,6 +25,7 @@ from kombu.exceptions import EncodeError, OperationalError
 
 from schedkit.backoff import Backoff
 from schedkit.dispatch.broker import Broker
+from schedkit.dispatch.leases import LOOK_EVERY, PartitionLeases
 from schedkit.dispatch.materialize import Materializer
 from schedkit.dispatch.publish import Publisher
 from schedkit.errors import Unavailable
@@ -67,15 +68,22 @@ class Dispatcher:
         self.materializer = Materializer(store, settings, clock=clock)
         #: Due tasks the last round left in the store for want of room in their queue.
         self.held_back = 0
+        #: The store partitions this dispatcher serves (all of one; leased among many).
+        self.leases = PartitionLeases(store, settings.claim_lease, clock=clock)
 
     def run_once(self) -> int:
         """One round: claim, hand off, settle. Returns how many tasks the broker took."""
+        partitions = self.leases.current()
+        self.held_back = 0
+        if not partitions:
+            return 0
         claimed = self.store.claim(
             window_seconds=self.settings.handoff_window,
             lease_seconds=self.settings.claim_lease,
             limit=self.settings.claim_batch,
             max_in_flight=self.settings.max_in_flight,
             now=self.clock(),
+            partitions=partitions,
         )
         self.held_back = claimed.held_back
         if not claimed:
@@ -110,9 +118,10 @@ class Dispatcher:
             self.broker.reset()
             self.publisher.reset()
         now = self.clock()
-        self.store.mark_queued(handed, now=now)
-        self.store.fail_refused(refused, now=now)
-        self.store.release([t.id for t in claimed[outcome.settled :]], now=now)
+        where = {t.id: t.partition for t in claimed}  # settled where each was claimed
+        self.store.mark_queued(handed, now=now, where=where)
+        self.store.fail_refused(refused, now=now, where=where)
+        self.store.release([t.id for t in claimed[outcome.settled :]], now=now, where=where)
         if log.isEnabledFor(logging.DEBUG):  # a line per task: only when asked for
             for task, verdict in zip(claimed, outcome.reasons, strict=False):
                 if verdict is None:
@@ -127,7 +136,10 @@ class Dispatcher:
     def seconds_until_work(self) -> float:
         """How long to wait before the next task enters the window (capped at poll_interval)."""
         poll = self.settings.poll_interval
-        first = self.store.next_run_at()
+        partitions = self.leases.current()
+        if not partitions:
+            return poll
+        first = self.store.next_run_at(partitions)
         if first is None:
             return poll
         enters = first - timedelta(seconds=self.settings.handoff_window)
@@ -139,7 +151,10 @@ class Dispatcher:
         if now < self._next_purge:
             return 0
         self._next_purge = now + PURGE_EVERY
-        return self.store.purge(finished_before=now - timedelta(seconds=self.settings.retention))
+        return self.store.purge(
+            finished_before=now - timedelta(seconds=self.settings.retention),
+            partitions=self.leases.current(),
+        )
 
     def redeliver_if_due(self) -> int:
         """Hand off again what the broker lost, checked every half visibility timeout (at
@@ -150,7 +165,7 @@ class Dispatcher:
             return 0
         stale = self.settings.visibility_timeout
         self._next_redeliver = now + min(PURGE_EVERY, timedelta(seconds=max(1.0, stale / 2)))
-        lost = self.store.redeliver(stale_seconds=stale, now=now)
+        lost = self.store.redeliver(stale_seconds=stale, now=now, partitions=self.leases.current())
         if lost:
             log.warning(
                 "%d tasks were handed off %.0fs ago and no worker started them: handing off "
@@ -174,12 +189,7 @@ class Dispatcher:
                 backoff.succeeded()
                 if handed >= self.settings.claim_batch:
                     continue
-                if self.held_back:
-                    # Due work waits for room: a start that brings its queue a tenth below
-                    # the bound nudges the wake list; look again soon in any case.
-                    self.store.wait_for_work(HELD_BACK_WAIT)
-                    continue
-                self.store.wait_for_work(self.seconds_until_work())
+                self._wait(HELD_BACK_WAIT if self.held_back else self.seconds_until_work())
             except Exception as exc:
                 # The loop must outlive any one bad round: a dead dispatcher hands off nothing.
                 wait = backoff.failed()
@@ -188,6 +198,17 @@ class Dispatcher:
                 else:
                     log.exception("dispatcher round failed, retrying in %.1fs", wait)
                 self._stop.wait(wait)  # stop() ends the wait at once
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep until a nudge in a partition served, or ``seconds``. With work held back for
+        room (a short wait), a start that brings its queue a tenth below the bound nudges the
+        wake list; look again soon in any case. Serving no partition (more dispatchers than
+        partitions), look for a free one at every look (``schedkit.dispatch.leases``)."""
+        partitions = self.leases.current()
+        if partitions:
+            self.store.wait_for_work(seconds, partitions)
+        else:
+            self._stop.wait(min(seconds, LOOK_EVERY))
 
     def start(self) -> Dispatcher:
         """Run the loop in a daemon thread."""
@@ -203,6 +224,8 @@ class Dispatcher:
                 self.store.nudge()
             self._thread.join(timeout)
             self._thread = None
+        with contextlib.suppress(Unavailable):
+            self.leases.release_all()
 
 
 #: Longest reason kept in a refused task's error field.

@@ -83,24 +83,39 @@ class StoreCollector(Collector):
     def _read(
         self,
     ) -> tuple[dict[str, str], dict[str, int], int | None, int, dict[str, str], int]:
-        keys = self.store.keys
         now = to_millis(utc_now())
         with store_errors():
             pipe = self.store.redis.pipeline(transaction=False)
-            pipe.hgetall(keys.stats)
-            for state in TaskState:
-                pipe.zcard(keys.state(state.value))
-            pipe.zrange(keys.state("SCHEDULED"), 0, 0, withscores=True)
-            pipe.zcard(keys.claims)
-            pipe.hgetall(keys.flight)
-            pipe.zcount(keys.state("SCHEDULED"), "-inf", now)
+            for keys in self.store.parts:
+                pipe.hgetall(keys.stats)
+                for state in TaskState:
+                    pipe.zcard(keys.state(state.value))
+                pipe.zrange(keys.state("SCHEDULED"), 0, 0, withscores=True)
+                pipe.zcard(keys.claims)
+                pipe.hgetall(keys.flight)
+                pipe.zcount(keys.state("SCHEDULED"), "-inf", now)
             replies = pipe.execute()
-        stats: dict[str, str] = replies[0]
-        states = {
-            state.value: int(size) for state, size in zip(TaskState, replies[1:-4], strict=True)
-        }
-        first = int(float(replies[-4][0][1])) if replies[-4] else None
-        return stats, states, first, int(replies[-3]), replies[-2], int(replies[-1])
+        # Every partition counts its own tasks: the store's figures are their sums.
+        stats: dict[str, str] = {}
+        states = {state.value: 0 for state in TaskState}
+        firsts: list[int] = []
+        claims, overdue = 0, 0
+        flight: dict[str, str] = {}
+        per_part = len(TaskState) + 5
+        for first_reply in range(0, len(replies), per_part):
+            part = replies[first_reply : first_reply + per_part]
+            for name, value in part[0].items():
+                stats[name] = str(int(stats.get(name, 0)) + int(value))
+            for state, size in zip(TaskState, part[1:-4], strict=True):
+                states[state.value] += int(size)
+            if part[-4]:
+                firsts.append(int(float(part[-4][0][1])))
+            claims += int(part[-3])
+            for queue, size in part[-2].items():
+                flight[queue] = str(int(flight.get(queue, 0)) + int(size))
+            overdue += int(part[-1])
+        first = min(firsts) if firsts else None
+        return stats, states, first, claims, flight, overdue
 
 
 @dataclass

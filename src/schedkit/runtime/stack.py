@@ -148,6 +148,7 @@ class Stack:
         env = {
             **os.environ,
             "SCHEDKIT_PREFIX": self.settings.prefix,
+            "SCHEDKIT_STORE_PARTITIONS": str(self.settings.store_partitions),
             "SCHEDKIT_VISIBILITY_TIMEOUT": str(self.settings.visibility_timeout),
             "SCHEDKIT_LOG_FORMAT": self.settings.log_format,
             # The worker consumes every queue a task may name (worker_queues).

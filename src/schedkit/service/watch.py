@@ -20,7 +20,7 @@ from schedkit.backoff import Backoff
 from schedkit.errors import Unavailable
 from schedkit.model import TaskRecord
 from schedkit.service.schedules import matching_changes, wanted_changes
-from schedkit.store.aio import AsyncStore
+from schedkit.store.aio import AsyncStore, stream_cursors
 from schedkit.store.codec import StateChange
 from schedkit.store.connect import async_client, close_async
 from schedkit.store.store import TaskQuery, store_errors
@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 REREAD_EVERY = 5.0
 #: The reader's longest wait on the stream: it bounds how long closing the feed takes.
 TAIL_BLOCK_SECONDS = 1.0
+#: How often the reader looks at the partitions' streams of a cluster, which cannot block on
+#: several slots in one read (seconds), and per partition (a look is a read of each stream):
+#: 50 ms for up to 5 partitions, longer beyond, so a look costs at most 100 reads a second.
+CLUSTER_TAIL_POLL = 0.05
+CLUSTER_TAIL_POLL_PER_PARTITION = 0.01
 
 
 class ChangeFeed:
@@ -102,16 +107,33 @@ class ChangeFeed:
         store outage."""
         backoff = Backoff()  # 0.5 s, doubling up to 10 s, until a read goes through
         cursor = ""
-        events = self._store.keys.events
+        streams = self._store.streams
         while self._watchers and not self._closing:
             try:
                 cursor = cursor or await self.latest()
+                if len(streams) > 1 and self._store.on_cluster:
+                    # A cluster blocks on one slot per command: look at every stream, often.
+                    changes = await self._store.events_after(cursor, count=1)
+                    if changes:
+                        cursor = changes[-1].cursor
+                        self._wake()
+                    else:
+                        await asyncio.sleep(
+                            max(CLUSTER_TAIL_POLL, CLUSTER_TAIL_POLL_PER_PARTITION * len(streams))
+                        )
+                    backoff.succeeded()
+                    continue
+                cursors = stream_cursors(cursor, streams)
                 with store_errors():
                     reply: Any = await self._tail.xread(
-                        {events: cursor}, count=1, block=int(TAIL_BLOCK_SECONDS * 1000)
+                        dict(cursors),  # type: ignore[arg-type]
+                        count=1,
+                        block=int(TAIL_BLOCK_SECONDS * 1000),
                     )
                 if reply:
-                    cursor = str(reply[0][1][-1][0])  # watchers read the entries themselves
+                    for stream, entries in reply:  # watchers read the entries themselves
+                        cursors[str(stream)] = str(entries[-1][0])
+                    cursor = " ".join(cursors.values())
                     self._wake()
                 backoff.succeeded()
             except Unavailable as exc:

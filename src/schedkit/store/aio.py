@@ -16,7 +16,7 @@ from typing import Any
 from schedkit.errors import NotFound
 from schedkit.model import ScheduleResult, TaskRecord
 from schedkit.store.codec import StateChange, changes_of, schedule_payload, schedule_results
-from schedkit.store.connect import async_client, close_async
+from schedkit.store.connect import async_client, close_async, is_cluster
 from schedkit.store.record import NewTasks, decode
 from schedkit.store.store import (
     Store,
@@ -49,6 +49,9 @@ class AsyncStore:
         """:meth:`Store.schedule_new`, awaited."""
         if not batch.rows:
             return []
+        replicas = self.store.replicas
+        if self.store.partitions > 1:
+            return await self._schedule_split(batch, window_seconds=window_seconds, now=now)
         argv = script_argv(
             self.keys.task_prefix,
             self.store.history,
@@ -56,7 +59,6 @@ class AsyncStore:
             int(window_seconds * 1000),
             schedule_payload(batch),
         )
-        replicas = self.store.replicas
         if replicas.count and self.store.on_cluster:
             # WAIT must follow the write on the slot primary's connection, which redis-py's
             # asyncio cluster client does not lend out: the blocking store does it.
@@ -74,6 +76,32 @@ class AsyncStore:
                 replicas.check(int(confirmed), "schedule")
         return schedule_results(batch.rows, verdicts)
 
+    async def _schedule_split(
+        self, batch: NewTasks, *, window_seconds: float, now: datetime
+    ) -> list[ScheduleResult]:
+        """A batch of a partitioned store: one script call per partition."""
+        if self.store.replicas.count:
+            # WAIT per server, after that server's writes: the blocking store groups them.
+            return await asyncio.to_thread(
+                self.store.schedule_new, batch, window_seconds=window_seconds, now=now
+            )
+        parts = self.store.split(batch)
+        window = int(window_seconds * 1000)
+        replies = []
+        with store_errors():
+            # One after the other: a few partitions cost a few round trips, and concurrent
+            # commands on one asyncio cluster client leave coroutines behind when cancelled.
+            for part in parts:
+                replies.append(
+                    await self._schedule(
+                        keys=self.store.part_script_keys[part.partition],
+                        args=self.store.argv(
+                            part.partition, now, window, schedule_payload(part.tasks)
+                        ),
+                    )
+                )
+        return self.store.merge_results(batch, parts, replies)
+
     async def get(self, task_id: str) -> TaskRecord:
         """The task with this id, or NotFound."""
         record = (await self.get_many([task_id]))[0]
@@ -85,28 +113,83 @@ class AsyncStore:
         """Records for ids in one round trip; None where there is none."""
         if not task_ids:
             return []
+        store = self.store
         with store_errors():
             pipe = self.redis.pipeline(transaction=False)
             for task_id in task_ids:
-                pipe.hgetall(self.keys.task(task_id))
+                pipe.hgetall(store.parts[store.partition_of(task_id)].task(task_id))
             raws: list[Any] = await pipe.execute()
+            # A run of a schedule lives in partition 0 whatever its id hashes to.
+            missed = [
+                n for n, raw in enumerate(raws) if not raw and store.partition_of(task_ids[n])
+            ]
+            if missed:
+                pipe = self.redis.pipeline(transaction=False)
+                for n in missed:
+                    pipe.hgetall(self.keys.task(task_ids[n]))
+                for n, raw in zip(missed, await pipe.execute(), strict=True):
+                    raws[n] = raw
         return [
             decode(task_id, raw) if raw else None
             for task_id, raw in zip(task_ids, raws, strict=True)
         ]
 
+    @property
+    def streams(self) -> list[str]:
+        """The event stream of every partition, in partition order."""
+        return [keys.events for keys in self.store.parts]
+
     async def latest_event(self) -> str:
-        """The cursor of the newest event, to watch from now on."""
+        """The cursor of the newest event, to watch from now on: with several partitions,
+        the newest entry id of each stream, space-separated (see :func:`stream_cursors`)."""
         with store_errors():
-            newest = await self.redis.xrevrange(self.keys.events, count=1)
-        return str(newest[0][0]) if newest else "0-0"
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in self.streams:
+                pipe.xrevrange(stream, count=1)
+            replies = await pipe.execute()
+        return " ".join(str(newest[0][0]) if newest else "0-0" for newest in replies)
 
     async def events_after(self, cursor: str, *, count: int = 500) -> list[StateChange]:
-        """Up to ``count`` changes after ``cursor``, without waiting for any.
+        """Up to ``count`` changes per partition after ``cursor``, without waiting for any.
 
         Changes of one entry share its cursor: resuming after it skips them all, so callers
-        take an entry's changes together (one read always returns whole entries).
+        take an entry's changes together (one read always returns whole entries). With
+        several partitions every change of one read carries the cursor after the whole read,
+        and changes of different streams are ordered by time.
         """
+        cursors = stream_cursors(cursor, self.streams)
+        reply: Any
         with store_errors():
-            reply = await self.redis.xread({self.keys.events: cursor}, count=count)
-        return changes_of(reply)
+            if len(cursors) == 1 or not self.on_cluster:
+                reply = await self.redis.xread(dict(cursors), count=count)  # type: ignore[arg-type]
+            else:  # a cluster reads one slot per command
+                reply = []
+                for stream, at in cursors.items():
+                    reply.extend(await self.redis.xread({stream: at}, count=count) or [])
+        if len(cursors) == 1:
+            return changes_of(reply)
+        for stream, entries in reply or []:
+            if entries:
+                cursors[str(stream)] = str(entries[-1][0])
+        after = " ".join(cursors.values())
+        changes = sorted(changes_of(reply), key=lambda c: _entry_order(c.cursor))
+        return [StateChange(after, c.task_id, c.state, c.at) for c in changes]
+
+    @property
+    def on_cluster(self) -> bool:
+        """True when the store is a Redis Cluster."""
+        return is_cluster(self.store.url)
+
+
+def stream_cursors(cursor: str, streams: Sequence[str]) -> dict[str, str]:
+    """{stream: entry id} of a (composite) cursor, as :meth:`AsyncStore.latest_event` writes
+    it; a cursor that does not fit (the server's own, never a caller's) starts from 0."""
+    ids = cursor.split(" ")
+    if len(ids) != len(streams):
+        ids = ["0-0"] * len(streams)
+    return dict(zip(streams, ids, strict=True))
+
+
+def _entry_order(entry: str) -> tuple[int, int]:
+    ms, _, seq = entry.partition("-")
+    return int(ms), int(seq or 0)

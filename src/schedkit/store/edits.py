@@ -8,7 +8,7 @@ from datetime import datetime
 
 import orjson
 
-from schedkit.store.store import Store, script_argv, script_text, store_errors
+from schedkit.store.store import Store, script_text, store_errors
 
 #: The Lua files of edits.
 LUA_FILES = ("update", "cancel_many")
@@ -23,10 +23,13 @@ class EditStore:
         self._update = client.register_script(script_text("update"))
         self._cancel_many = client.register_script(script_text("cancel_many"))
 
-    def _run(self, script: object, *args: object, now: datetime | None = None) -> object:
-        argv = script_argv(self.store.keys.task_prefix, self.store.history, now, *args)
+    def _run(
+        self, script: object, *args: object, now: datetime | None = None, partition: int = 0
+    ) -> object:
+        argv = self.store.argv(partition, now, *args)
+        keys = self.store.part_script_keys[partition]
         with store_errors():
-            return script(keys=self.store.script_keys, args=argv)  # type: ignore[operator]
+            return script(keys=keys, args=argv)  # type: ignore[operator]
 
     def update(
         self,
@@ -40,18 +43,24 @@ class EditStore:
         now: datetime | None = None,
     ) -> str:
         """'updated', 'missing', 'claimed' or the task's state when not SCHEDULED."""
-        return str(
-            self._run(
-                self._update,
-                task_id,
-                run_ms,
-                fingerprint,
-                orjson.dumps(list(set_fields)),
-                orjson.dumps(list(remove_fields)),
-                int(window_seconds * 1000),
-                now=now,
+        verdict = "missing"
+        for partition in self.store.places(task_id):  # a run of a schedule is in 0
+            verdict = str(
+                self._run(
+                    self._update,
+                    task_id,
+                    run_ms,
+                    fingerprint,
+                    orjson.dumps(list(set_fields)),
+                    orjson.dumps(list(remove_fields)),
+                    int(window_seconds * 1000),
+                    now=now,
+                    partition=partition,
+                )
             )
-        )
+            if verdict != "missing":
+                break
+        return verdict
 
     def cancel_many(
         self, task_ids: Sequence[str], now: datetime | None = None
@@ -59,6 +68,16 @@ class EditStore:
         """Cancel those not started: how many, and the ids that were already handed off."""
         if not task_ids:
             return 0, []
-        reply = self._run(self._cancel_many, *task_ids, now=now)
-        assert isinstance(reply, list)
-        return int(reply[0]), [str(i) for i in reply[1:]]
+        # Each id in every place it may be (a run of a schedule is in partition 0): the
+        # script passes over an id it has no record of, and a record is in one place only.
+        by_part: dict[int, list[str]] = {}
+        for task_id in task_ids:
+            for partition in self.store.places(task_id):
+                by_part.setdefault(partition, []).append(task_id)
+        count, handed = 0, list[str]()
+        for partition, ids in sorted(by_part.items()):
+            reply = self._run(self._cancel_many, *ids, now=now, partition=partition)
+            assert isinstance(reply, list)
+            count += int(reply[0])
+            handed.extend(str(i) for i in reply[1:])
+        return count, handed

@@ -22,8 +22,22 @@
 Runs of a schedule carry the labels ``SCHEDULE_LABEL`` (its id) and ``NOMINAL_LABEL``, and
 ``OVERLAP_LABEL`` when a trigger or backfill chose its own policy (``schedkit.recurring``).
 
+``{prefix}:meta``         hash   what the store was created with: ``partitions`` (P), written
+                                  once (HSETNX); a process configured otherwise refuses to start
+``{prefix:p}:lease``       string which dispatcher serves partition p now (P > 1 only)
+``{prefix}:dispatchers``   zset   dispatcher ids by when their membership lapses (P > 1 only)
+
+**Partitions.** The store is split into P partitions (``SCHEDKIT_STORE_PARTITIONS``, 1 by
+default). Partition 0 keeps the names above; partition p > 0 has the same task keys under its
+own prefix, a hash tag of its own (``{schedkit:2}:t:{id}``, :func:`partition_prefix`). A
+task lives in the partition its id hashes to (:func:`partition_of`), except the runs of
+recurring schedules: the schedule scripts make them in the same script as the schedule's own
+keys, so they live in partition 0 with the schedules; lookups by id try partition 0 after
+the hashed one.
+
 On a Redis Cluster the prefix is a hash tag (``{schedkit}:t:{id}``, see :func:`one_slot`): every
-key is in one slot, which the scripts need; a cluster then gives failover, not more room.
+key of a partition is in one slot, which the scripts need; with P > 1 the partitions' slots
+spread over the cluster's primaries.
 
 The task key is ``t`` rather than ``task``: every parked task pays for its key's length.
 A task id derived from an idempotency key is a hash of that key, so the task record itself is
@@ -45,6 +59,7 @@ arguments start at ARGV[4].
 from __future__ import annotations
 
 import enum
+import zlib
 from dataclasses import dataclass
 
 from schedkit.model import TaskState
@@ -52,6 +67,7 @@ from schedkit.recurring import NOMINAL_LABEL, OVERLAP_LABEL, SCHEDULE_LABEL
 
 __all__ = [
     "EVENT_IDS",
+    "MAX_PARTITIONS",
     "NOMINAL_LABEL",
     "OVERLAP_LABEL",
     "SCHEDULE_LABEL",
@@ -61,7 +77,13 @@ __all__ = [
     "Keys",
     "ScheduleField",
     "Stat",
+    "partition_of",
+    "partition_prefix",
 ]
+
+#: Most partitions a store may have: each is a due index a dispatcher polls and a stream a
+#: watcher follows, so the number bounds what every round and every watch costs.
+MAX_PARTITIONS = 256
 
 #: The fixed keys of every script call, by their :class:`Keys` property (and Lua) names, in
 #: the order they open ``KEYS``; the state indexes follow.
@@ -108,6 +130,26 @@ def one_slot(prefix: str) -> str:
     if opened >= 0 and prefix.find("}", opened + 2) > opened:
         return prefix
     return f"{{{prefix}}}"
+
+
+def partition_prefix(prefix: str, partition: int) -> str:
+    """The key prefix of ``partition``: ``prefix`` itself for 0 (today's keys), else a hash
+    tag of its own, ``{schedkit:2}`` (or ``app{x:2}`` for ``app{x}``), so each partition's
+    keys are in one slot and different partitions in different ones."""
+    if partition == 0:
+        return prefix
+    opened = prefix.find("{")
+    closed = prefix.find("}", opened + 2) if opened >= 0 else -1
+    if opened >= 0 and closed > opened:
+        return f"{prefix[:closed]}:{partition}{prefix[closed:]}"
+    return f"{{{prefix}:{partition}}}"
+
+
+def partition_of(task_id: str, partitions: int) -> int:
+    """The partition a task id hashes to: crc32, stable across processes and versions."""
+    if partitions <= 1:
+        return 0
+    return zlib.crc32(task_id.encode()) % partitions
 
 
 class ScheduleField(enum.StrEnum):
@@ -169,6 +211,21 @@ class Keys:
     def wake(self) -> str:
         """The list dispatchers block on."""
         return f"{self.prefix}:wake"
+
+    @property
+    def meta(self) -> str:
+        """What the store was created with (its partition count)."""
+        return f"{self.prefix}:meta"
+
+    @property
+    def lease(self) -> str:
+        """Which dispatcher serves this partition (P > 1)."""
+        return f"{self.prefix}:lease"
+
+    @property
+    def dispatchers(self) -> str:
+        """Dispatcher ids by when their membership lapses (P > 1)."""
+        return f"{self.prefix}:dispatchers"
 
     def schedule(self, schedule_id: str) -> str:
         """The hash holding one recurring schedule."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -35,7 +36,13 @@ from schedkit.store.codec import (
 )
 from schedkit.store.connect import close_sync, is_cluster, sync_client
 from schedkit.store.header import lua_header
-from schedkit.store.keys import Keys, one_slot
+from schedkit.store.keys import (
+    MAX_PARTITIONS,
+    Keys,
+    one_slot,
+    partition_of,
+    partition_prefix,
+)
 from schedkit.store.record import Field, NewTasks, decode
 
 if TYPE_CHECKING:
@@ -54,6 +61,8 @@ SCRIPTS = (
 )
 ALL_STATES: tuple[TaskState, ...] = tuple(TaskState)
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -66,6 +75,8 @@ class Claimed:
     run_at: datetime
     queue: str
     priority: int | None
+    #: The store partition it was claimed from: its claim is settled there.
+    partition: int = 0
 
 
 class Claims(list[Claimed]):
@@ -73,6 +84,15 @@ class Claims(list[Claimed]):
     their queue (its in-flight bound)."""
 
     held_back: int = 0
+
+
+@dataclass(frozen=True)
+class Part:
+    """The rows of a batch that go to one partition, and their places in the batch."""
+
+    partition: int
+    tasks: NewTasks
+    positions: list[int]
 
 
 #: Most tasks one claim script call takes, and most due entries it reads: a call over a
@@ -191,10 +211,23 @@ def _load_script(client: redis.Redis, name: str) -> Any:
 DEFAULT_TIMEOUT = 10.0
 #: The longest wait a blocking read (the dispatcher's BLPOP) asks Redis for; callers loop.
 MAX_BLOCK_SECONDS = 5.0
+#: On a cluster, the longest a dispatcher of several partitions blocks on one of them before
+#: it looks at the others' wake lists (seconds).
+CLUSTER_WAKE_SLICE = 0.2
+
+
+def check_partitions(count: int) -> int:
+    """``count`` if it is a partition count a store may have, else ConfigError naming the
+    setting."""
+    if not 1 <= count <= MAX_PARTITIONS:
+        raise ConfigError(
+            f"SCHEDKIT_STORE_PARTITIONS is {count}: give a number from 1 to {MAX_PARTITIONS}"
+        )
+    return count
 
 
 class Store:
-    """Task records and indexes in one Redis database."""
+    """Task records and indexes in one Redis database, in ``partitions`` partitions."""
 
     def __init__(
         self,
@@ -206,6 +239,7 @@ class Store:
         url: str = "",
         timeout: float = DEFAULT_TIMEOUT,
         replicas: Replicas | None = None,
+        partitions: int = 1,
     ):
         self.redis = client
         #: What a schedule or cancel waits for before it is acknowledged.
@@ -216,11 +250,17 @@ class Store:
         self.timeout = timeout
         # Blocking reads wait on purpose: they get a pool whose read timeout allows for it.
         self._waiting = waiting or client
-        self.keys = Keys(prefix)
-        # Every script call passes the same KEYS (see keys.py); built once, not per call.
-        self.script_keys = self.keys.script_keys()
+        #: How many partitions the store has; partition 0 keeps the prefix's own key names
+        #: and the schedules (``schedkit.store.keys``).
+        self.partitions = check_partitions(partitions)
+        self.parts = [Keys(partition_prefix(prefix, p)) for p in range(partitions)]
+        self.keys = self.parts[0]
+        # Every script call of a partition passes the same KEYS (see keys.py): built once.
+        self.part_script_keys = [keys.script_keys() for keys in self.parts]
+        self.script_keys = self.part_script_keys[0]
         self.history = history
         self._scripts = {name: _load_script(client, name) for name in SCRIPTS}
+        self._wake_turn = 0
 
     @classmethod
     def from_url(
@@ -231,6 +271,7 @@ class Store:
         history: int = 100_000,
         timeout: float = DEFAULT_TIMEOUT,
         replicas: Replicas | None = None,
+        partitions: int = 1,
     ) -> Store:
         """Connect to the store at a redis://, rediss://, redis+sentinel:// or redis+cluster://
         URL (no round trip until first use; on a cluster ``prefix`` becomes a hash tag). A call
@@ -252,18 +293,61 @@ class Store:
             url=url,
             timeout=timeout,
             replicas=replicas,
+            partitions=partitions,
         )
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Store:
-        """The store ``settings`` name, with their prefix, event history and timeout."""
-        return cls.from_url(
+        """The store ``settings`` name, with their prefix, event history, timeout and
+        partitions; ConfigError when the store was created with another partition count."""
+        store = cls.from_url(
             settings.store_url,
             prefix=settings.prefix,
             history=settings.event_history,
             timeout=settings.store_timeout,
             replicas=Replicas.of(settings),
+            partitions=check_partitions(settings.store_partitions),
         )
+        try:
+            store.check_layout()
+        except Unavailable as exc:
+            # A store that is down now is checked by the next process start; refusing to
+            # start here would turn an outage into a crash loop.
+            log.warning("could not check the store's partition count: %s", exc)
+        except ConfigError:
+            store.close()
+            raise
+        return store
+
+    def check_layout(self) -> None:
+        """Record the partition count in the meta key if the store has none yet: this
+        process's for a new store, 1 for one from before partitions (it has totals or
+        events under the prefix). ConfigError when it differs from this process's."""
+        meta = self.keys.meta
+        with store_errors():
+            recorded = self.redis.hget(meta, "partitions")
+            if not recorded:
+                used = self.redis.exists(self.keys.stats, self.keys.events)
+                self.redis.hsetnx(meta, "partitions", 1 if used else self.partitions)
+                recorded = self.redis.hget(meta, "partitions")
+        stored = int(recorded) if recorded else 1
+        if stored != self.partitions:
+            raise ConfigError(
+                f"the store under prefix {self.keys.prefix!r} was created with {stored} "
+                f"partition(s), and this process is configured with SCHEDKIT_STORE_PARTITIONS="
+                f"{self.partitions}: give every process {stored} (partitions cannot change "
+                "once tasks are stored)"
+            )
+
+    def partition_of(self, task_id: str) -> int:
+        """The partition ``task_id`` hashes to."""
+        return partition_of(task_id, self.partitions)
+
+    def places(self, task_id: str) -> list[int]:
+        """Where a task with this id may be: its hashed partition, then partition 0, where
+        the runs of schedules live (see ``schedkit.store.keys``)."""
+        home = self.partition_of(task_id)
+        return [home] if home == 0 else [home, 0]
 
     def close(self) -> None:
         """Release the connection pools."""
@@ -271,41 +355,98 @@ class Store:
         if self._waiting is not self.redis:
             close_sync(self._waiting)
 
-    def _run(self, name: str, *args: Any, client: Any = None, now: datetime | None = None) -> Any:
-        argv = script_argv(self.keys.task_prefix, self.history, now, *args)
-        with store_errors():
-            return self._scripts[name](keys=self.script_keys, args=argv, client=client)
+    def argv(self, partition: int, now: datetime | None, *args: Any) -> list[Any]:
+        """A script's ARGV in ``partition`` (see :func:`script_argv`)."""
+        return script_argv(self.parts[partition].task_prefix, self.history, now, *args)
 
-    def _run_acknowledged(self, name: str, *args: Any, now: datetime | None = None) -> Any:
+    def _run(
+        self,
+        name: str,
+        *args: Any,
+        client: Any = None,
+        now: datetime | None = None,
+        partition: int = 0,
+    ) -> Any:
+        argv = self.argv(partition, now, *args)
+        keys = self.part_script_keys[partition]
+        with store_errors():
+            return self._scripts[name](keys=keys, args=argv, client=client)
+
+    def _run_acknowledged(
+        self, name: str, *args: Any, now: datetime | None = None, partition: int = 0
+    ) -> Any:
         """:meth:`_run` for a write the caller is told succeeded: with replicas asked for,
         followed by WAIT on the same connection (a pipeline), and Unavailable unless enough
         replicas confirm it."""
         if not self.replicas.count:
-            return self._run(name, *args, now=now)
+            return self._run(name, *args, now=now, partition=partition)
         with store_errors():
-            pipe = self.script_pipeline()
-        self._run(name, *args, client=pipe, now=now)
+            pipe = self.script_pipeline(partition)
+        self._run(name, *args, client=pipe, now=now, partition=partition)
         pipe.wait(*self.replicas.wait_args())
         with store_errors(), self.slot_moves():
             reply, confirmed = pipe.execute()
         self.replicas.check(int(confirmed), name)
         return reply
 
-    def _slot_client(self) -> redis.Redis:
-        """A client of the one server that holds the store's keys: the store's own, or on a
-        cluster the primary of its slot (WAIT counts the replicas of the connection it is
+    def _slot_client(self, partition: int = 0) -> redis.Redis:
+        """A client of the one server that holds ``partition``'s keys: the store's own, or on
+        a cluster the primary of its slot (WAIT counts the replicas of the connection it is
         sent on, and a cluster pipeline would send it to any node)."""
         if not self.on_cluster:
             return self.redis
         cluster = cast(redis.cluster.RedisCluster, self.redis)
-        node = cluster.get_node_from_key(self.keys.claims)  # type: ignore[no-untyped-call]
+        node = cluster.get_node_from_key(self.parts[partition].claims)  # type: ignore[no-untyped-call]
         return cluster.get_redis_connection(node)
 
-    def script_pipeline(self) -> redis.client.Pipeline:
+    def script_pipeline(self, partition: int = 0) -> redis.client.Pipeline:
         """A pipeline (no transaction) that may run scripts. On a cluster it goes to the
-        primary of the store's slot: a cluster pipeline refuses scripts, and every key of the
-        store is in that one slot. Execute it inside :meth:`slot_moves`."""
-        return self._slot_client().pipeline(transaction=False)
+        primary of ``partition``'s slot: a cluster pipeline refuses scripts, and every key of
+        a partition is in that one slot. Execute it inside :meth:`slot_moves`."""
+        return self._slot_client(partition).pipeline(transaction=False)
+
+    def _evalsha_many(
+        self, name: str, calls: Sequence[tuple[int, list[Any]]], *, acknowledged: bool = False
+    ) -> list[Any]:
+        """Run script ``name`` once per (partition, ARGV), pipelined: one pipeline per
+        server (one on a single Redis), each followed by WAIT when ``acknowledged`` and
+        replicas are asked for. Replies in call order.
+
+        EVALSHA by hand: a pipeline given Script objects first asks SCRIPT EXISTS, one more
+        round trip. A server without the script refuses every call of the pipeline (all are
+        this script), so loading it and sending them again runs each once.
+        """
+        script = self._scripts[name]
+        groups: dict[int, tuple[redis.Redis, list[int]]] = {}
+        for n, (partition, _) in enumerate(calls):
+            client = self._slot_client(partition)
+            groups.setdefault(id(client), (client, []))[1].append(n)
+        replies: list[Any] = [None] * len(calls)
+        wait = acknowledged and self.replicas.count > 0
+        for client, members in groups.values():
+            for attempt in (1, 2):
+                pipe = client.pipeline(transaction=False)
+                for n in members:
+                    partition, argv = calls[n]
+                    keys = self.part_script_keys[partition]
+                    pipe.evalsha(script.sha, len(keys), *keys, *argv)
+                if wait:
+                    pipe.wait(*self.replicas.wait_args())
+                try:
+                    with store_errors(), self.slot_moves():
+                        got = pipe.execute()
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    with store_errors():
+                        client.script_load(script.script)  # Redis restarted or was flushed
+                    continue
+                if wait:
+                    self.replicas.check(int(got.pop()), name)
+                for n, reply in zip(members, got, strict=True):
+                    replies[n] = reply
+                break
+        return replies
 
     @contextlib.contextmanager
     def slot_moves(self) -> Iterator[None]:
@@ -347,9 +488,53 @@ class Store:
         """Store a batch of new tasks in one round trip, results in row order."""
         if not batch.rows:
             return []
-        payload = schedule_payload(batch)
-        verdicts = self._run_acknowledged("schedule", int(window_seconds * 1000), payload, now=now)
-        return schedule_results(batch.rows, verdicts)
+        window = int(window_seconds * 1000)
+        if self.partitions == 1:
+            payload = schedule_payload(batch)
+            verdicts = self._run_acknowledged("schedule", window, payload, now=now)
+            return schedule_results(batch.rows, verdicts)
+        parts = self.split(batch)
+        now = now or utc_now()
+        calls = [
+            (part.partition, self.argv(part.partition, now, window, schedule_payload(part.tasks)))
+            for part in parts
+        ]
+        replies = self._evalsha_many("schedule", calls, acknowledged=True)
+        return self.merge_results(batch, parts, replies)
+
+    def split(self, batch: NewTasks) -> list[Part]:
+        """``batch`` split by partition (one script call each), in partition order. Each part
+        carries only the templates its rows name, so a batch of distinct tasks crosses the
+        wire once, not once per partition."""
+        positions: dict[int, list[int]] = {}
+        for n, row in enumerate(batch.rows):
+            positions.setdefault(self.partition_of(row.id), []).append(n)
+        parts = []
+        for partition in sorted(positions):
+            templates: list[list[str]] = []
+            renumbered: dict[int, int] = {}
+            rows = []
+            for n in positions[partition]:
+                row = batch.rows[n]
+                if row.template not in renumbered:
+                    renumbered[row.template] = len(templates)
+                    templates.append(batch.templates[row.template])
+                rows.append(row._replace(template=renumbered[row.template]))
+            tasks = NewTasks(templates, rows, batch.created_ms)
+            parts.append(Part(partition, tasks, positions[partition]))
+        return parts
+
+    @staticmethod
+    def merge_results(
+        batch: NewTasks, parts: Sequence[Part], replies: Sequence[Any]
+    ) -> list[ScheduleResult]:
+        """The results of a split batch's script calls, back in the batch's row order."""
+        results: list[ScheduleResult | None] = [None] * len(batch.rows)
+        for part, verdicts in zip(parts, replies, strict=True):
+            found = schedule_results(part.tasks.rows, verdicts)
+            for n, result in zip(part.positions, found, strict=True):
+                results[n] = result
+        return [result for result in results if result is not None]
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -361,12 +546,20 @@ class Store:
         return record
 
     def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
-        """Records for ids in one round trip; None where there is none."""
+        """Records for ids in one round trip (two when some are runs of schedules in
+        partition 0 of a partitioned store); None where there is none."""
         with store_errors():
             pipe = self.redis.pipeline(transaction=False)
             for task_id in task_ids:
-                pipe.hgetall(self.keys.task(task_id))
-            raws = pipe.execute()
+                pipe.hgetall(self.parts[self.partition_of(task_id)].task(task_id))
+            raws: list[Any] = pipe.execute()
+            missed = [n for n, raw in enumerate(raws) if not raw and self.partition_of(task_ids[n])]
+            if missed:
+                pipe = self.redis.pipeline(transaction=False)
+                for n in missed:
+                    pipe.hgetall(self.keys.task(task_ids[n]))
+                for n, raw in zip(missed, pipe.execute(), strict=True):
+                    raws[n] = raw
         return [
             decode(task_id, raw) if raw else None
             for task_id, raw in zip(task_ids, raws, strict=True)
@@ -401,40 +594,31 @@ class Store:
                 break
         return records, token
 
-    def _evalsha_all(self, sha: str, calls: list[list[Any]]) -> list[Any]:
-        # EVALSHA by hand: a pipeline given Script objects first asks SCRIPT EXISTS, one
-        # more round trip on every ListTasks page.
-        keys = self.script_keys
-        pipe = self.script_pipeline()
-        for argv in calls:
-            pipe.evalsha(sha, len(keys), *keys, *argv)
-        with self.slot_moves():
-            return pipe.execute()
-
     def _page_once(
         self, query: TaskQuery, *, page_size: int, page_token: str, scan_budget: int
     ) -> tuple[list[TaskRecord], str]:
         cursor_score, cursor_id = parse_page_token(page_token)
         budget = scan_budget or max(page_size * 20, 2000)
+        if self.partitions > 1 and not scan_budget:
+            # Each partition scans its share: a page reads about as much as with one.
+            budget = max(budget // self.partitions, page_size, 100)
         states = sorted(query.states or ALL_STATES)
         labels = json.dumps(dict(query.labels)) if query.labels else ""
         lo = str(to_millis(query.run_after)) if query.run_after else ""
         hi = str(to_millis(query.run_before)) if query.run_before else ""
         now = utc_now()
+        # One (run time, id) cursor serves every partition: the order is total, so each
+        # partition's scan resumes after it, and the horizon below keeps a page from
+        # running past what a partition whose budget ran out has not read yet.
         calls = [
-            script_argv(
-                self.keys.task_prefix, self.history, now, state.value, lo, hi,
+            (partition, self.argv(
+                partition, now, state.value, lo, hi,
                 cursor_score, cursor_id, page_size, budget, query.task, labels,
-            )
+            ))
+            for partition in range(self.partitions)
             for state in states
         ]  # fmt: skip
-        script = self._scripts["page"]
-        with store_errors():
-            try:
-                replies = self._evalsha_all(script.sha, calls)
-            except redis.exceptions.NoScriptError:
-                self.redis.script_load(script.script)  # Redis restarted or flushed its scripts
-                replies = self._evalsha_all(script.sha, calls)
+        replies = self._evalsha_many("page", calls)
         candidates: list[tuple[float, str, dict[str, str]]] = []
         horizon: tuple[float, str] | None = None
         for reply in replies:
@@ -459,9 +643,16 @@ class Store:
         return records, next_token
 
     def count(self, state: TaskState) -> int:
-        """How many tasks are in ``state``."""
+        """How many tasks are in ``state``, all partitions together."""
         with store_errors():
-            return int(self.redis.zcard(self.keys.state(state.value)))
+            pipe = self.redis.pipeline(transaction=False)
+            for keys in self.parts:
+                pipe.zcard(keys.state(state.value))
+            return sum(int(size) for size in pipe.execute())
+
+    def all_partitions(self, partitions: Sequence[int] | None) -> Sequence[int]:
+        """``partitions``, or every partition when None."""
+        return range(self.partitions) if partitions is None else partitions
 
     # -- the dispatcher's side --------------------------------------------------------------
 
@@ -473,6 +664,7 @@ class Store:
         limit: int,
         max_in_flight: int = 0,
         now: datetime | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> Claims:
         """Atomically claim up to ``limit`` tasks due within the window, under a lease, in
         run-time order (priority breaks ties), keeping each queue's tasks claimed or handed
@@ -480,91 +672,207 @@ class Store:
 
         One script call claims at most :data:`CLAIM_SLICE` tasks and reads at most
         :data:`CLAIM_SCAN` due entries, so Redis stays responsive however large a burst is;
-        a larger ``limit`` takes several calls.
+        a larger ``limit`` takes several calls. Over several ``partitions`` (None: all) the
+        calls take turns, a slice each, so a backlog in one does not starve the others;
+        each partition keeps its share of ``max_in_flight``.
         """
         claimed = Claims()
-        while len(claimed) < limit:
-            want = min(CLAIM_SLICE, limit - len(claimed))
-            flat = self._run(
-                "claim",
-                int(window_seconds * 1000),
-                int(lease_seconds * 1000),
-                want,
-                max(0, max_in_flight),
-                CLAIM_SCAN,
-                now=now,
-            )
-            claimed.held_back = int(flat[0])
-            for i in range(1, len(flat), 7):
-                task_id, task, args, kwargs, run, queue, priority = flat[i : i + 7]
-                claimed.append(
-                    Claimed(
-                        id=task_id,
-                        task=task,
-                        args=json.loads(args) if args else [],
-                        kwargs=json.loads(kwargs) if kwargs else {},
-                        run_at=from_millis(int(run)),
-                        queue=queue,
-                        priority=int(priority) if priority else None,
-                    )
+        open_parts = list(self.all_partitions(partitions))
+        if max_in_flight > 0:
+            # Each partition counts its own in flight: its share keeps the sum at the bound.
+            max_in_flight = -(-max_in_flight // self.partitions)
+        held: dict[int, int] = {}
+        while open_parts and len(claimed) < limit:
+            for partition in list(open_parts):
+                want = min(CLAIM_SLICE, limit - len(claimed))
+                if want <= 0:
+                    break
+                got = self._claim_slice(
+                    claimed, partition, want, window_seconds, lease_seconds, max_in_flight, now
                 )
-            if len(flat) // 7 < want:
-                break
+                held[partition] = got[1]
+                if got[0] < want:
+                    open_parts.remove(partition)
+        claimed.held_back = sum(held.values())
+        if len(held) > 1:
+            # Each partition's slice is in run-time order; hand off the round in that order.
+            claimed.sort(key=lambda task: task.run_at)
         return claimed
 
-    def _settle(self, verdict: str, values: Sequence[str], step: int, now: datetime | None) -> None:
-        """Run the handed script over ``values`` (``step`` values per task), in calls of at
-        most :data:`CLAIM_SLICE` tasks, so no one call holds Redis long."""
-        size = CLAIM_SLICE * step
-        for first in range(0, len(values), size):
-            self._run("handed", verdict, *values[first : first + size], now=now)
+    def _claim_slice(
+        self,
+        claimed: Claims,
+        partition: int,
+        want: int,
+        window_seconds: float,
+        lease_seconds: float,
+        max_in_flight: int,
+        now: datetime | None,
+    ) -> tuple[int, int]:
+        """One claim script call in ``partition``, appended to ``claimed``: (how many it
+        took, how many it held back)."""
+        flat = self._run(
+            "claim",
+            int(window_seconds * 1000),
+            int(lease_seconds * 1000),
+            want,
+            max(0, max_in_flight),
+            CLAIM_SCAN,
+            now=now,
+            partition=partition,
+        )
+        for i in range(1, len(flat), 7):
+            task_id, task, args, kwargs, run, queue, priority = flat[i : i + 7]
+            claimed.append(
+                Claimed(
+                    id=task_id,
+                    task=task,
+                    args=json.loads(args) if args else [],
+                    kwargs=json.loads(kwargs) if kwargs else {},
+                    run_at=from_millis(int(run)),
+                    queue=queue,
+                    priority=int(priority) if priority else None,
+                    partition=partition,
+                )
+            )
+        return len(flat) // 7, int(flat[0])
 
-    def mark_queued(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
-        """The broker has these tasks: QUEUED, claim settled."""
-        self._settle("queued", task_ids, 1, now)
+    def _settle(
+        self,
+        verdict: str,
+        tasks: Sequence[tuple[str, ...]],
+        now: datetime | None,
+        where: Mapping[str, int] | None,
+    ) -> None:
+        """Run the handed script over ``tasks`` (the values of each: an id first), in the
+        partition each was claimed from (``where``; else the one its id hashes to), in calls
+        of at most :data:`CLAIM_SLICE` tasks, so no one call holds Redis long."""
+        if not tasks:
+            return
+        by_part: dict[int, list[str]] = {}
+        for task in tasks:
+            partition = where[task[0]] if where else self.partition_of(task[0])
+            by_part.setdefault(partition, []).extend(task)
+        size = CLAIM_SLICE * len(tasks[0])
+        for partition, flat in by_part.items():
+            for first in range(0, len(flat), size):
+                chunk = flat[first : first + size]
+                self._run("handed", verdict, *chunk, now=now, partition=partition)
 
-    def release(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
+    def mark_queued(
+        self,
+        task_ids: Sequence[str],
+        now: datetime | None = None,
+        where: Mapping[str, int] | None = None,
+    ) -> None:
+        """The broker has these tasks: QUEUED, claim settled (``where``: the partition each
+        was claimed from, :attr:`Claimed.partition`; needed for runs of schedules)."""
+        self._settle("queued", [(i,) for i in task_ids], now, where)
+
+    def release(
+        self,
+        task_ids: Sequence[str],
+        now: datetime | None = None,
+        where: Mapping[str, int] | None = None,
+    ) -> None:
         """Hand-off failed: these tasks are due again right away."""
-        self._settle("release", task_ids, 1, now)
+        self._settle("release", [(i,) for i in task_ids], now, where)
 
-    def fail_refused(self, refused: Sequence[tuple[str, str]], now: datetime | None = None) -> None:
+    def fail_refused(
+        self,
+        refused: Sequence[tuple[str, str]],
+        now: datetime | None = None,
+        where: Mapping[str, int] | None = None,
+    ) -> None:
         """The broker refused these (id, reason) messages themselves: FAILED, claim settled,
         the reason as each task's error."""
-        self._settle("failed", [value for pair in refused for value in pair], 2, now)
+        self._settle("failed", refused, now, where)
 
     def redeliver(
-        self, *, stale_seconds: float, limit: int = 1000, now: datetime | None = None
+        self,
+        *,
+        stale_seconds: float,
+        limit: int = 1000,
+        now: datetime | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> list[str]:
         """Make due again the QUEUED tasks handed off and due ``stale_seconds`` ago that no
-        worker started (their message was lost); return their ids."""
-        return [str(i) for i in self._run("redeliver", int(stale_seconds * 1000), limit, now=now)]
+        worker started (their message was lost), in ``partitions`` (None: all); return
+        their ids."""
+        lost: list[str] = []
+        for partition in self.all_partitions(partitions):
+            got = self._run(
+                "redeliver", int(stale_seconds * 1000), limit, now=now, partition=partition
+            )
+            lost.extend(str(i) for i in got)
+        return lost
 
-    def next_run_at(self) -> datetime | None:
-        """Run time of the earliest parked task, if any."""
+    def next_run_at(self, partitions: Sequence[int] | None = None) -> datetime | None:
+        """Run time of the earliest parked task of ``partitions`` (None: all), if any."""
         with store_errors():
-            first = self.redis.zrange(self.keys.state("SCHEDULED"), 0, 0, withscores=True)
-        return from_millis(int(first[0][1])) if first else None
+            pipe = self.redis.pipeline(transaction=False)
+            for partition in self.all_partitions(partitions):
+                pipe.zrange(self.parts[partition].state("SCHEDULED"), 0, 0, withscores=True)
+            firsts = [int(first[0][1]) for first in pipe.execute() if first]
+        return from_millis(min(firsts)) if firsts else None
 
-    def wait_for_work(self, timeout: float) -> bool:
-        """Block until a scheduler nudges (work entered the window) or ``timeout`` passes."""
+    def wait_for_work(self, timeout: float, partitions: Sequence[int] | None = None) -> bool:
+        """Block until a scheduler nudges (work entered the window) in ``partitions`` (None:
+        all) or ``timeout`` passes.
+
+        A cluster blocks on one slot per command: over several partitions it takes any
+        nudge waiting in them, then blocks on one of them (in turn) for
+        :data:`CLUSTER_WAKE_SLICE` at most, so a nudge to any is seen within that.
+        """
+        wakes = [self.parts[p].wake for p in self.all_partitions(partitions)]
+        wait = min(max(timeout, 0.01), MAX_BLOCK_SECONDS)
         with store_errors():
-            wait = min(max(timeout, 0.01), MAX_BLOCK_SECONDS)
-            return self._waiting.blpop([self.keys.wake], timeout=wait) is not None
+            if len(wakes) == 1 or not self.on_cluster:
+                return self._waiting.blpop(wakes, timeout=wait) is not None
+            pipe = self.redis.pipeline(transaction=False)
+            for wake in wakes:
+                pipe.lpop(wake)
+            if any(pipe.execute()):
+                return True
+            # Block on one (in turn), so a nudge to any is seen within a slice.
+            self._wake_turn = (self._wake_turn + 1) % len(wakes)
+            waiting_on = [wakes[self._wake_turn]]
+            nudged = self._waiting.blpop(waiting_on, timeout=min(CLUSTER_WAKE_SLICE, wait))
+            return nudged is not None
 
     def nudge(self) -> None:
-        """Wake one waiting dispatcher (used on shutdown and in tests)."""
+        """Wake waiting dispatchers, one per partition (used on shutdown and in tests)."""
         with store_errors():
-            self.redis.lpush(self.keys.wake, "1")
+            for keys in self.parts:
+                self.redis.lpush(keys.wake, "1")
 
-    def purge(self, *, finished_before: datetime, limit: int = 1000) -> int:
-        """Forget final tasks that finished before the given instant; return how many."""
-        return int(self._run("purge", to_millis(finished_before), limit))
+    def purge(
+        self,
+        *,
+        finished_before: datetime,
+        limit: int = 1000,
+        partitions: Sequence[int] | None = None,
+    ) -> int:
+        """Forget final tasks that finished before the given instant, in ``partitions``
+        (None: all); return how many."""
+        return sum(
+            int(self._run("purge", to_millis(finished_before), limit, partition=p))
+            for p in self.all_partitions(partitions)
+        )
 
     # -- the worker's side ------------------------------------------------------------------
 
-    def start(self, task_id: str, now: datetime | None = None) -> str:
-        """Ask to start a task: 'started', 'unmanaged', 'cancelled', 'expired', 'duplicate:…'."""
-        return cast(str, self._run("start", task_id, now=now))
+    def start(
+        self, task_id: str, now: datetime | None = None, *, places: Sequence[int] | None = None
+    ) -> str:
+        """Ask to start a task: 'started', 'unmanaged', 'cancelled', 'expired', 'duplicate:…'
+        (looked for in ``places``, by default every place its id may be)."""
+        verdict = "unmanaged"
+        for partition in self.places(task_id) if places is None else places:
+            verdict = cast(str, self._run("start", task_id, now=now, partition=partition))
+            if verdict != "unmanaged":
+                break
+        return verdict
 
     def finish(
         self,
@@ -577,7 +885,12 @@ class Store:
         now: datetime | None = None,
     ) -> bool:
         """Record how a started task ended; False if it was not STARTED."""
-        return bool(self._run("finish", task_id, state.value, result, error, traceback, now=now))
+        return any(
+            self._run(
+                "finish", task_id, state.value, result, error, traceback, now=now, partition=p
+            )
+            for p in self.places(task_id)
+        )
 
     def finish_many(
         self, records: Sequence[tuple[str, TaskState, str, str, str]], now: datetime | None = None
@@ -586,23 +899,34 @@ class Store:
         in one round trip."""
         if not records:
             return
-        sha = self._scripts["finish"].sha
+        now = now or utc_now()
+        places = [self.partition_of(task_id) for task_id, *_ in records]
         calls = [
-            script_argv(self.keys.task_prefix, self.history, now, task_id, state.value, *rest)
-            for task_id, state, *rest in records
+            (p, self.argv(p, now, task_id, state.value, *rest))
+            for p, (task_id, state, *rest) in zip(places, records, strict=True)
         ]
-        with store_errors():
-            try:
-                self._evalsha_all(sha, calls)
-            except redis.exceptions.NoScriptError:
-                self.redis.script_load(self._scripts["finish"].script)
-                self._evalsha_all(sha, calls)  # the script only changes a STARTED task
+        done = self._evalsha_many("finish", calls)
+        # A run of a schedule lives in partition 0 whatever its id hashes to; the script
+        # only changes a STARTED task, so a second try changes nothing twice.
+        again = [
+            (0, self.argv(0, now, task_id, state.value, *rest))
+            for p, ok, (task_id, state, *rest) in zip(places, done, records, strict=True)
+            if p and not ok
+        ]
+        if again:
+            self._evalsha_many("finish", again)
 
     # -- cancelling -------------------------------------------------------------------------
 
     def cancel(self, task_id: str, now: datetime | None = None) -> tuple[str, TaskState | None]:
         """Cancel a task not yet started: returns (verdict, state before)."""
-        verdict, previous = self._run_acknowledged("cancel", task_id, now=now)
+        verdict, previous = "missing", ""
+        for partition in self.places(task_id):
+            verdict, previous = self._run_acknowledged(
+                "cancel", task_id, now=now, partition=partition
+            )
+            if verdict != "missing":
+                break
         return verdict, TaskState(previous) if previous else None
 
 
