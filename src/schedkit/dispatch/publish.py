@@ -36,7 +36,7 @@ from base64 import b64encode
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from json.encoder import encode_basestring_ascii
+from json.encoder import encode_basestring_ascii as quote
 from typing import Any
 
 from celery import Celery
@@ -150,9 +150,9 @@ _encode = json.JSONEncoder().encode
 
 
 class _Tags:
-    """Delivery tags for one batch: a random uuid4 with a counter in its last 12 digits.
-    kombu's Redis channel makes a uuid4 per message (a tenth of a message's cost); a tag
-    only has to be unique among the messages the broker holds unacknowledged."""
+    """Delivery tags (JSON-quoted) for one batch: a random uuid4 with a counter in its last
+    12 digits. kombu's Redis channel makes a uuid4 per message (a tenth of a message's
+    cost); a tag only has to be unique among the messages the broker holds unacknowledged."""
 
     def __init__(self) -> None:
         self._head = str(uuid.uuid4())[:24]
@@ -161,7 +161,7 @@ class _Tags:
     def next(self) -> str:
         """The next tag of the batch."""
         self._count += 1
-        return f"{self._head}{self._count:012x}"
+        return f'"{self._head}{self._count:012x}"'
 
 
 def _eta(run_at: datetime) -> str:
@@ -408,20 +408,22 @@ class _RedisBatch:
         kwargs = task.kwargs
         # The body is what json_dumps((args, kwargs, embed)) writes, the embed encoded once
         # per template; args and kwargs came from JSON, so a plain encoder is enough.
-        body = f"[{_encode(args)}, {_encode(kwargs)}, {frame.embed}]"
+        body = f"{_encode([args, kwargs])[:-1]}, {frame.embed}]"
         if self.base64:
-            encoded = b64encode(body.encode()).decode("ascii")
+            encoded = '"' + b64encode(body.encode()).decode("ascii") + '"'
         else:
-            encoded = self.channel.encode_body(body, self.channel.body_encoding)[0]
-        quote = encode_basestring_ascii
+            encoded = quote(self.channel.encode_body(body, self.channel.body_encoding)[0])
+        kwargsrepr = (
+            _repr(kwargs, template.kwargsrepr_size, template.repr_levels) if kwargs else "{}"
+        )
         text = frame.fill(
             {
                 "id": quote(task.id),
-                "eta": quote(_eta(task.run_at)),
+                "eta": quote(task.run_at.isoformat()),
                 "argsrepr": quote(_repr(tuple(args), template.argsrepr_size, template.repr_levels)),
-                "kwargsrepr": quote(_repr(kwargs, template.kwargsrepr_size, template.repr_levels)),
-                "body": quote(encoded),
-                "tag": f'"{self.tags.next()}"',
+                "kwargsrepr": quote(kwargsrepr),
+                "body": encoded,
+                "tag": self.tags.next(),
             }
         )
         return frame.key, text
