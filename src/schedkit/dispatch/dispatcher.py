@@ -30,7 +30,7 @@ from schedkit.dispatch.publish import Publisher
 from schedkit.errors import Unavailable
 from schedkit.model import utc_now
 from schedkit.settings import Settings
-from schedkit.store.store import Store
+from schedkit.store.store import Claims, Store
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,16 @@ class Dispatcher:
         self.materializer = Materializer(store, settings, clock=clock)
         #: Due tasks the last round left in the store for want of room in their queue.
         self.held_back = 0
+        #: Ids the last overlapped round handed off and has not marked QUEUED yet.
+        self._held: list[str] = []
 
-    def run_once(self) -> int:
-        """One round: claim, hand off, settle. Returns how many tasks the broker took."""
+    def run_once(self, *, overlap: bool = False) -> int:
+        """One round: claim, hand off, settle. Returns how many tasks the broker took.
+
+        With ``overlap`` (the loop's rounds), a full round's QUEUED marks are held and sent
+        after the next round's claim, while its messages are built: Redis settles one round
+        as Python prepares the next. :meth:`settle_held` writes them at once.
+        """
         claimed = self.store.claim(
             window_seconds=self.settings.handoff_window,
             lease_seconds=self.settings.claim_lease,
@@ -78,6 +85,21 @@ class Dispatcher:
             now=self.clock(),
         )
         self.held_back = claimed.held_back
+        answered = self.store.mark_queued_later(self._held) if self._held else None
+        self._held = []
+        try:
+            return self._hand_off(claimed, overlap=overlap)
+        finally:
+            if answered is not None:
+                answered()
+
+    def settle_held(self) -> None:
+        """Mark QUEUED what the last overlapped round handed off."""
+        held, self._held = self._held, []
+        if held:
+            self.store.mark_queued(held, now=self.clock())
+
+    def _hand_off(self, claimed: Claims, *, overlap: bool) -> int:
         if not claimed:
             return 0
         outcome = self.publisher.publish(claimed, message_refusal)
@@ -110,7 +132,10 @@ class Dispatcher:
             self.broker.reset()
             self.publisher.reset()
         now = self.clock()
-        self.store.mark_queued(handed, now=now)
+        if overlap and len(handed) == len(claimed) >= self.settings.claim_batch:
+            self._held = handed  # more is due: settled while the next round is built
+        else:
+            self.store.mark_queued(handed, now=now)
         self.store.fail_refused(refused, now=now)
         self.store.release([t.id for t in claimed[outcome.settled :]], now=now)
         if log.isEnabledFor(logging.DEBUG):  # a line per task: only when asked for
@@ -167,7 +192,9 @@ class Dispatcher:
         while not self._stop.is_set():
             try:
                 self.materializer.run_guarded()  # schedules' runs become parked tasks
-                handed = self.run_once()
+                handed = self.run_once(overlap=True)
+                if handed < self.settings.claim_batch:
+                    self.settle_held()
                 self.purge_if_due()
                 if self.redeliver_if_due():
                     continue  # they are due now
@@ -188,6 +215,8 @@ class Dispatcher:
                 else:
                     log.exception("dispatcher round failed, retrying in %.1fs", wait)
                 self._stop.wait(wait)  # stop() ends the wait at once
+        with contextlib.suppress(Exception):  # unsettled claims lapse and go out again
+            self.settle_held()
 
     def start(self) -> Dispatcher:
         """Run the loop in a daemon thread."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -522,6 +522,53 @@ class Store:
     def mark_queued(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
         """The broker has these tasks: QUEUED, claim settled."""
         self._settle("queued", task_ids, 1, now)
+
+    def mark_queued_later(
+        self, task_ids: Sequence[str], now: datetime | None = None
+    ) -> Callable[[], None]:
+        """:meth:`mark_queued`, sent now and answered when the returned function is called:
+        the caller's work in between (the dispatcher building its next messages) overlaps
+        the scripts' run in Redis. Call it exactly once."""
+        script = self._scripts["handed"]
+        calls = [
+            script_argv(
+                self.keys.task_prefix, self.history, now, "queued", *task_ids[i : i + CLAIM_SLICE]
+            )
+            for i in range(0, len(task_ids), CLAIM_SLICE)
+        ]
+        pool = self._slot_client().connection_pool
+        with store_errors():
+            connection: Any = pool.get_connection()  # redis-py types it loosely
+            try:
+                keys = self.script_keys
+                connection.send_packed_command(
+                    connection.pack_commands(
+                        [("EVALSHA", script.sha, len(keys), *keys, *argv) for argv in calls]
+                    )
+                )
+            except BaseException:
+                connection.disconnect()
+                pool.release(connection)
+                raise
+
+        def answered() -> None:
+            missing = False
+            with store_errors():
+                try:
+                    for _ in calls:
+                        try:
+                            connection.read_response()
+                        except redis.exceptions.NoScriptError:
+                            missing = True  # Redis lost its scripts: nothing of it ran
+                except BaseException:
+                    connection.disconnect()
+                    raise
+                finally:
+                    pool.release(connection)
+            if missing:
+                self.mark_queued(task_ids, now=now)  # settles only what is still claimed
+
+        return answered
 
     def release(self, task_ids: Sequence[str], now: datetime | None = None) -> None:
         """Hand-off failed: these tasks are due again right away."""
