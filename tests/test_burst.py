@@ -220,3 +220,21 @@ def test_cancelling_by_filter_and_skipping_an_overlapping_run_give_their_room_ba
     cancelled, handed = EditStore(store).cancel_many(ids[2:], now=now)
     assert (cancelled, sorted(handed)) == (3, sorted(ids[2:]))
     assert store.redis.hgetall(store.keys.flight) == {}
+
+
+def test_a_worker_at_warning_writes_no_line_per_task(tmp_path: Path) -> None:
+    # Three INFO lines per task (received, succeeded, the demo's) cost a worker in a burst;
+    # --loglevel WARNING must silence them as it does on a plain Celery worker.
+    log = tmp_path / "worker.log"
+    settings = {**FAST, "worker_loglevel": "WARNING"}
+    with local_stack(data_dir=tmp_path / "data", worker_log=str(log), **settings) as stack:
+        at = datetime.now(UTC)
+        with stack.client() as client:
+            ids = [
+                r.id for r in client.schedule_many([TaskSpec("add", at, [n, 1]) for n in range(5)])
+            ]
+            done = wait_all(client, ids)
+    assert {r.state for r in done.values()} == {TaskState.SUCCEEDED}
+    text = log.read_text()
+    assert "celery@" in text or "schedkit@" in text  # the worker's banner: the log is its
+    assert not [line for line in text.splitlines() if " INFO " in line]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
@@ -62,9 +63,11 @@ def run_worker(settings: Settings, *, concurrency: int, pool: str = "prefork") -
     """Load the app, configure it, and run its worker in this process until stopped."""
     app = configure_app(load_app(settings.app), settings)
 
-    def own_logging(**_: Any) -> None:
-        # Connected: Celery leaves logging to us, so worker lines share schedkit's format.
-        configure(settings.log_format)
+    def own_logging(loglevel: int | str | None = None, **_: Any) -> None:
+        # Connected: Celery leaves logging to us, so worker lines share schedkit's format; at
+        # the worker's level, or WARNING would still write three INFO lines per task.
+        level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
+        configure(settings.log_format, level=level if isinstance(level, int) else logging.INFO)
 
     setup_logging.connect(own_logging, weak=False)
     # Every queue a task may name, so an accepted queue is never one nobody reads.
