@@ -18,6 +18,7 @@ import os
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,8 +26,10 @@ from typing import Any
 import redis
 from common import PYTHON, Report, Result, Sizes, percentile, rss_bytes, wait_until
 from parts import celery_worker, flush_celery_queue, fresh_prefix, schedkit_stack
+from prometheus_client.parser import text_string_to_metric_families
 
 from schedkit.model import TaskRows, TaskSpec, TaskState
+from schedkit.runtime.embedded import free_port
 from schedkit.service.schedules import Schedules
 from schedkit.service.servicer import SPEC_FIELDS
 from schedkit.settings import Settings
@@ -190,13 +193,83 @@ def _longest_lua_ms(client: redis.Redis) -> dict[str, float]:
     return longest
 
 
+#: The metrics the burst reads from schedkit's endpoint (labelled series are summed).
+_WATCHED = (
+    "schedkit_tasks_handed_off_total",
+    "schedkit_tasks_started_total",
+    "schedkit_tasks_in_flight",
+    "schedkit_tasks_overdue",
+)
+
+
+class _Metrics:
+    """schedkit's /metrics read every 0.25 s during a burst, as a user's Prometheus would:
+    the hand-off and start rates over the burst and what was in flight, so the report says
+    which side set the pace (docs/operations.md, "add dispatchers or workers?")."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def read(self) -> dict[str, float]:
+        """One scrape: the watched series, summed over their labels."""
+        with urllib.request.urlopen(self.url, timeout=5) as reply:
+            text = reply.read().decode()
+        values = dict.fromkeys(_WATCHED, 0.0)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in values:
+                    values[sample.name] += sample.value
+        return values
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.samples.append((time.monotonic(), self.read()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.samples.append((time.monotonic(), self.read()))
+
+    def report(self, report: Report, since: float, bound: int, note: str) -> None:
+        """Hand-off and start rates from ``since`` (the instant, monotonic) until each
+        counter reached its last value, and which side set the pace."""
+        after = [(t, v) for t, v in self.samples if t >= since]
+        before = [v for t, v in self.samples if t < since] or [after[0][1]]
+
+        def rate(name: str) -> float:
+            first, last = before[-1][name], after[-1][1][name]
+            done = next(t for t, v in after if v[name] >= last)
+            return (last - first) / max(done - since, 0.25)
+
+        handed = rate("schedkit_tasks_handed_off_total")
+        started = rate("schedkit_tasks_started_total")
+        waiting = [v for _, v in after if v["schedkit_tasks_overdue"] > 0]
+        full = sum(v["schedkit_tasks_in_flight"] >= 0.8 * bound for v in waiting)
+        if not waiting:
+            pace = "nothing waited in the store"
+        elif full >= len(waiting) / 2:
+            pace = "in flight at the bound while tasks waited: the workers set the pace"
+        else:
+            pace = "in flight below the bound while tasks waited: the dispatcher set the pace"
+        most = max(v["schedkit_tasks_in_flight"] for _, v in after)
+        where = f"{note}; {pace} (most in flight {most:,.0f}, bound {bound:,})"
+        for name, value in (("hand-off", handed), ("worker start", started)):
+            report.add(Result(f"burst: {name} rate (metrics)", "schedkit", "tasks/s", [value],
+                              note=where, higher_is_better=True))  # fmt: skip
+
+
 def schedkit_burst(report: Report, sizes: Sizes, url: str) -> None:
     """``burst_tasks`` due at one instant through schedkit."""
     count = sizes.burst_tasks
     probe = redis.Redis.from_url(url)
     # The plain Celery worker below logs at WARNING: so does this one (INFO costs two lines
     # per task).
-    with schedkit_stack(url, worker=True, worker_loglevel="WARNING") as stack:
+    port = free_port()
+    with schedkit_stack(url, worker=True, worker_loglevel="WARNING", metrics_port=port) as stack:
         assert stack.store is not None
         assert stack.worker is not None
         idle = _idle_rss(stack.worker.pid)
@@ -208,12 +281,16 @@ def schedkit_burst(report: Report, sizes: Sizes, url: str) -> None:
         probe.config_set("slowlog-max-len", 100_000)
         probe.slowlog_reset()
         store = stack.store
+        metrics = _Metrics(port)
+        instant = time.monotonic() + (at - datetime.now(UTC)).total_seconds()
         wait_until(
             lambda: store.count(TaskState.SUCCEEDED) >= count,
             120 + count / 50,
             "the schedkit burst to run",
         )
         top = peak.stop()
+        metrics.stop()
+        metrics.report(report, instant, stack.settings.max_in_flight, f"{count:,} tasks")
         longest = _longest_lua_ms(probe)
         records = _all_records(store)
     probe.config_set("slowlog-log-slower-than", 10_000)
