@@ -8,6 +8,7 @@ breaking ties. Claims come in bounded script calls.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -130,6 +131,26 @@ def test_cancelled_tasks_inside_a_burst_never_run(tmp_path: Path) -> None:
         ran = Counter(str(r["id"]) for r in runs(stack.store))
         assert ran == dict.fromkeys(kept, 1)
         assert stack.store.redis.hgetall(stack.store.keys.flight) == {}
+
+
+def test_a_burst_over_several_claim_calls_leaves_in_run_time_order_then_priority(
+    schedules: Schedules, store: Store
+) -> None:
+    """Run-time order holds across the claim script's calls, not only within one; priority
+    breaks ties among the tasks of one instant that one call reads (CLAIM_SLICE of them)."""
+    now = datetime.now(UTC)
+    base = now - timedelta(seconds=1)
+    steps = list(range(CLAIM_SLICE + CLAIM_SLICE // 2))  # two tasks per step: three calls
+    random.Random(14).shuffle(steps)
+    specs = [
+        TaskSpec("add", base + timedelta(milliseconds=step), [step, priority], priority=priority)
+        for step in steps
+        for priority in (9, 0)
+    ]
+    ids = schedule_ids(schedules, specs)
+    claimed = store.claim(window_seconds=1, lease_seconds=30, limit=len(specs), now=now)
+    rank = {i: (spec.run_at, spec.priority or 0) for i, spec in zip(ids, specs, strict=True)}
+    assert [c.id for c in claimed] == sorted(ids, key=rank.__getitem__)
 
 
 def evalsha_calls(store: Store) -> int:
