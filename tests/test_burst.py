@@ -8,14 +8,18 @@ breaking ties. Claims come in bounded script calls.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import FAST, schedule_ids
+import redis
+
+from conftest import FAST, poll, schedule_ids
 from schedkit.client.client import Client
 from schedkit.demo import runs
 from schedkit.model import TaskRecord, TaskSpec, TaskState
@@ -259,3 +263,29 @@ def test_a_worker_at_warning_writes_no_line_per_task(tmp_path: Path) -> None:
     text = log.read_text()
     assert "celery@" in text or "schedkit@" in text  # the worker's banner: the log is its
     assert not [line for line in text.splitlines() if " INFO " in line]
+
+
+def test_a_worker_without_ack_emulation_killed_holding_tasks_loses_none(tmp_path: Path) -> None:
+    """SCHEDKIT_WORKER_ACK_EMULATION=0: the broker forgets a message once a worker takes it,
+    so a worker killed while it holds tasks takes them with it; schedkit hands them off
+    again (a visibility timeout after their run time) and each runs once."""
+    settings = {**FAST, "visibility_timeout": 2.0, "worker_ack_emulation": False}
+    with local_stack(data_dir=tmp_path / "data", **settings) as stack:
+        assert stack.store is not None
+        assert stack.worker is not None
+        broker = redis.Redis.from_url(stack.settings.effective_broker_url)
+        at = datetime.now(UTC) + timedelta(seconds=2.5)  # inside the window: handed off now
+        with stack.client() as client:
+            ids = [
+                r.id for r in client.schedule_many([TaskSpec("add", at, [n, 1]) for n in range(20)])
+            ]
+            # The worker holds every message as an ETA task, none of them kept by the broker.
+            poll(lambda: stack.store.count(TaskState.QUEUED) == 20, 30, "the hand-offs")
+            poll(lambda: broker.llen("celery") == 0, 30, "the worker to take every message")
+            assert broker.hlen("unacked") == 0
+            os.killpg(stack.worker.pid, signal.SIGKILL)  # before their run time
+            done = wait_all(client, ids)  # the stack's supervisor starts a new worker
+        broker.close()
+        assert {r.state for r in done.values()} == {TaskState.SUCCEEDED}
+        assert Counter(str(r["id"]) for r in runs(stack.store)) == dict.fromkeys(ids, 1)
+        assert stack.store.redis.hget(stack.store.keys.stats, "redelivered") == "20"

@@ -34,6 +34,8 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
     options.setdefault("unacked_restore_throttle", 1)
     for name, value in settings.broker_transport_options().items():
         options.setdefault(name, value)
+    if not settings.worker_ack_emulation:
+        options["ack_emulation"] = False  # see Settings.worker_ack_emulation
     app.conf.update(broker_transport_options=options)
     install(app, settings if settings.store_url else None)
     return app
