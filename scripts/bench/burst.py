@@ -5,10 +5,11 @@ Hand-off rate: ``handoff_tasks`` parked tasks enter the hand-off window at one i
 next to a bare ``apply_async(eta=...)`` loop in the same run.
 
 Burst: ``burst_tasks`` tasks due at one instant, through schedkit (its worker, prefork,
-concurrency 2) against the same number sent ahead of time as ETA messages to a plain Celery
-worker of the same size. Start lateness p50/p99, the rate the burst drained at, worker RSS
-growth (peak minus idle) and bytes per task, and the longest Lua call Redis logged during
-schedkit's burst (SLOWLOG).
+concurrency 2, with and without kombu's ack emulation) against the same number sent ahead of
+time as ETA messages to a plain Celery worker of the same size. Start lateness p50/p99, the
+rate the burst drained at, worker RSS growth (peak minus idle) and bytes per task, the
+hand-off and worker start rates read from schedkit's metrics endpoint (which side set the
+pace), and the longest Lua call Redis logged during schedkit's burst (SLOWLOG).
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ class _Metrics:
         self._thread.join(5)
         self.samples.append((time.monotonic(), self.read()))
 
-    def report(self, report: Report, since: float, bound: int, note: str) -> None:
+    def report(self, report: Report, who: str, since: float, bound: int, note: str) -> None:
         """Hand-off and start rates from ``since`` (the instant, monotonic) until each
         counter reached its last value, and which side set the pace."""
         after = [(t, v) for t, v in self.samples if t >= since]
@@ -258,18 +259,26 @@ class _Metrics:
         most = max(v["schedkit_tasks_in_flight"] for _, v in after)
         where = f"{note}; {pace} (most in flight {most:,.0f}, bound {bound:,})"
         for name, value in (("hand-off", handed), ("worker start", started)):
-            report.add(Result(f"burst: {name} rate (metrics)", "schedkit", "tasks/s", [value],
+            report.add(Result(f"burst: {name} rate (metrics)", who, "tasks/s", [value],
                               note=where, higher_is_better=True))  # fmt: skip
 
 
-def schedkit_burst(report: Report, sizes: Sizes, url: str) -> None:
-    """``burst_tasks`` due at one instant through schedkit."""
+def schedkit_burst(report: Report, sizes: Sizes, url: str, *, ack_emulation: bool = True) -> None:
+    """``burst_tasks`` due at one instant through schedkit; without ``ack_emulation`` its
+    worker runs with SCHEDKIT_WORKER_ACK_EMULATION=0."""
     count = sizes.burst_tasks
     probe = redis.Redis.from_url(url)
-    # The plain Celery worker below logs at WARNING: so does this one (INFO costs two lines
+    who = "schedkit" if ack_emulation else "schedkit, SCHEDKIT_WORKER_ACK_EMULATION=0"
+    # The plain Celery worker below logs at WARNING: so does this one (INFO costs three lines
     # per task).
     port = free_port()
-    with schedkit_stack(url, worker=True, worker_loglevel="WARNING", metrics_port=port) as stack:
+    with schedkit_stack(
+        url,
+        worker=True,
+        worker_loglevel="WARNING",
+        metrics_port=port,
+        worker_ack_emulation=ack_emulation,
+    ) as stack:
         assert stack.store is not None
         assert stack.worker is not None
         idle = _idle_rss(stack.worker.pid)
@@ -290,7 +299,7 @@ def schedkit_burst(report: Report, sizes: Sizes, url: str) -> None:
         )
         top = peak.stop()
         metrics.stop()
-        metrics.report(report, instant, stack.settings.max_in_flight, f"{count:,} tasks")
+        metrics.report(report, who, instant, stack.settings.max_in_flight, f"{count:,} tasks")
         longest = _longest_lua_ms(probe)
         records = _all_records(store)
     probe.config_set("slowlog-log-slower-than", 10_000)
@@ -298,12 +307,12 @@ def schedkit_burst(report: Report, sizes: Sizes, url: str) -> None:
     starts = [r.started_at for r in records if r.started_at is not None]
     late = [(s - at).total_seconds() * 1000 for s in starts]
     drain = count / max((max(starts) - at).total_seconds(), 1e-3)
-    _burst_results(report, "schedkit", late, drain, idle, top, count)
+    _burst_results(report, who, late, drain, idle, top, count)
     during = "while the burst was claimed, handed off and run; per script: " + ", ".join(
         f"{name} {ms:.1f}" for name, ms in sorted(longest.items())
     )
     report.add(
-        Result("burst: longest Lua call", "schedkit", "ms", [max(longest.values(), default=0.0)],
+        Result("burst: longest Lua call", who, "ms", [max(longest.values(), default=0.0)],
                note=during)
     )  # fmt: skip
     flush_celery_queue(url)

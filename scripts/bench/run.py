@@ -79,6 +79,7 @@ def benchmarks(group: str) -> list[Callable[[Report, Sizes, str, Path], None]]:
         "cluster": [lambda r, s, u, w: cluster.cluster_ingest(r, s, u, w)],
         "burst": [
             lambda r, s, u, w: burst.schedkit_burst(r, s, u),
+            lambda r, s, u, w: burst.schedkit_burst(r, s, u, ack_emulation=False),
             lambda r, s, u, w: burst.celery_burst(r, s, u),
         ],
     }
