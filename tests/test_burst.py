@@ -289,3 +289,46 @@ def test_a_worker_without_ack_emulation_killed_holding_tasks_loses_none(tmp_path
         assert {r.state for r in done.values()} == {TaskState.SUCCEEDED}
         assert Counter(str(r["id"]) for r in runs(stack.store)) == dict.fromkeys(ids, 1)
         assert stack.store.redis.hget(stack.store.keys.stats, "redelivered") == "20"
+
+
+def test_the_loop_settles_a_full_round_while_the_next_is_built(
+    schedules: Schedules, store: Store, redis_url: str
+) -> None:
+    """A full round's QUEUED marks wait for the next round's claim (they are sent after it
+    and read once its messages are built); a round that is not full settles both."""
+    from celery import Celery
+
+    from schedkit.dispatch.dispatcher import Dispatcher
+    from schedkit.settings import Settings
+
+    settings = Settings(store_url=redis_url, claim_batch=10, max_in_flight=0, **FAST)
+    ids = schedule_ids(schedules, [TaskSpec("add", datetime.now(UTC), [n, 0]) for n in range(25)])
+    dispatcher = Dispatcher(store, Celery("overlap-check"), settings)
+    queued = store.keys.state("QUEUED")
+    assert dispatcher.run_once(overlap=True) == 10
+    assert store.redis.zcard(queued) == 0  # held: still claimed, under their lease
+    assert store.redis.zcard(store.keys.claims) == 10
+    assert dispatcher.run_once(overlap=True) == 10
+    assert store.redis.zcard(queued) == 10  # the first round, settled during the second
+    assert dispatcher.run_once(overlap=True) == 5  # not full: settled before it returns
+    assert dispatcher.run_once(overlap=True) == 0  # nothing due: the held round goes out
+    assert store.redis.zcard(queued) == 25
+    assert store.redis.zcard(store.keys.claims) == 0
+    assert {store.get(i).state for i in ids} == {TaskState.QUEUED}
+    broker = redis.Redis.from_url(settings.effective_broker_url)
+    assert broker.llen("celery") == 25
+    broker.close()
+
+
+def test_a_settle_sent_ahead_falls_back_when_redis_lost_its_scripts(
+    schedules: Schedules, store: Store
+) -> None:
+    now = datetime.now(UTC)
+    ids = schedule_ids(schedules, [TaskSpec("add", now, [n, 0]) for n in range(CLAIM_SLICE + 5)])
+    claimed = store.claim(window_seconds=1, lease_seconds=30, limit=1000, now=now)
+    store.redis.script_flush()  # a restarted Redis: EVALSHA answers NOSCRIPT
+    answered = store.mark_queued_later([c.id for c in claimed], now=now)
+    answered()
+    assert store.count(TaskState.QUEUED) == len(ids)
+    assert store.redis.zcard(store.keys.claims) == 0
+    assert store.redis.hget(store.keys.stats, "handed") == str(len(ids))
