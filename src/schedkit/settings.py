@@ -87,7 +87,7 @@ class Settings:
     #: Processes of the worker that ``schedkit up`` starts.
     worker_concurrency: int = 2
     #: Log level of the worker ``schedkit up`` and ``schedkit worker`` run (Celery's
-    #: ``--loglevel``). INFO logs two lines per task; WARNING saves their cost in a burst.
+    #: ``--loglevel``). INFO logs three lines per task; WARNING saves their cost in a burst.
     worker_loglevel: str = "INFO"
     #: Redis broker: the worker keeps each message it took in the broker's ``unacked`` hash
     #: until Celery acknowledges it, so a worker that dies holding messages gets them back
