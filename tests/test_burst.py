@@ -8,13 +8,18 @@ breaking ties. Claims come in bounded script calls.
 from __future__ import annotations
 
 import contextlib
+import os
+import random
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import FAST, schedule_ids
+import redis
+
+from conftest import FAST, poll, schedule_ids
 from schedkit.client.client import Client
 from schedkit.demo import runs
 from schedkit.model import TaskRecord, TaskSpec, TaskState
@@ -132,6 +137,26 @@ def test_cancelled_tasks_inside_a_burst_never_run(tmp_path: Path) -> None:
         assert stack.store.redis.hgetall(stack.store.keys.flight) == {}
 
 
+def test_a_burst_over_several_claim_calls_leaves_in_run_time_order_then_priority(
+    schedules: Schedules, store: Store
+) -> None:
+    """Run-time order holds across the claim script's calls, not only within one; priority
+    breaks ties among the tasks of one instant that one call reads (CLAIM_SLICE of them)."""
+    now = datetime.now(UTC)
+    base = now - timedelta(seconds=1)
+    steps = list(range(CLAIM_SLICE + CLAIM_SLICE // 2))  # two tasks per step: three calls
+    random.Random(14).shuffle(steps)
+    specs = [
+        TaskSpec("add", base + timedelta(milliseconds=step), [step, priority], priority=priority)
+        for step in steps
+        for priority in (9, 0)
+    ]
+    ids = schedule_ids(schedules, specs)
+    claimed = store.claim(window_seconds=1, lease_seconds=30, limit=len(specs), now=now)
+    rank = {i: (spec.run_at, spec.priority or 0) for i, spec in zip(ids, specs, strict=True)}
+    assert [c.id for c in claimed] == sorted(ids, key=rank.__getitem__)
+
+
 def evalsha_calls(store: Store) -> int:
     stats = store.redis.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
@@ -220,3 +245,90 @@ def test_cancelling_by_filter_and_skipping_an_overlapping_run_give_their_room_ba
     cancelled, handed = EditStore(store).cancel_many(ids[2:], now=now)
     assert (cancelled, sorted(handed)) == (3, sorted(ids[2:]))
     assert store.redis.hgetall(store.keys.flight) == {}
+
+
+def test_a_worker_at_warning_writes_no_line_per_task(tmp_path: Path) -> None:
+    # Three INFO lines per task (received, succeeded, the demo's) cost a worker in a burst;
+    # --loglevel WARNING must silence them as it does on a plain Celery worker.
+    log = tmp_path / "worker.log"
+    settings = {**FAST, "worker_loglevel": "WARNING"}
+    with local_stack(data_dir=tmp_path / "data", worker_log=str(log), **settings) as stack:
+        at = datetime.now(UTC)
+        with stack.client() as client:
+            ids = [
+                r.id for r in client.schedule_many([TaskSpec("add", at, [n, 1]) for n in range(5)])
+            ]
+            done = wait_all(client, ids)
+    assert {r.state for r in done.values()} == {TaskState.SUCCEEDED}
+    text = log.read_text()
+    assert "celery@" in text or "schedkit@" in text  # the worker's banner: the log is its
+    assert not [line for line in text.splitlines() if " INFO " in line]
+
+
+def test_a_worker_without_ack_emulation_killed_holding_tasks_loses_none(tmp_path: Path) -> None:
+    """SCHEDKIT_WORKER_ACK_EMULATION=0: the broker forgets a message once a worker takes it,
+    so a worker killed while it holds tasks takes them with it; schedkit hands them off
+    again (a visibility timeout after their run time) and each runs once."""
+    settings = {**FAST, "visibility_timeout": 2.0, "worker_ack_emulation": False}
+    with local_stack(data_dir=tmp_path / "data", **settings) as stack:
+        assert stack.store is not None
+        assert stack.worker is not None
+        broker = redis.Redis.from_url(stack.settings.effective_broker_url)
+        at = datetime.now(UTC) + timedelta(seconds=2.5)  # inside the window: handed off now
+        with stack.client() as client:
+            ids = [
+                r.id for r in client.schedule_many([TaskSpec("add", at, [n, 1]) for n in range(20)])
+            ]
+            # The worker holds every message as an ETA task, none of them kept by the broker.
+            poll(lambda: stack.store.count(TaskState.QUEUED) == 20, 30, "the hand-offs")
+            poll(lambda: broker.llen("celery") == 0, 30, "the worker to take every message")
+            assert broker.hlen("unacked") == 0
+            os.killpg(stack.worker.pid, signal.SIGKILL)  # before their run time
+            done = wait_all(client, ids)  # the stack's supervisor starts a new worker
+        broker.close()
+        assert {r.state for r in done.values()} == {TaskState.SUCCEEDED}
+        assert Counter(str(r["id"]) for r in runs(stack.store)) == dict.fromkeys(ids, 1)
+        assert stack.store.redis.hget(stack.store.keys.stats, "redelivered") == "20"
+
+
+def test_the_loop_settles_a_full_round_while_the_next_is_built(
+    schedules: Schedules, store: Store, redis_url: str
+) -> None:
+    """A full round's QUEUED marks wait for the next round's claim (they are sent after it
+    and read once its messages are built); a round that is not full settles both."""
+    from celery import Celery
+
+    from schedkit.dispatch.dispatcher import Dispatcher
+    from schedkit.settings import Settings
+
+    settings = Settings(store_url=redis_url, claim_batch=10, max_in_flight=0, **FAST)
+    ids = schedule_ids(schedules, [TaskSpec("add", datetime.now(UTC), [n, 0]) for n in range(25)])
+    dispatcher = Dispatcher(store, Celery("overlap-check"), settings)
+    queued = store.keys.state("QUEUED")
+    assert dispatcher.run_once(overlap=True) == 10
+    assert store.redis.zcard(queued) == 0  # held: still claimed, under their lease
+    assert store.redis.zcard(store.keys.claims) == 10
+    assert dispatcher.run_once(overlap=True) == 10
+    assert store.redis.zcard(queued) == 10  # the first round, settled during the second
+    assert dispatcher.run_once(overlap=True) == 5  # not full: settled before it returns
+    assert dispatcher.run_once(overlap=True) == 0  # nothing due: the held round goes out
+    assert store.redis.zcard(queued) == 25
+    assert store.redis.zcard(store.keys.claims) == 0
+    assert {store.get(i).state for i in ids} == {TaskState.QUEUED}
+    broker = redis.Redis.from_url(settings.effective_broker_url)
+    assert broker.llen("celery") == 25
+    broker.close()
+
+
+def test_a_settle_sent_ahead_falls_back_when_redis_lost_its_scripts(
+    schedules: Schedules, store: Store
+) -> None:
+    now = datetime.now(UTC)
+    ids = schedule_ids(schedules, [TaskSpec("add", now, [n, 0]) for n in range(CLAIM_SLICE + 5)])
+    claimed = store.claim(window_seconds=1, lease_seconds=30, limit=1000, now=now)
+    store.redis.script_flush()  # a restarted Redis: EVALSHA answers NOSCRIPT
+    answered = store.mark_queued_later([c.id for c in claimed], now=now)
+    answered()
+    assert store.count(TaskState.QUEUED) == len(ids)
+    assert store.redis.zcard(store.keys.claims) == 0
+    assert store.redis.hget(store.keys.stats, "handed") == str(len(ids))

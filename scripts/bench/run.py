@@ -79,6 +79,7 @@ def benchmarks(group: str) -> list[Callable[[Report, Sizes, str, Path], None]]:
         "cluster": [lambda r, s, u, w: cluster.cluster_ingest(r, s, u, w)],
         "burst": [
             lambda r, s, u, w: burst.schedkit_burst(r, s, u),
+            lambda r, s, u, w: burst.schedkit_burst(r, s, u, ack_emulation=False),
             lambda r, s, u, w: burst.celery_burst(r, s, u),
         ],
     }
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--smoke", action="store_true", help="tiny sizes: proves it runs")
     parser.add_argument("--rows", type=int, help="timetable rows for the schedkit ingest")
     parser.add_argument("--repeat", type=int, help="runs per measure (median shown)")
+    parser.add_argument("--burst-tasks", type=int, help="tasks due at one instant in burst")
+    parser.add_argument("--handoff-tasks", type=int, help="tasks per hand-off measure")
     parser.add_argument(
         "--only", default=",".join(GROUPS), help=f"comma-separated groups: {', '.join(GROUPS)}"
     )
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes.rows = options.rows
     if options.repeat:
         sizes.repeat = options.repeat
+    if options.burst_tasks:
+        sizes.burst_tasks = options.burst_tasks
+    if options.handoff_tasks:
+        sizes.handoff_tasks = options.handoff_tasks
     groups = [g.strip() for g in options.only.split(",") if g.strip()]
     unknown = set(groups) - set(GROUPS)
     if unknown:

@@ -91,8 +91,16 @@ class Settings:
     #: Processes of the worker that ``schedkit up`` starts.
     worker_concurrency: int = 2
     #: Log level of the worker ``schedkit up`` and ``schedkit worker`` run (Celery's
-    #: ``--loglevel``). INFO logs two lines per task; WARNING saves their cost in a burst.
+    #: ``--loglevel``). INFO logs three lines per task; WARNING saves their cost in a burst.
     worker_loglevel: str = "INFO"
+    #: Redis broker: the worker keeps each message it took in the broker's ``unacked`` hash
+    #: until Celery acknowledges it, so a worker that dies holding messages gets them back
+    #: after the visibility timeout (kombu's ack emulation, Celery's default). That costs
+    #: the worker two more round trips per message, a third of its rate in a burst. schedkit
+    #: hands off again what a dead worker held (``redeliver``), so a worker that runs only
+    #: tasks schedkit schedules can turn it off; Celery retries and tasks sent with plain
+    #: ``apply_async`` are then lost if the worker is killed while holding them.
+    worker_ack_emulation: bool = True
     #: Embedded Redis fsync policy for its append-only file: always, everysec or no.
     appendfsync: str = "everysec"
     #: Largest gRPC message the server (or a client) receives, in bytes.

@@ -31,7 +31,7 @@ from schedkit.dispatch.publish import Publisher
 from schedkit.errors import Unavailable
 from schedkit.model import utc_now
 from schedkit.settings import Settings
-from schedkit.store.store import Store
+from schedkit.store.store import Claims, Store
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,21 @@ class Dispatcher:
         self.held_back = 0
         #: The store partitions this dispatcher serves (all of one; leased among many).
         self.leases = PartitionLeases(store, settings.claim_lease, clock=clock)
+        #: Tasks (id: partition claimed from) the last overlapped round handed off and has
+        #: not marked QUEUED yet.
+        self._held: dict[str, int] = {}
 
-    def run_once(self) -> int:
-        """One round: claim, hand off, settle. Returns how many tasks the broker took."""
+    def run_once(self, *, overlap: bool = False) -> int:
+        """One round: claim, hand off, settle. Returns how many tasks the broker took.
+
+        With ``overlap`` (the loop's rounds), a full round's QUEUED marks are held and sent
+        after the next round's claim, while its messages are built: Redis settles one round
+        as Python prepares the next. :meth:`settle_held` writes them at once.
+        """
         partitions = self.leases.current()
         self.held_back = 0
         if not partitions:
+            self.settle_held()
             return 0
         claimed = self.store.claim(
             window_seconds=self.settings.handoff_window,
@@ -86,6 +95,21 @@ class Dispatcher:
             partitions=partitions,
         )
         self.held_back = claimed.held_back
+        held, self._held = self._held, {}
+        answered = self.store.mark_queued_later(list(held), where=held) if held else None
+        try:
+            return self._hand_off(claimed, overlap=overlap)
+        finally:
+            if answered is not None:
+                answered()
+
+    def settle_held(self) -> None:
+        """Mark QUEUED what the last overlapped round handed off."""
+        held, self._held = self._held, {}
+        if held:
+            self.store.mark_queued(list(held), now=self.clock(), where=held)
+
+    def _hand_off(self, claimed: Claims, *, overlap: bool) -> int:
         if not claimed:
             return 0
         outcome = self.publisher.publish(claimed, message_refusal)
@@ -119,7 +143,11 @@ class Dispatcher:
             self.publisher.reset()
         now = self.clock()
         where = {t.id: t.partition for t in claimed}  # settled where each was claimed
-        self.store.mark_queued(handed, now=now, where=where)
+        if overlap and len(handed) == len(claimed) >= self.settings.claim_batch:
+            # More is due: settled while the next round is built.
+            self._held = {task_id: where[task_id] for task_id in handed}
+        else:
+            self.store.mark_queued(handed, now=now, where=where)
         self.store.fail_refused(refused, now=now, where=where)
         self.store.release([t.id for t in claimed[outcome.settled :]], now=now, where=where)
         if log.isEnabledFor(logging.DEBUG):  # a line per task: only when asked for
@@ -182,7 +210,9 @@ class Dispatcher:
         while not self._stop.is_set():
             try:
                 self.materializer.run_guarded()  # schedules' runs become parked tasks
-                handed = self.run_once()
+                handed = self.run_once(overlap=True)
+                if handed < self.settings.claim_batch:
+                    self.settle_held()
                 self.purge_if_due()
                 if self.redeliver_if_due():
                     continue  # they are due now
@@ -198,6 +228,8 @@ class Dispatcher:
                 else:
                     log.exception("dispatcher round failed, retrying in %.1fs", wait)
                 self._stop.wait(wait)  # stop() ends the wait at once
+        with contextlib.suppress(Exception):  # unsettled claims lapse and go out again
+            self.settle_held()
 
     def _wait(self, seconds: float) -> None:
         """Sleep until a nudge in a partition served, or ``seconds``. With work held back for

@@ -55,6 +55,9 @@ class StoreHandle:
 
     def get(self) -> Store:
         """This process's store."""
+        store = self._store
+        if store is not None and self._pid == os.getpid():
+            return store  # every task asks: no lock once made
         with self._lock:
             if self._store is None or self._pid != os.getpid():
                 settings = self._settings or Settings.from_env()

@@ -27,13 +27,16 @@ once per template, with its first task's arguments.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
+import uuid
+from base64 import b64encode
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from json.encoder import encode_basestring_ascii
+from json.encoder import encode_basestring_ascii as quote
 from typing import Any
 
 from celery import Celery
@@ -117,26 +120,48 @@ class Template:
         return (args, task.kwargs, self.embed), kwargs
 
 
-_SCALARS = (int, float, bool, type(None))
-
-
 def _plain(value: object) -> bool:
     """True for a value whose repr Celery's saferepr would write the same way."""
-    if isinstance(value, _SCALARS):
+    kind = type(value)
+    if kind is int or kind is float or kind is bool or value is None:
         return True
     # saferepr writes a string holding quotes, backslashes or control characters its own way.
-    return isinstance(value, str) and value.isprintable() and not any(c in value for c in "'\\\"")
+    if not isinstance(value, str):
+        return False
+    return value.isprintable() and "'" not in value and "\\" not in value and '"' not in value
 
 
 def _repr(value: tuple[Any, ...] | dict[str, Any], size: int, levels: int) -> str:
     """``saferepr(value, size)`` as ``apply_async`` writes argsrepr: plain ``repr`` for a flat
     tuple or dict of numbers and plain strings (a tenth of the cost), saferepr otherwise."""
-    items = [*value, *value.values()] if isinstance(value, dict) else value
-    if all(_plain(item) for item in items):
-        text = repr(value)
-        if len(text) < size // 2:
-            return text
+    items = value.values() if isinstance(value, dict) else value
+    for item in items:
+        if not _plain(item):
+            return saferepr(value, size, maxlevels=levels)
+    text = repr(value)
+    if len(text) < size // 2:
+        return text
     return saferepr(value, size, maxlevels=levels)
+
+
+#: JSON as kombu's ``dumps`` writes it (same separators, ASCII only) for values decoded from
+#: JSON, which need none of its encoder's extra types; one encoder, not one per call.
+_encode = json.JSONEncoder().encode
+
+
+class _Tags:
+    """Delivery tags (JSON-quoted) for one batch: a random uuid4 with a counter in its last
+    12 digits. kombu's Redis channel makes a uuid4 per message (a tenth of a message's
+    cost); a tag only has to be unique among the messages the broker holds unacknowledged."""
+
+    def __init__(self) -> None:
+        self._head = str(uuid.uuid4())[:24]
+        self._count = 0
+
+    def next(self) -> str:
+        """The next tag of the batch."""
+        self._count += 1
+        return f'"{self._head}{self._count:012x}"'
 
 
 def _eta(run_at: datetime) -> str:
@@ -258,22 +283,28 @@ _MARKED = re.compile('"' + _MARK.format("(\\w+)") + '"')
 
 @dataclass
 class _Frame:
-    """One template's message as kombu's Redis channel writes it, split around the values
-    each message has of its own: the list it goes to, then literal text and slot names in
-    turn (``pieces[0]``, ``pieces[1]`` a slot, ``pieces[2]``, ...)."""
+    """One template's message as kombu's Redis channel writes it, with the values each
+    message has of its own left as named ``%``-format slots: the list it goes to, the text,
+    and the JSON text of the template's embed (callbacks, chain, chord)."""
 
     key: str
-    pieces: list[str]
+    text: str
     channel: Any
+    embed: str
+
+    @classmethod
+    def of(cls, key: str, marked: str, channel: Any, embed: str) -> _Frame:
+        """The frame of ``marked``, JSON text whose per-message values are marks."""
+        pieces = _MARKED.split(marked)
+        text = [pieces[0].replace("%", "%%")]
+        for i in range(1, len(pieces), 2):
+            text.append(f"%({pieces[i]})s")
+            text.append(pieces[i + 1].replace("%", "%%"))
+        return cls(key, "".join(text), channel, embed)
 
     def fill(self, values: dict[str, str]) -> str:
-        """The message text with each slot's value (JSON-quoted)."""
-        pieces = self.pieces
-        out = [pieces[0]]
-        for i in range(1, len(pieces), 2):
-            out.append(values[pieces[i]])
-            out.append(pieces[i + 1])
-        return "".join(out)
+        """The message text with each slot's value (JSON-quoted): one C call."""
+        return self.text % values
 
 
 class _RedisBatch:
@@ -289,6 +320,8 @@ class _RedisBatch:
         self.producer = producer
         self.channel = producer.channel
         self.refusal = refusal
+        self.base64 = self.channel.body_encoding == "base64"
+        self.tags = _Tags()
 
     def _declare(self, template: Template, declare: Sequence[Any]) -> None:
         """Declare the template's queue once per channel, as Producer.publish would."""
@@ -361,7 +394,7 @@ class _RedisBatch:
         message["body"] = _MARK.format("body")
         message["properties"]["delivery_tag"] = _MARK.format("tag")
         key = channel._q_for_pri(routing_key, channel._get_message_priority(message, False))
-        frame = _Frame(key, _MARKED.split(json_dumps(message)), channel)
+        frame = _Frame.of(key, json_dumps(message), channel, json_dumps(template.embed))
         template.frame = frame
         return frame
 
@@ -371,20 +404,26 @@ class _RedisBatch:
         frame = self._frame(template)
         if frame is None:
             return None
-        args = tuple(task.args)
-        channel = self.channel
-        body = json_dumps((args, task.kwargs, template.embed))
-        quote = encode_basestring_ascii
+        args = task.args
+        kwargs = task.kwargs
+        # The body is what json_dumps((args, kwargs, embed)) writes, the embed encoded once
+        # per template; args and kwargs came from JSON, so a plain encoder is enough.
+        body = f"{_encode([args, kwargs])[:-1]}, {frame.embed}]"
+        if self.base64:
+            encoded = '"' + b64encode(body.encode()).decode("ascii") + '"'
+        else:
+            encoded = quote(self.channel.encode_body(body, self.channel.body_encoding)[0])
+        kwargsrepr = (
+            _repr(kwargs, template.kwargsrepr_size, template.repr_levels) if kwargs else "{}"
+        )
         text = frame.fill(
             {
                 "id": quote(task.id),
-                "eta": quote(_eta(task.run_at)),
-                "argsrepr": quote(_repr(args, template.argsrepr_size, template.repr_levels)),
-                "kwargsrepr": quote(
-                    _repr(task.kwargs, template.kwargsrepr_size, template.repr_levels)
-                ),
-                "body": quote(channel.encode_body(body, channel.body_encoding)[0]),
-                "tag": quote(channel._next_delivery_tag()),
+                "eta": quote(task.run_at.isoformat()),
+                "argsrepr": quote(_repr(tuple(args), template.argsrepr_size, template.repr_levels)),
+                "kwargsrepr": quote(kwargsrepr),
+                "body": encoded,
+                "tag": self.tags.next(),
             }
         )
         return frame.key, text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
@@ -33,6 +34,8 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
     options.setdefault("unacked_restore_throttle", 1)
     for name, value in settings.broker_transport_options().items():
         options.setdefault(name, value)
+    if not settings.worker_ack_emulation:
+        options["ack_emulation"] = False  # see Settings.worker_ack_emulation
     app.conf.update(broker_transport_options=options)
     install(app, settings if settings.store_url else None)
     return app
@@ -62,9 +65,11 @@ def run_worker(settings: Settings, *, concurrency: int, pool: str = "prefork") -
     """Load the app, configure it, and run its worker in this process until stopped."""
     app = configure_app(load_app(settings.app), settings)
 
-    def own_logging(**_: Any) -> None:
-        # Connected: Celery leaves logging to us, so worker lines share schedkit's format.
-        configure(settings.log_format)
+    def own_logging(loglevel: int | str | None = None, **_: Any) -> None:
+        # Connected: Celery leaves logging to us, so worker lines share schedkit's format; at
+        # the worker's level, or WARNING would still write three INFO lines per task.
+        level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
+        configure(settings.log_format, level=level if isinstance(level, int) else logging.INFO)
 
     setup_logging.connect(own_logging, weak=False)
     # Every queue a task may name, so an accepted queue is never one nobody reads.

@@ -153,6 +153,7 @@ class Stack:
             "SCHEDKIT_LOG_FORMAT": self.settings.log_format,
             # The worker consumes every queue a task may name (worker_queues).
             "SCHEDKIT_ALLOW_QUEUES": self.settings.allow_queues,
+            "SCHEDKIT_WORKER_ACK_EMULATION": "1" if self.settings.worker_ack_emulation else "0",
         }
         output = open(self.worker_log, "ab") if self.worker_log else None  # noqa: SIM115
         # A session of its own: Ctrl-C reaches schedkit up, which stops the parts in order.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -768,6 +768,67 @@ class Store:
         """The broker has these tasks: QUEUED, claim settled (``where``: the partition each
         was claimed from, :attr:`Claimed.partition`; needed for runs of schedules)."""
         self._settle("queued", [(i,) for i in task_ids], now, where)
+
+    def mark_queued_later(
+        self,
+        task_ids: Sequence[str],
+        now: datetime | None = None,
+        where: Mapping[str, int] | None = None,
+    ) -> Callable[[], None]:
+        """:meth:`mark_queued`, sent now and answered when the returned function is called:
+        the caller's work in between (the dispatcher building its next messages) overlaps
+        the scripts' run in Redis. Call it exactly once. One connection per server the
+        partitions live on (one on a single Redis)."""
+        by_part: dict[int, list[str]] = {}
+        for task_id in task_ids:
+            partition = where[task_id] if where else self.partition_of(task_id)
+            by_part.setdefault(partition, []).append(task_id)
+        sha = self._scripts["handed"].sha
+        commands: dict[int, tuple[redis.Redis, list[tuple[Any, ...]]]] = {}
+        for partition, ids in by_part.items():
+            keys = self.part_script_keys[partition]
+            client = self._slot_client(partition)
+            queue = commands.setdefault(id(client), (client, []))[1]
+            for first in range(0, len(ids), CLAIM_SLICE):
+                argv = self.argv(partition, now, "queued", *ids[first : first + CLAIM_SLICE])
+                queue.append(("EVALSHA", sha, len(keys), *keys, *argv))
+        sent: list[tuple[Any, Any, int]] = []  # (pool, connection, replies owed)
+        with store_errors():
+            try:
+                for client, queue in commands.values():
+                    pool = client.connection_pool
+                    connection: Any = pool.get_connection()  # redis-py types it loosely
+                    sent.append((pool, connection, len(queue)))
+                    connection.send_packed_command(connection.pack_commands(queue))
+            except BaseException:
+                for pool, connection, _ in sent:
+                    connection.disconnect()
+                    pool.release(connection)
+                raise
+
+        def answered() -> None:
+            missing = False
+            failure: BaseException | None = None
+            with store_errors():
+                for pool, connection, owed in sent:
+                    try:
+                        for _ in range(owed):
+                            try:
+                                connection.read_response()
+                            except redis.exceptions.NoScriptError:
+                                missing = True  # Redis lost its scripts: nothing of it ran
+                    except BaseException as exc:
+                        connection.disconnect()
+                        failure = failure or exc
+                    finally:
+                        pool.release(connection)
+                if failure is not None:
+                    raise failure
+            if missing:
+                # Settles only what is still claimed.
+                self.mark_queued(task_ids, now=now, where=where)
+
+        return answered
 
     def release(
         self,
