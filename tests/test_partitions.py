@@ -264,3 +264,36 @@ def test_leases_cover_every_partition_once_and_outlive_a_silent_dispatcher() -> 
         poll(lambda: covered_once(leases[1:]), 0.5 + 2, "the living two to take it all")
         assert sorted(len(share) for share in held(leases[1:])) == [2, 2]
         store.close()
+
+
+def test_overlapped_rounds_settle_each_task_in_its_partition() -> None:
+    """The dispatcher's loop holds a full round's QUEUED marks and sends them with the next
+    round (one pipelined batch per server): over four partitions every task ends QUEUED in
+    its own partition, its claim settled there."""
+    from celery import Celery
+
+    from conftest import schedule_ids
+    from schedkit.demo import app as demo_app
+    from schedkit.dispatch.dispatcher import Dispatcher
+    from schedkit.dispatch.registry import TaskRegistry
+    from schedkit.service.schedules import Schedules
+
+    with redis_server(appendonly=False) as server:
+        settings = Settings(
+            store_url=server.url, store_partitions=PARTS, claim_batch=10, max_in_flight=0
+        )
+        store = Store.for_settings(settings)
+        schedules = Schedules(store, TaskRegistry(demo_app), settings)
+        now = datetime.now(UTC)
+        ids = schedule_ids(schedules, [TaskSpec("add", now, [n, 0]) for n in range(25)])
+        dispatcher = Dispatcher(store, Celery("overlap-parts"), settings)
+        handed = [dispatcher.run_once(overlap=True) for _ in range(3)]
+        assert handed == [10, 10, 5]
+        dispatcher.run_once(overlap=True)  # nothing due: what was held goes out
+        assert {store.get(i).state for i in ids} == {TaskState.QUEUED}
+        for partition in range(PARTS):
+            keys = store.parts[partition]
+            assert store.redis.zcard(keys.claims) == 0
+            home = [i for i in ids if partition_of(i, PARTS) == partition]
+            assert store.redis.zcard(keys.state("QUEUED")) == len(home)
+        store.close()
