@@ -1,16 +1,19 @@
 """Fault drills at suite size: real processes crashed or cut off; nothing lost, nothing twice.
 
-The same drills run at full size with ``scripts/faults`` (100,000 rows, 50 streams).
+The same drills run at full size with ``scripts/faults`` (100,000 rows, 50 streams), the
+Redis Cluster drill too (``scripts/faults cluster-kill cluster-kill-unreplicated``).
 Each test prints the drill's counts; run with ``-s`` to see them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import cluster  # scripts/drills
 import pytest
 
-import faults  # scripts/drills
+import faults
 
 # Whole stacks start, crash and recover here; on a busy two-core machine that takes minutes.
 pytestmark = pytest.mark.timeout(400)
@@ -85,3 +88,34 @@ def test_concurrent_scheduler_streams_are_all_accepted(tmp_path: Path) -> None:
     counts = report(faults.concurrent_streams(4, 2_000, tmp_path))
     assert counts.notes["failed_streams"] == 0, counts.notes["first_error"]
     assert (counts.accepted, counts.duplicates, counts.lost) == (8_000, 0, 0)
+
+
+# The Redis Cluster drill: 3,000 rows sent 10 a batch, so the kill lands mid-ingest.
+CLUSTER_DRILL = {"batch_size": 10, "max_in_flight": 1, "run_for": 120.0}
+
+
+def test_cluster_primary_killed_mid_ingest_with_a_replica_loses_and_repeats_nothing(
+    tmp_path: Path,
+) -> None:
+    counts = report(cluster.cluster_primary_killed(3_000, 1, base=tmp_path, **CLUSTER_DRILL))
+    assert counts.notes["killed_mid_ingest"], counts.notes
+    assert counts.notes["retried_calls"] > 0, "the kill interrupted no call"
+    assert counts.notes["scheduler_exit"] == 0
+    assert (counts.accepted, counts.lost, counts.duplicates) == (3_000, 0, 0)
+    assert counts.notes["never_ran"] == 0
+    assert counts.executed == 3_000
+
+
+def test_cluster_primary_killed_mid_ingest_without_replicas_reports_the_loss(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """Without SCHEDKIT_STORE_REPLICAS an acknowledged write may not have reached the
+    replica the cluster promotes: what was lost is recorded, not asserted."""
+    counts = report(cluster.cluster_primary_killed(3_000, 0, base=tmp_path, **CLUSTER_DRILL))
+    for name in ("ran_twice", "never_ran", "retried_calls", "failover_s", "recovered_s"):
+        record_property(name, counts.notes[name])
+    record_property("lost", counts.lost)
+    assert counts.notes["killed_mid_ingest"], counts.notes
+    assert counts.notes["failover_s"] > 0, "the cluster never promoted the replica"
+    assert counts.notes["scheduler_exit"] == 0
+    assert counts.accepted == 3_000
