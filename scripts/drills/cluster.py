@@ -152,7 +152,7 @@ def cluster_primary_killed(
     label = f"cluster-kill-r{replicas}"
     victim = VICTIM if partitions > 1 else 0
     with (
-        workdir(base) as work,
+        workdir(base and base / label) as work,
         cluster_set() as cluster,
         RedisServer(appendonly=False, data_dir=work / "broker") as broker,
     ):
