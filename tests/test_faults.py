@@ -8,12 +8,17 @@ Each test prints the drill's counts; run with ``-s`` to see them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cluster  # scripts/drills
 import pytest
 
 import faults
+from conftest import schedule_ids
+from schedkit.model import TaskSpec, task_id_for
+from schedkit.service.schedules import Schedules
+from schedkit.store.store import Store
 
 # Whole stacks start, crash and recover here; on a busy two-core machine that takes minutes.
 pytestmark = pytest.mark.timeout(400)
@@ -119,3 +124,23 @@ def test_cluster_primary_killed_mid_ingest_without_replicas_reports_the_loss(
     assert counts.notes["failover_s"] > 0, "the cluster never promoted the replica"
     assert counts.notes["scheduler_exit"] == 0
     assert counts.accepted == 3_000
+
+
+def test_the_cluster_drill_counts_an_accepted_row_the_store_lacks_as_lost(
+    schedules: Schedules, store: Store, tmp_path: Path
+) -> None:
+    """The drill's census, on a store where one accepted row went missing."""
+    at = datetime.now(UTC) + timedelta(hours=1)
+    kept = schedule_ids(schedules, [TaskSpec("add", at, [n, 1], key=f"k{n}") for n in range(2)])
+    gone = task_id_for("gone")
+    output = tmp_path / "out.csv"
+    output.write_text(
+        "row,run_at,task,key,id,outcome,column,error\n"
+        f"1,,add,k0,{kept[0]},created,,\n"
+        f"2,,add,k1,{kept[1]},existing,,\n"
+        f"3,,add,gone,{gone},created,,\n"
+        "4,,add,bad,,rejected,run_at,too far\n"
+    )
+    accepted = cluster.accepted_ids(output)
+    assert accepted == [*kept, gone]
+    assert cluster.missing_ids(store, accepted, chunk=2) == [gone]
