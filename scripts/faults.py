@@ -33,10 +33,10 @@ DRILLS: dict[str, Callable[[argparse.Namespace], faults.Counts]] = {
     "load": lambda o: faults.concurrent_streams(o.streams, o.stream_rows, o.workdir),
     # A Redis Cluster primary killed mid-ingest; the worker runs what it can in --run-for.
     "cluster-kill": lambda o: cluster.cluster_primary_killed(
-        o.rows, 1, base=o.workdir, run_for=o.run_for
+        o.rows, 1, base=o.workdir, run_for=o.run_for, replica_lag=o.replica_lag
     ),
     "cluster-kill-unreplicated": lambda o: cluster.cluster_primary_killed(
-        o.rows, 0, base=o.workdir, run_for=o.run_for
+        o.rows, 0, base=o.workdir, run_for=o.run_for, replica_lag=o.replica_lag
     ),
 }
 #: Drills that may lose acknowledged tasks by design: they report the loss, it is no failure.
@@ -59,6 +59,12 @@ def main() -> int:
     parser.add_argument("--stream-rows", type=int, default=20_000, help="rows per stream")
     parser.add_argument(
         "--run-for", type=float, default=240.0, help="cluster drills: seconds to run tasks"
+    )
+    parser.add_argument(
+        "--replica-lag",
+        type=float,
+        default=0.0,
+        help="cluster drills: freeze the killed primary's replica this long before the kill",
     )
     parser.add_argument("--workdir", type=Path, help="keep logs and data here")
     options = parser.parse_args()

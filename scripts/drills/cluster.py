@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -144,12 +146,15 @@ def cluster_primary_killed(
     kill_at: float = 0.3,
     per_second: float = 1000.0,
     lead: float = 1.0,
+    replica_lag: float = 0.0,
     run_for: float = 300.0,
 ) -> Counts:
     """SIGKILL the primary holding partition 1 once ``kill_at`` of the ``rows`` rows are
-    stored and the hand-off has begun; wait (at most ``run_for`` seconds after the ingest) for
-    every kept task to finish; count lost, run twice and never run."""
-    label = f"cluster-kill-r{replicas}"
+    stored and the hand-off has begun (with ``replica_lag``, after its replica has been
+    frozen that long, so the replica the cluster promotes is behind); wait (at most
+    ``run_for`` seconds after the ingest) for every kept task to finish; count lost, run
+    twice and never run."""
+    label = f"cluster-kill-r{replicas}" + (f"-lag{replica_lag:g}" if replica_lag else "")
     victim = VICTIM if partitions > 1 else 0
     with (
         workdir(base and base / label) as work,
@@ -202,7 +207,21 @@ def cluster_primary_killed(
                 stored_at_kill, handed_at_kill = _stored(store), _handed(store)
                 key = store.parts[victim].claims
                 killed = cluster.owner(key)
+                frozen = 0
+                if replica_lag:
+                    # A replica that fell behind (a loaded host, a slow link): it stops
+                    # taking the primary's writes for replica_lag s, then the primary dies.
+                    behind = next(
+                        r for r in cluster.replicas if cluster.primary_of(r) == killed.port
+                    )
+                    assert behind.process is not None
+                    frozen = behind.process.pid
+                    os.kill(frozen, signal.SIGSTOP)
+                    time.sleep(replica_lag)  # the lag itself, not a wait for a state
+                    stored_at_kill, handed_at_kill = _stored(store), _handed(store)
                 killed.kill()
+                if frozen:
+                    os.kill(frozen, signal.SIGCONT)
                 killed_at = time.monotonic()
                 probe.start(killed_at)
                 if replicas:
@@ -257,6 +276,7 @@ def cluster_primary_killed(
             "rows": rows,
             "replicas": replicas,
             "partitions": partitions,
+            "replica_lag_s": replica_lag,
             "stored_at_kill": stored_at_kill,
             "handed_at_kill": handed_at_kill,
             "killed_mid_ingest": handed_at_kill > 0 and stored_at_kill < rows,
