@@ -147,13 +147,15 @@ def cluster_primary_killed(
     per_second: float = 1000.0,
     lead: float = 1.0,
     replica_lag: float = 0.0,
+    restart: bool | None = None,
     run_for: float = 300.0,
 ) -> Counts:
     """SIGKILL the primary holding partition 1 once ``kill_at`` of the ``rows`` rows are
     stored and the hand-off has begun (with ``replica_lag``, after its replica has been
     frozen that long, so the replica the cluster promotes is behind); wait (at most
     ``run_for`` seconds after the ingest) for every kept task to finish; count lost, run
-    twice and never run."""
+    twice and never run. The killed node is started again as a replica if ``restart``
+    (by default with ``replicas``, whose writes wait for one)."""
     label = f"cluster-kill-r{replicas}" + (f"-lag{replica_lag:g}" if replica_lag else "")
     victim = VICTIM if partitions > 1 else 0
     with (
@@ -224,7 +226,7 @@ def cluster_primary_killed(
                     os.kill(frozen, signal.SIGCONT)
                 killed_at = time.monotonic()
                 probe.start(killed_at)
-                if replicas:
+                if replicas if restart is None else restart:
                     restarter = threading.Thread(
                         target=_restart_as_replica,
                         args=(cluster, killed, key, killed_at, seen),
