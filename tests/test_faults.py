@@ -1,16 +1,24 @@
 """Fault drills at suite size: real processes crashed or cut off; nothing lost, nothing twice.
 
-The same drills run at full size with ``scripts/faults`` (100,000 rows, 50 streams).
+The same drills run at full size with ``scripts/faults`` (100,000 rows, 50 streams), the
+Redis Cluster drill too (``scripts/faults cluster-kill cluster-kill-unreplicated``).
 Each test prints the drill's counts; run with ``-s`` to see them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import cluster  # scripts/drills
 import pytest
 
-import faults  # scripts/drills
+import faults
+from conftest import schedule_ids
+from schedkit.model import TaskSpec, task_id_for
+from schedkit.service.schedules import Schedules
+from schedkit.store.store import Store
 
 # Whole stacks start, crash and recover here; on a busy two-core machine that takes minutes.
 pytestmark = pytest.mark.timeout(400)
@@ -85,3 +93,76 @@ def test_concurrent_scheduler_streams_are_all_accepted(tmp_path: Path) -> None:
     counts = report(faults.concurrent_streams(4, 2_000, tmp_path))
     assert counts.notes["failed_streams"] == 0, counts.notes["first_error"]
     assert (counts.accepted, counts.duplicates, counts.lost) == (8_000, 0, 0)
+
+
+# The Redis Cluster drill: 3,000 rows sent 10 a batch, so the kill lands mid-ingest.
+CLUSTER_DRILL = {"batch_size": 10, "max_in_flight": 1, "run_for": 120.0}
+
+
+def test_cluster_primary_killed_mid_ingest_with_a_replica_loses_and_repeats_nothing(
+    tmp_path: Path,
+) -> None:
+    counts = report(cluster.cluster_primary_killed(3_000, 1, base=tmp_path, **CLUSTER_DRILL))
+    assert counts.notes["killed_mid_ingest"], counts.notes
+    assert counts.notes["retried_calls"] > 0, "the kill interrupted no call"
+    assert counts.notes["scheduler_exit"] == 0
+    assert (counts.accepted, counts.lost, counts.duplicates) == (3_000, 0, 0)
+    assert counts.notes["never_ran"] == 0
+    assert counts.executed == 3_000
+
+
+@pytest.mark.xfail(
+    reason="open bug: with SCHEDKIT_STORE_REPLICAS=1, tasks that ran while the killed "
+    "primary's replica was frozen run a second time about 15 s after the kill (231 of 3,000 "
+    "here); the worker's start guard did not refuse them. Only schedule and cancel wait for "
+    "replicas: the hand-off and start records do not",
+    strict=False,
+)
+def test_cluster_primary_killed_after_its_replica_fell_behind_runs_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The primary dies while its replica is 2 s behind: what was acknowledged is still
+    there (the schedule calls waited for the replica), and no task may run twice."""
+    drill = {**CLUSTER_DRILL, "run_for": 60.0}
+    counts = report(
+        cluster.cluster_primary_killed(3_000, 1, base=tmp_path, replica_lag=2.0, **drill)
+    )
+    assert counts.notes["killed_mid_ingest"], counts.notes
+    assert (counts.accepted, counts.lost) == (3_000, 0)
+    assert counts.duplicates == 0
+    assert counts.notes["final"] == 3_000
+
+
+def test_cluster_primary_killed_mid_ingest_without_replicas_reports_the_loss(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """Without SCHEDKIT_STORE_REPLICAS an acknowledged write may not have reached the
+    replica the cluster promotes: what was lost is recorded, not asserted."""
+    counts = report(cluster.cluster_primary_killed(3_000, 0, base=tmp_path, **CLUSTER_DRILL))
+    for name in ("ran_twice", "never_ran", "retried_calls", "failover_s", "recovered_s"):
+        record_property(name, counts.notes[name])
+    record_property("lost", counts.lost)
+    assert counts.notes["killed_mid_ingest"], counts.notes
+    assert counts.notes["failover_s"] > 0, "the cluster never promoted the replica"
+    assert counts.notes["scheduler_exit"] == 0
+    assert counts.accepted == 3_000
+
+
+def test_the_cluster_drill_counts_an_accepted_row_the_store_lacks_as_lost(
+    schedules: Schedules, store: Store, tmp_path: Path
+) -> None:
+    """The drill's census, on a store where one accepted row went missing."""
+    at = datetime.now(UTC) + timedelta(hours=1)
+    kept = schedule_ids(schedules, [TaskSpec("add", at, [n, 1], key=f"k{n}") for n in range(2)])
+    gone = task_id_for("gone")
+    output = tmp_path / "out.csv"
+    output.write_text(
+        "row,run_at,task,key,id,outcome,column,error\n"
+        f"1,,add,k0,{kept[0]},created,,\n"
+        f"2,,add,k1,{kept[1]},existing,,\n"
+        f"3,,add,gone,{gone},created,,\n"
+        "4,,add,bad,,rejected,run_at,too far\n"
+    )
+    accepted = cluster.accepted_ids(output)
+    assert accepted == [*kept, gone]
+    assert cluster.missing_ids(store, accepted, chunk=2) == [gone]
