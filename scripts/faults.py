@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent / "drills"))
 
 # scripts/drills: outside the shipped package
-import cluster
+import failover
 
 import faults
 
@@ -32,10 +32,10 @@ DRILLS: dict[str, Callable[[argparse.Namespace], faults.Counts]] = {
     "broker-down": lambda o: faults.broker_down_and_back(o.worker_rows, o.workdir),
     "load": lambda o: faults.concurrent_streams(o.streams, o.stream_rows, o.workdir),
     # A Redis Cluster primary killed mid-ingest; the worker runs what it can in --run-for.
-    "cluster-kill": lambda o: cluster.cluster_primary_killed(
+    "cluster-kill": lambda o: failover.cluster_primary_killed(
         o.rows, 1, base=o.workdir, run_for=o.run_for, replica_lag=o.replica_lag
     ),
-    "cluster-kill-unreplicated": lambda o: cluster.cluster_primary_killed(
+    "cluster-kill-unreplicated": lambda o: failover.cluster_primary_killed(
         o.rows, 0, base=o.workdir, run_for=o.run_for, replica_lag=o.replica_lag
     ),
 }

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import cluster  # scripts/drills
+import failover  # scripts/drills
 import pytest
 
 import faults
@@ -102,7 +102,7 @@ CLUSTER_DRILL = {"batch_size": 10, "max_in_flight": 1, "run_for": 120.0}
 def test_cluster_primary_killed_mid_ingest_with_a_replica_loses_and_repeats_nothing(
     tmp_path: Path,
 ) -> None:
-    counts = report(cluster.cluster_primary_killed(3_000, 1, base=tmp_path, **CLUSTER_DRILL))
+    counts = report(failover.cluster_primary_killed(3_000, 1, base=tmp_path, **CLUSTER_DRILL))
     assert counts.notes["killed_mid_ingest"], counts.notes
     assert counts.notes["retried_calls"] > 0, "the kill interrupted no call"
     assert counts.notes["scheduler_exit"] == 0
@@ -125,7 +125,7 @@ def test_cluster_primary_killed_after_its_replica_fell_behind_runs_nothing_twice
     there (the schedule calls waited for the replica), and no task may run twice."""
     drill = {**CLUSTER_DRILL, "run_for": 60.0}
     counts = report(
-        cluster.cluster_primary_killed(3_000, 1, base=tmp_path, replica_lag=2.0, **drill)
+        failover.cluster_primary_killed(3_000, 1, base=tmp_path, replica_lag=2.0, **drill)
     )
     assert counts.notes["killed_mid_ingest"], counts.notes
     assert (counts.accepted, counts.lost) == (3_000, 0)
@@ -138,7 +138,7 @@ def test_cluster_primary_killed_mid_ingest_without_replicas_reports_the_loss(
 ) -> None:
     """Without SCHEDKIT_STORE_REPLICAS an acknowledged write may not have reached the
     replica the cluster promotes: what was lost is recorded, not asserted."""
-    counts = report(cluster.cluster_primary_killed(3_000, 0, base=tmp_path, **CLUSTER_DRILL))
+    counts = report(failover.cluster_primary_killed(3_000, 0, base=tmp_path, **CLUSTER_DRILL))
     for name in ("ran_twice", "never_ran", "retried_calls", "failover_s", "recovered_s"):
         record_property(name, counts.notes[name])
     record_property("lost", counts.lost)
@@ -163,6 +163,6 @@ def test_the_cluster_drill_counts_an_accepted_row_the_store_lacks_as_lost(
         f"3,,add,gone,{gone},created,,\n"
         "4,,add,bad,,rejected,run_at,too far\n"
     )
-    accepted = cluster.accepted_ids(output)
+    accepted = failover.accepted_ids(output)
     assert accepted == [*kept, gone]
-    assert cluster.missing_ids(store, accepted, chunk=2) == [gone]
+    assert failover.missing_ids(store, accepted, chunk=2) == [gone]
