@@ -15,18 +15,21 @@ pace), and the longest Lua call Redis logged during schedkit's burst (SLOWLOG).
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from common import PYTHON, Report, Result, Sizes, percentile, rss_bytes, wait_until
-from parts import celery_worker, flush_celery_queue, fresh_prefix, schedkit_stack
+from common import Report, Result, Sizes, percentile, rss_bytes, wait_until
+from parts import (
+    celery_worker,
+    dispatcher_processes,
+    flush_celery_queue,
+    fresh_prefix,
+    schedkit_stack,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from schedkit.model import TaskRows, TaskSpec, TaskState
@@ -52,27 +55,9 @@ def _park(store: Store, settings: Settings, count: int, run_at: datetime) -> Non
         assert all(r.error is None for r in results), results[:3]
 
 
-@contextlib.contextmanager
-def _dispatchers(url: str, prefix: str, count: int) -> Iterator[None]:
-    """``count`` ``schedkit dispatch`` processes on the store at ``url``, no in-flight bound
-    (no worker consumes here: the rate measured is the dispatchers')."""
-    env = {**os.environ, "SCHEDKIT_PREFIX": prefix, "SCHEDKIT_MAX_IN_FLIGHT": "0"}
-    processes = [
-        subprocess.Popen(
-            [PYTHON, "-m", "schedkit", "dispatch", "--store", url],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(count)
-    ]
-    try:
-        yield
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(30)
+def _dispatchers(url: str, prefix: str, count: int) -> contextlib.AbstractContextManager[None]:
+    """``count`` ``schedkit dispatch`` processes on the store at ``url``."""
+    return dispatcher_processes(count, {"SCHEDKIT_PREFIX": prefix}, "--store", url)
 
 
 def _schedkit_rate(url: str, sizes: Sizes, dispatchers: int) -> float:

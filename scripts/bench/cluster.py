@@ -10,17 +10,15 @@ not what three machines would give.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis
 from burst import WINDOW, _park
 from common import PYTHON, Report, Result, Sizes, future, wait_until, write_timetable
-from parts import fresh_prefix
+from parts import dispatcher_processes, fresh_prefix
 from redis.crc import key_slot
 
 from schedkit.model import TaskState
@@ -93,34 +91,15 @@ def _ingest(
     return rows / elapsed, used
 
 
-@contextlib.contextmanager
-def _dispatchers(settings: Settings, broker_url: str) -> Iterator[None]:
-    """``DISPATCHERS`` ``schedkit dispatch`` processes, no in-flight bound (no worker
-    consumes here: the rate measured is the dispatchers')."""
+def _dispatchers(settings: Settings, broker_url: str) -> contextlib.AbstractContextManager[None]:
+    """``DISPATCHERS`` ``schedkit dispatch`` processes on the store ``settings`` name."""
     env = {
-        **os.environ,
         "SCHEDKIT_STORE_URL": settings.store_url,
         "SCHEDKIT_BROKER_URL": broker_url,
         "SCHEDKIT_PREFIX": settings.prefix,
         "SCHEDKIT_STORE_PARTITIONS": str(settings.store_partitions),
-        "SCHEDKIT_MAX_IN_FLIGHT": "0",
     }
-    processes = [
-        subprocess.Popen(
-            [PYTHON, "-m", "schedkit", "dispatch"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(DISPATCHERS)
-    ]
-    try:
-        yield
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(30)
+    return dispatcher_processes(DISPATCHERS, env)
 
 
 def _handoff(

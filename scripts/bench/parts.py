@@ -53,6 +53,29 @@ def schedkit_stack(url: str, *, worker: bool = False, **overrides: object) -> It
 
 
 @contextlib.contextmanager
+def dispatcher_processes(count: int, env: dict[str, str], *args: str) -> Iterator[None]:
+    """``count`` ``schedkit dispatch`` processes with ``env`` (and ``args``), stopped on exit.
+    The benchmarks give them no in-flight bound: no worker consumes, the rate measured is the
+    dispatchers'."""
+    processes = [
+        subprocess.Popen(
+            [PYTHON, "-m", "schedkit", "dispatch", *args],
+            env={**os.environ, "SCHEDKIT_MAX_IN_FLIGHT": "0", **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+
+
+@contextlib.contextmanager
 def server_process(url: str, *, processes: int = 1) -> Iterator[str]:
     """``schedkit serve`` (with ``--processes``) in a process of its own on the bench's
     Redis; yields its address.
