@@ -28,25 +28,21 @@ FIXED = ("task", "queue", "expires_after")
 
 @dataclass(frozen=True)
 class Change:
-    """How run ``index`` differs from the task its key made: the movable columns to set,
-    or the first fixed column that differs (then nothing moves)."""
+    """How a run differs from the task its key made: the movable columns to set, or the
+    first fixed column that differs (then nothing moves)."""
 
-    index: int
-    task_id: str
     changes: dict[str, Any]
     fixed: str = ""
 
 
-def changes_of(index: int, row: pd.Series, current: TaskSpec) -> Change:
+def changes_of(row: pd.Series, current: TaskSpec) -> Change:
     """Compare a checked timetable run with the task stored under its key."""
-    task_id = task_id_for(str(row["key"]))
     wanted = _spec_columns(row)
     have = _spec_columns_of(current)
     for column in FIXED:
         if wanted[column] != have[column]:
-            return Change(index, task_id, {}, fixed=column)
-    changes = {column: wanted[column] for column in MOVABLE if wanted[column] != have[column]}
-    return Change(index, task_id, changes)
+            return Change({}, fixed=column)
+    return Change({column: wanted[column] for column in MOVABLE if wanted[column] != have[column]})
 
 
 def move_conflicts(
@@ -58,11 +54,12 @@ def move_conflicts(
     moved = 0
     for index in conflicts:
         key = str(runs["key"].iat[index])
+        task_id = task_id_for(key)
         try:
-            current = client.get(task_id_for(key))
+            current = client.get(task_id)
         except NotFound:
             continue  # forgotten since the send refused it: the refusal stands
-        change = changes_of(index, runs.iloc[index], current.spec)
+        change = changes_of(runs.iloc[index], current.spec)
         if change.fixed:
             outcomes.column[index] = change.fixed
             outcomes.error[index] = (
@@ -72,11 +69,11 @@ def move_conflicts(
             continue
         try:
             if change.changes:
-                client.update_task(change.task_id, **_update_arguments(change.changes))
+                client.update_task(task_id, **_update_arguments(change.changes))
         except FailedPrecondition as exc:
             outcomes.error[index] = f"not moved: {exc.message}"
             continue
-        outcomes.id[index] = change.task_id
+        outcomes.id[index] = task_id
         outcomes.outcome[index] = "moved"
         outcomes.column[index] = outcomes.error[index] = ""
         moved += 1

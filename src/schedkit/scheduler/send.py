@@ -321,7 +321,7 @@ def _dry_mark(index: int, runs: pd.DataFrame, have: dict[str, Any]) -> str:
     current = have.get(task_id_for(str(runs["key"].iat[index])))
     if current is None:
         return "+"
-    change = changes_of(index, runs.iloc[index], current)
+    change = changes_of(runs.iloc[index], current)
     return "!" if change.fixed else "~" if change.changes else "="
 
 

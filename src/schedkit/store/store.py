@@ -737,6 +737,11 @@ class Store:
             )
         return len(flat) // 7, int(flat[0])
 
+    def _claimed_in(self, task_id: str, where: Mapping[str, int] | None) -> int:
+        """The partition a claimed task is settled in: ``where`` says (runs of schedules are
+        claimed from partition 0), else the one its id hashes to."""
+        return where[task_id] if where else self.partition_of(task_id)
+
     def _settle(
         self,
         verdict: str,
@@ -751,8 +756,7 @@ class Store:
             return
         by_part: dict[int, list[str]] = {}
         for task in tasks:
-            partition = where[task[0]] if where else self.partition_of(task[0])
-            by_part.setdefault(partition, []).extend(task)
+            by_part.setdefault(self._claimed_in(task[0], where), []).extend(task)
         size = CLAIM_SLICE * len(tasks[0])
         for partition, flat in by_part.items():
             for first in range(0, len(flat), size):
@@ -781,8 +785,7 @@ class Store:
         partitions live on (one on a single Redis)."""
         by_part: dict[int, list[str]] = {}
         for task_id in task_ids:
-            partition = where[task_id] if where else self.partition_of(task_id)
-            by_part.setdefault(partition, []).append(task_id)
+            by_part.setdefault(self._claimed_in(task_id, where), []).append(task_id)
         sha = self._scripts["handed"].sha
         commands: dict[int, tuple[redis.Redis, list[tuple[Any, ...]]]] = {}
         for partition, ids in by_part.items():
