@@ -111,6 +111,23 @@ def test_cluster_primary_killed_mid_ingest_with_a_replica_loses_and_repeats_noth
     assert counts.executed == 3_000
 
 
+def test_cluster_primary_killed_with_its_replica_behind_runs_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The killed primary's replica is frozen 2 s first, so the replica promoted lacks the
+    last 2 s of writes: tasks created then (their callers told UNAVAILABLE, retrying),
+    handed off, started. Claims and starts wait for the replica, so none of those reached
+    a worker, and none runs a second time after the failover."""
+    counts = report(
+        failover.cluster_primary_killed(3_000, 1, base=tmp_path, replica_lag=2.0, **CLUSTER_DRILL)
+    )
+    assert counts.notes["killed_mid_ingest"], counts.notes
+    assert counts.notes["scheduler_exit"] == 0
+    assert (counts.accepted, counts.lost, counts.duplicates) == (3_000, 0, 0)
+    assert counts.notes["never_ran"] == 0
+    assert counts.executed == 3_000
+
+
 def test_cluster_primary_killed_mid_ingest_without_replicas_reports_the_loss(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:

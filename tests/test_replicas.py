@@ -1,4 +1,5 @@
-"""SCHEDKIT_STORE_REPLICAS: an OK schedule or cancel has reached that many replicas.
+"""SCHEDKIT_STORE_REPLICAS: an OK schedule or cancel has reached that many replicas, and
+nothing reaches a worker, or starts, before a replica has it.
 
 A real primary and a real replica on free ports. The replica is frozen with SIGSTOP to stand
 for one that lags or is cut off: a call acknowledged while it is frozen could not have been
@@ -20,12 +21,13 @@ import redis
 from conftest import FAST, poll
 from schedkit.demo import app as demo_app
 from schedkit.dispatch.registry import TaskRegistry
-from schedkit.errors import ConfigError
-from schedkit.model import TaskState
+from schedkit.errors import ConfigError, Unavailable
+from schedkit.model import TaskRecord, TaskState
 from schedkit.runtime.embedded import RedisServer
 from schedkit.service.schedules import Schedules
 from schedkit.service.server import Server
 from schedkit.settings import Settings
+from schedkit.store.record import decode
 from schedkit.store.store import Replicas, Store
 from schedkit.testing import redis_server
 from schedkit.v1 import schedule_service_pb2 as pb
@@ -185,6 +187,88 @@ def test_a_cancel_no_replica_confirms_fails_unavailable(pair: Pair, stub_for: St
     assert stub.CancelTask(pb.CancelTaskRequest(id=task.id), timeout=30).task.state == (
         pb.TASK_STATE_CANCELLED
     )
+
+
+# The window covers RUN_AT: these claims stand for a dispatcher's at the task's due time.
+WINDOW = 3 * 3600.0
+
+
+def replica_record(pair: Pair, store: Store, task_id: str) -> TaskRecord:
+    replica = redis.Redis.from_url(pair.replica.url, decode_responses=True)
+    try:
+        return decode(task_id, replica.hgetall(store.keys.task(task_id)))
+    finally:
+        replica.close()
+
+
+def test_a_task_no_replica_has_confirmed_is_not_handed_off_until_one_has(
+    pair: Pair, stub_for: StubFor
+) -> None:
+    """The caller was told UNAVAILABLE and will retry: were the task handed off now, a
+    failover onto the replica would drop it, the retry would make it again, and it would run
+    twice. So a claim waits for the replica too, and hands nothing off without it."""
+    stub, store = stub_for(1, 0.3)
+    pair.freeze()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("unconfirmed")), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert store.count(TaskState.SCHEDULED) == 1  # the primary has it
+    with pytest.raises(Unavailable, match="took the claim, but 0 of 1 replicas"):
+        store.claim(window_seconds=WINDOW, lease_seconds=0.5, limit=10)
+    pair.thaw()
+    claimed: list[str] = []
+    # The refused claim's lease (0.5 s) lapses; then the task is claimed, with the replica.
+    poll(
+        lambda: bool(
+            claimed.extend(
+                c.id for c in store.claim(window_seconds=WINDOW, lease_seconds=30, limit=10)
+            )
+            or claimed
+        ),
+        10,
+        "the task to be claimed once the replica confirms",
+    )
+    assert len(claimed) == 1
+    assert replica_record(pair, store, claimed[0]).spec.key == "unconfirmed"
+
+
+def test_a_start_no_replica_confirms_is_refused_and_the_retry_starts_it_once(
+    pair: Pair, stub_for: StubFor
+) -> None:
+    """The run-once guard holds across a failover only if the replica knows the task
+    started: unconfirmed, start fails UNAVAILABLE (the hook asks Celery for a retry and
+    runs nothing), on_retry's RETRYING record lets the retry start it, once."""
+    stub, store = stub_for(1, 0.3)
+    task_id = stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("to-start")), timeout=30).task.id
+    [claimed] = store.claim(window_seconds=WINDOW, lease_seconds=30, limit=10)
+    store.mark_queued([claimed.id])
+    pair.freeze()
+    with pytest.raises(Unavailable, match="took the start, but 0 of 1 replicas"):
+        store.start(task_id)
+    with pytest.raises(Unavailable, match="took the finish"):
+        store.finish(task_id, TaskState.RETRYING, error="schedule store unavailable")
+    pair.thaw()
+    assert store.start(task_id) == "started"
+    assert store.start(task_id) == "duplicate:STARTED"
+    assert replica_record(pair, store, task_id).state is TaskState.STARTED
+
+
+def test_finish_records_no_replica_confirms_fail_so_the_recorder_writes_them_again(
+    pair: Pair, stub_for: StubFor
+) -> None:
+    stub, store = stub_for(1, 0.3)
+    task_id = stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("to-end")), timeout=30).task.id
+    [claimed] = store.claim(window_seconds=WINDOW, lease_seconds=30, limit=10)
+    store.mark_queued([claimed.id])
+    assert store.start(task_id) == "started"
+    pair.freeze()
+    record = (task_id, TaskState.SUCCEEDED, "3", "", "")
+    with pytest.raises(Unavailable, match="took the finish"):
+        store.finish_many([record])
+    pair.thaw()
+    store.finish_many([record])  # the Recorder's second try: changes nothing twice
+    assert replica_record(pair, store, task_id).state is TaskState.SUCCEEDED
+    assert store.redis.hget(store.keys.stats, "finished:SUCCEEDED") == "1"
 
 
 def test_without_replicas_asked_a_frozen_replica_does_not_hold_a_call(

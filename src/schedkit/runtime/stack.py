@@ -149,6 +149,10 @@ class Stack:
             **os.environ,
             "SCHEDKIT_PREFIX": self.settings.prefix,
             "SCHEDKIT_STORE_PARTITIONS": str(self.settings.store_partitions),
+            # The start guard and finish records wait for the replicas the stack asks for.
+            "SCHEDKIT_STORE_REPLICAS": str(self.settings.store_replicas),
+            "SCHEDKIT_STORE_REPLICA_TIMEOUT": str(self.settings.store_replica_timeout),
+            "SCHEDKIT_STORE_TIMEOUT": str(self.settings.store_timeout),
             "SCHEDKIT_VISIBILITY_TIMEOUT": str(self.settings.visibility_timeout),
             "SCHEDKIT_LOG_FORMAT": self.settings.log_format,
             # The worker consumes every queue a task may name (worker_queues).

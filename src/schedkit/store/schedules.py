@@ -298,8 +298,13 @@ class ScheduleStore:
             self.keys.schedule_running(""),
             buffer_ms,
         )
-        with store_errors():
-            return cast(str, self._start(keys=self.store.script_keys, args=argv))
+        # Waited for like start.lua alone (see Store.start): partition 0 holds the runs.
+        return cast(
+            str,
+            self.store.acknowledged(
+                self._start, self.store.script_keys, argv, partition=0, what="start"
+            ),
+        )
 
 
 def _definition_argv(definition: ScheduleDef) -> tuple[str, str, str, str]:

@@ -46,6 +46,8 @@ from schedkit.store.keys import (
 from schedkit.store.record import Field, NewTasks, decode
 
 if TYPE_CHECKING:
+    from redis.commands.core import Script
+
     from schedkit.settings import Settings
 
 SCRIPTS = (
@@ -378,15 +380,32 @@ class Store:
         """:meth:`_run` for a write the caller is told succeeded: with replicas asked for,
         followed by WAIT on the same connection (a pipeline), and Unavailable unless enough
         replicas confirm it."""
+        argv = self.argv(partition, now, *args)
+        keys = self.part_script_keys[partition]
+        return self.acknowledged(self._scripts[name], keys, argv, partition=partition, what=name)
+
+    def acknowledged(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        argv: Sequence[Any],
+        *,
+        partition: int,
+        what: str,
+    ) -> Any:
+        """Run ``script`` in ``partition`` as a write the caller relies on: with replicas
+        asked for, followed by WAIT on the same connection (a pipeline), and Unavailable
+        (naming ``what``) unless enough replicas confirm it."""
         if not self.replicas.count:
-            return self._run(name, *args, now=now, partition=partition)
+            with store_errors():
+                return script(keys=keys, args=argv)
         with store_errors():
             pipe = self.script_pipeline(partition)
-        self._run(name, *args, client=pipe, now=now, partition=partition)
+            script(keys=keys, args=argv, client=pipe)
         pipe.wait(*self.replicas.wait_args())
         with store_errors(), self.slot_moves():
             reply, confirmed = pipe.execute()
-        self.replicas.check(int(confirmed), name)
+        self.replicas.check(int(confirmed), what)
         return reply
 
     def _slot_client(self, partition: int = 0) -> redis.Redis:
@@ -711,7 +730,11 @@ class Store:
     ) -> tuple[int, int]:
         """One claim script call in ``partition``, appended to ``claimed``: (how many it
         took, how many it held back)."""
-        flat = self._run(
+        # With replicas asked for, a claim waits for them before anything is handed off:
+        # WAIT covers every earlier write on the primary too, so no task whose creation a
+        # failover could still undo (its caller told UNAVAILABLE, about to retry) reaches a
+        # worker, and no claim a failover would lose is handed off again.
+        flat = self._run_acknowledged(
             "claim",
             int(window_seconds * 1000),
             int(lease_seconds * 1000),
@@ -933,7 +956,11 @@ class Store:
         (looked for in ``places``, by default every place its id may be)."""
         verdict = "unmanaged"
         for partition in self.places(task_id) if places is None else places:
-            verdict = cast(str, self._run("start", task_id, now=now, partition=partition))
+            # Waited for like an acknowledged write: the run-once guard only holds across a
+            # failover if the promoted replica knows the task started.
+            verdict = cast(
+                str, self._run_acknowledged("start", task_id, now=now, partition=partition)
+            )
             if verdict != "unmanaged":
                 break
         return verdict
@@ -950,7 +977,7 @@ class Store:
     ) -> bool:
         """Record how a started task ended; False if it was not STARTED."""
         return any(
-            self._run(
+            self._run_acknowledged(
                 "finish", task_id, state.value, result, error, traceback, now=now, partition=p
             )
             for p in self.places(task_id)
@@ -969,7 +996,9 @@ class Store:
             (p, self.argv(p, now, task_id, state.value, *rest))
             for p, (task_id, state, *rest) in zip(places, records, strict=True)
         ]
-        done = self._evalsha_many("finish", calls)
+        # Acknowledged: a batch a failover could lose is kept and written again (finish only
+        # changes a STARTED task, so a second write changes nothing twice).
+        done = self._evalsha_many("finish", calls, acknowledged=True)
         # A run of a schedule lives in partition 0 whatever its id hashes to; the script
         # only changes a STARTED task, so a second try changes nothing twice.
         again = [
@@ -978,7 +1007,7 @@ class Store:
             if p and not ok
         ]
         if again:
-            self._evalsha_many("finish", again)
+            self._evalsha_many("finish", again, acknowledged=True)
 
     # -- cancelling -------------------------------------------------------------------------
 
