@@ -130,8 +130,12 @@ def _before_start(handle: StoreHandle) -> Callable[..., bool]:
         try:
             verdict = overlap.start(handle.get(), task, task_id)
         except Unavailable as exc:
-            # Nothing ran yet: ask Celery to deliver it again rather than run it unrecorded.
-            raise task.retry(exc=exc, countdown=STORE_RETRY_SECONDS, max_retries=None) from exc
+            # Nothing ran yet: ask Celery to deliver it again rather than run it unrecorded,
+            # for as long as the store is away. (max_retries=None would mean the task's own
+            # limit, 3 by default: a failover outlasting it failed the task unrun.)
+            raise task.retry(
+                exc=exc, countdown=STORE_RETRY_SECONDS, max_retries=task.request.retries + 1
+            ) from exc
         if verdict in ("started", "unmanaged"):
             if verdict == "started":
                 log.debug("started", extra={"task_id": task_id, "task": task.name})
