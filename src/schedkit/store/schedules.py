@@ -128,8 +128,13 @@ class ScheduleStore:
 
     def _pipelined(self, name: str, calls: Sequence[tuple[int, list[str], list[Any]]]) -> list[Any]:
         """Script ``name`` once per (partition, KEYS, ARGV): one pipeline per server the
-        partitions are on (one on a single Redis); replies in call order."""
+        partitions are on (one on a single Redis); replies in call order. One call goes
+        alone: a pipeline of scripts first asks SCRIPT EXISTS, a round trip more."""
         script = self._scripts[name]
+        if len(calls) == 1:
+            _, keys, argv = calls[0]
+            with store_errors():
+                return [script(keys=keys, args=argv)]
         groups: dict[int, tuple[int, list[int]]] = {}
         for n, (partition, _, _) in enumerate(calls):
             client = self.store.slot_client(partition)
