@@ -105,6 +105,51 @@ def a_schedule_is_materialized_and_its_runs_run(stack: LocalStack) -> None:
         client.delete_schedule(schedule_id)
 
 
+def schedules_of_every_partition_run_in_their_partitions(stack: LocalStack) -> None:
+    """One every-second schedule per store partition (ids picked to land in each): each is
+    materialized and run, each run's record lives in its schedule's partition, and
+    ListSchedules pages over the partitions in id order."""
+    store = stack.store
+    assert store is not None
+    tag = uuid.uuid4().hex[:8]
+    picked: dict[int, str] = {}
+    for n in range(10_000):
+        candidate = f"spread-{tag}-{n:04d}"
+        picked.setdefault(store.partition_of(candidate), candidate)
+        if len(picked) == store.partitions:
+            break
+    ids = sorted(picked.values())
+    with stack.client() as client:
+        try:
+            for schedule_id in ids:
+                client.create_schedule(
+                    schedule_id,
+                    "add",
+                    args=[1, 2],
+                    every=timedelta(seconds=1),
+                    labels={"spread": tag},
+                )
+            listed = [s.id for s in client.schedules(labels={"spread": tag}, page_size=1)]
+            assert listed == ids
+            for home, schedule_id in picked.items():
+                runs_of = {"schedkit.schedule": schedule_id}
+                poll(
+                    lambda runs_of=runs_of: bool(  # type: ignore[misc]
+                        list(client.tasks(labels=runs_of, states=["SUCCEEDED"]))
+                    ),
+                    60,
+                    f"a run of {schedule_id} (partition {home}) to succeed",
+                )
+                keys = store.parts[home]
+                assert store.redis.exists(keys.schedule(schedule_id)) == 1
+                for run in client.tasks(labels=runs_of):
+                    assert store.partition_of(run.id) == home
+                    assert store.redis.exists(keys.task(run.id)) == 1
+        finally:
+            for schedule_id in ids:
+                client.delete_schedule(schedule_id)
+
+
 def _holders(store: Store) -> dict[int, str]:
     """Which dispatcher holds each partition's lease ('' none)."""
     return {p: str(store.redis.get(store.parts[p].lease) or "") for p in range(store.partitions)}

@@ -37,6 +37,7 @@ from store_checks import (
     a_schedule_is_materialized_and_its_runs_run,
     retried_call,
     schedule_idempotency_list_and_cancel,
+    schedules_of_every_partition_run_in_their_partitions,
     watch_hand_off_and_run_once,
 )
 
@@ -111,6 +112,14 @@ def test_three_partitions_spread_keys_over_the_three_primaries(
 def test_core_checks_on_a_cluster_with_three_partitions(on_cluster_parts: LocalStack) -> None:
     watch_hand_off_and_run_once(on_cluster_parts)
     a_schedule_is_materialized_and_its_runs_run(on_cluster_parts)
+
+
+def test_schedules_of_each_partition_run_on_their_partitions_primary(
+    on_cluster_parts: LocalStack,
+) -> None:
+    """Schedules whose ids land in each of the three partitions (one per primary) are
+    materialized and run, their runs in their own partition: no script crosses slots."""
+    schedules_of_every_partition_run_in_their_partitions(on_cluster_parts)
 
 
 def test_a_killed_dispatchers_partitions_are_taken_over_on_a_cluster(

@@ -29,6 +29,7 @@ from store_checks import (
     a_killed_dispatchers_partitions_are_taken_over,
     a_schedule_is_materialized_and_its_runs_run,
     schedule_idempotency_list_and_cancel,
+    schedules_of_every_partition_run_in_their_partitions,
     watch_hand_off_and_run_once,
 )
 
@@ -195,11 +196,15 @@ def test_dispatchers_share_partitions_and_take_over_a_killed_ones(tmp_path: Path
         a_killed_dispatchers_partitions_are_taken_over(stack)
 
 
-def test_a_client_reads_a_run_of_a_schedule_in_partition_zero(parted: LocalStack) -> None:
-    """Runs of schedules live with the schedules; get, cancel and list still find them."""
+def test_a_client_reads_a_run_of_a_schedule_in_its_schedules_partition(
+    parted: LocalStack,
+) -> None:
+    """A run lives in its schedule's partition, where its id hashes; get, cancel and list
+    find it there, and no other partition has it."""
     store = parted.store
     assert store is not None
     schedule_id = f"later-{uuid.uuid4().hex[:8]}"
+    home = store.partition_of(schedule_id)
     with parted.client() as client:
         # Every two minutes: the next run is parked ahead (the lookahead is five).
         client.create_schedule(schedule_id, "add", args=[1, 2], every=timedelta(minutes=2))
@@ -211,11 +216,18 @@ def test_a_client_reads_a_run_of_a_schedule_in_partition_zero(parted: LocalStack
                 "a parked run",
             )
             run = next(iter(client.tasks(labels=runs_of, states=["SCHEDULED"])))
-            assert store.redis.exists(store.keys.task(run.id)) == 1
+            assert store.partition_of(run.id) == home
+            for partition in range(PARTS):
+                key = store.parts[partition].task(run.id)
+                assert store.redis.exists(key) == (1 if partition == home else 0)
             assert client.get(run.id).id == run.id
             assert client.cancel(run.id).state == TaskState.CANCELLED
         finally:
             client.delete_schedule(schedule_id)
+
+
+def test_schedules_of_every_partition_run_in_their_partitions(parted: LocalStack) -> None:
+    schedules_of_every_partition_run_in_their_partitions(parted)
 
 
 def test_a_batch_is_split_by_partition_each_part_with_only_its_templates() -> None:

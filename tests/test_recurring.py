@@ -18,9 +18,9 @@ from schedkit.demo import app as demo_app
 from schedkit.dispatch.materialize import Materializer
 from schedkit.dispatch.registry import TaskRegistry
 from schedkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from schedkit.model import EPOCH, Outcome, TaskSpec, TaskState
+from schedkit.model import EPOCH, Outcome, TaskSpec, TaskState, task_id_for
 from schedkit.recurrence import Recurrence
-from schedkit.recurring import NOMINAL_LABEL, SCHEDULE_LABEL, Overlap, ScheduleDef
+from schedkit.recurring import NOMINAL_LABEL, SCHEDULE_LABEL, Overlap, ScheduleDef, run_key
 from schedkit.service.edits import TaskEdits
 from schedkit.service.recurring import Recurring
 from schedkit.service.schedules import Schedules
@@ -85,6 +85,14 @@ def test_runs_are_parked_a_lookahead_ahead_with_ids_from_schedule_and_time(
     record = recurring.get("tick")
     assert record.run_count == len(nominals(store, "tick"))
     assert recurring.next_times(record)[0] == clock.now
+    # One partition: a run's id is its key's own, as before partitions (so a store made
+    # then makes the same runs again, not copies).
+    query = TaskQuery(labels=((SCHEDULE_LABEL, "tick"),))
+    records, _ = store.page(query, page_size=1000)
+    assert records
+    for run in records:
+        nominal = datetime.fromisoformat(run.spec.labels[NOMINAL_LABEL])
+        assert run.id == task_id_for(run_key("tick", nominal))
 
 
 def test_three_materializers_racing_make_each_run_once(

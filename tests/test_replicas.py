@@ -22,7 +22,7 @@ from conftest import FAST, poll
 from schedkit.demo import app as demo_app
 from schedkit.dispatch.registry import TaskRegistry
 from schedkit.errors import ConfigError, Unavailable
-from schedkit.model import TaskRecord, TaskState
+from schedkit.model import TaskRecord, TaskSpec, TaskState
 from schedkit.runtime.embedded import RedisServer
 from schedkit.service.schedules import Schedules
 from schedkit.service.server import Server
@@ -251,6 +251,45 @@ def test_a_start_no_replica_confirms_is_refused_and_the_retry_starts_it_once(
     assert store.start(task_id) == "started"
     assert store.start(task_id) == "duplicate:STARTED"
     assert replica_record(pair, store, task_id).state is TaskState.STARTED
+
+
+def test_a_runs_start_in_a_later_partition_waits_for_the_replica_too(
+    pair: Pair, stub_for: StubFor
+) -> None:
+    """A run of a schedule starts through the overlap guard in its schedule's partition
+    (here not 0): that start, and the retry's RETRYING record, are waited for like any
+    task's; the retry then starts it once."""
+    from schedkit.recurrence import Recurrence
+    from schedkit.recurring import ScheduleDef
+    from schedkit.service.recurring import Recurring
+    from schedkit.store.schedules import ScheduleStore
+
+    _, store = stub_for(1, 0.3, partitions=4)
+    schedule_id = next(f"r{n}" for n in range(100) if store.partition_of(f"r{n}") == 3)
+    settings = Settings(store_url=pair.primary.url, store_partitions=4, **FAST)  # type: ignore[arg-type]
+    recurring = Recurring(Schedules(store, TaskRegistry(demo_app), settings))
+    definition = ScheduleDef(Recurrence(every=timedelta(days=1)), TaskSpec("add", RUN_AT, [1, 2]))
+    recurring.create(schedule_id, definition)
+    run_id = recurring.trigger(schedule_id).id
+    assert store.partition_of(run_id) == 3
+    [claimed] = store.claim(window_seconds=WINDOW, lease_seconds=30, limit=10)
+    assert (claimed.id, claimed.partition) == (run_id, 3)
+    store.mark_queued([run_id])
+    guard = ScheduleStore(store)
+    pair.freeze()
+    with pytest.raises(Unavailable, match="took the start, but 0 of 1 replicas"):
+        guard.start_run(run_id, buffer_ms=1000)
+    with pytest.raises(Unavailable, match="took the finish"):
+        store.finish(run_id, TaskState.RETRYING, error="schedule store unavailable")
+    pair.thaw()
+    assert guard.start_run(run_id, buffer_ms=1000) == "started"
+    assert guard.start_run(run_id, buffer_ms=1000) == "duplicate:STARTED"
+    replica = redis.Redis.from_url(pair.replica.url, decode_responses=True)
+    try:
+        raw = replica.hgetall(store.parts[3].task(run_id))
+    finally:
+        replica.close()
+    assert decode(run_id, raw).state is TaskState.STARTED
 
 
 def test_finish_records_no_replica_confirms_fail_so_the_recorder_writes_them_again(

@@ -2,8 +2,10 @@
 task, independent of gRPC and Redis.
 
 A run of schedule ``s`` at nominal time ``t`` is an ordinary task whose idempotency key is
-``run_key(s, t)``, so its id is the same wherever and however often it is computed: two
-dispatchers, a restart or a backfill called twice make it once.
+``run_key(s, t)``, and whose id is derived from that key and the store's partition count
+(``store.keys.run_id_for`` picks one hashing to the schedule's partition), so it is the same
+wherever and however often it is computed: two dispatchers, a restart or a backfill called
+twice make it once.
 """
 
 from __future__ import annotations

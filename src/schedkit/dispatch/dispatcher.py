@@ -209,7 +209,8 @@ class Dispatcher:
         backoff = Backoff()  # 0.5 s, doubling up to 10 s, until a round goes through
         while not self._stop.is_set():
             try:
-                self.materializer.run_guarded()  # schedules' runs become parked tasks
+                # Schedules' runs become parked tasks, in the partitions this one serves.
+                self.materializer.run_guarded(self.leases.current())
                 handed = self.run_once(overlap=True)
                 if handed < self.settings.claim_batch:
                     self.settle_held()

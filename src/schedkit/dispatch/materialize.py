@@ -8,6 +8,11 @@ generation and cursor it read. A dispatcher that lost the race, or read before a
 update, stores nothing; and a run's id is derived from (schedule id, nominal time), so even a
 run stored twice is one task.
 
+A schedule lives in the store partition its id hashes to, and its runs with it; a dispatcher
+materializes the partitions it serves (its leases), so each partition's schedules load the
+primary that partition is on. Two dispatchers serving one partition for a moment (a lease
+changing hands) are safe: taking due schedules is atomic per partition.
+
 After an outage a schedule's cursor lies in the past: nominal times older than its catch-up
 window are passed over, the rest are made (and run at once), or only the latest of them when
 the schedule coalesces. Resume moves the cursor to now,
@@ -17,7 +22,7 @@ so a paused period makes no runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from schedkit.model import utc_now
@@ -59,10 +64,13 @@ class Materializer:
         """How far ahead runs are parked."""
         return timedelta(seconds=self.settings.schedule_lookahead)
 
-    def run_once(self, now: datetime | None = None) -> int:
-        """One round over the schedules due at ``now``; returns how many runs it made."""
+    def run_once(self, now: datetime | None = None, partitions: Sequence[int] | None = None) -> int:
+        """One round over the schedules due at ``now`` in ``partitions`` (None: all);
+        returns how many runs it made."""
         now = now or self.clock()
-        ids = self.schedules.take_due(now, SCHEDULES_PER_ROUND, TAKE_LEASE_SECONDS)
+        ids = self.schedules.take_due(
+            now, SCHEDULES_PER_ROUND, TAKE_LEASE_SECONDS, partitions=partitions
+        )
         plans = []
         records = self.schedules.get_many(ids, now=now, recent=False)
         for schedule_id, record in zip(ids, records, strict=True):
@@ -80,11 +88,14 @@ class Materializer:
         )
         return sum(_created(outcome) for outcome in outcomes)
 
-    def run_guarded(self) -> int:
-        """:meth:`run_once`, its failure logged instead of raised: the dispatcher's round
-        hands off parked work whatever happens to schedules."""
+    def run_guarded(self, partitions: Sequence[int] | None = None) -> int:
+        """:meth:`run_once` over ``partitions`` (None: all), its failure logged instead of
+        raised: the dispatcher's round hands off parked work whatever happens to
+        schedules."""
+        if partitions is not None and not partitions:
+            return 0
         try:
-            return self.run_once()
+            return self.run_once(partitions=partitions)
         except Exception:
             log.exception("materializing schedules failed; the next round tries again")
             return 0

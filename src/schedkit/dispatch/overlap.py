@@ -35,13 +35,7 @@ def _schedules(store: Store) -> tuple[ScheduleStore, int]:
 def start(store: Store, task: Any, task_id: str) -> str:
     """Ask to start ``task_id`` under its schedule's overlap policy; the verdicts of
     :meth:`Store.start`, or 'overlap:skipped' / 'overlap:buffered' (refused: Ignore)."""
-    home = store.partition_of(task_id)
-    if home:
-        # A partitioned store: the guard's script works in partition 0, where schedules and
-        # their runs live; a task of another partition is started there, without it.
-        verdict = store.start(task_id, places=[home])
-        if verdict != "unmanaged":
-            return verdict
+    # In the run's partition, which holds its schedule too (ScheduleStore.start_run).
     schedules, buffer_ms = _schedules(store)
     verdict = schedules.start_run(task_id, buffer_ms=buffer_ms)
     for _ in range(3):  # others may start meanwhile; each pass stops those it finds

@@ -119,16 +119,6 @@ class AsyncStore:
             for task_id in task_ids:
                 pipe.hgetall(store.parts[store.partition_of(task_id)].task(task_id))
             raws: list[Any] = await pipe.execute()
-            # A run of a schedule lives in partition 0 whatever its id hashes to.
-            missed = [
-                n for n, raw in enumerate(raws) if not raw and store.partition_of(task_ids[n])
-            ]
-            if missed:
-                pipe = self.redis.pipeline(transaction=False)
-                for n in missed:
-                    pipe.hgetall(self.keys.task(task_ids[n]))
-                for n, raw in zip(missed, await pipe.execute(), strict=True):
-                    raws[n] = raw
         return [
             decode(task_id, raw) if raw else None
             for task_id, raw in zip(task_ids, raws, strict=True)

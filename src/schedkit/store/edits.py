@@ -43,24 +43,19 @@ class EditStore:
         now: datetime | None = None,
     ) -> str:
         """'updated', 'missing', 'claimed' or the task's state when not SCHEDULED."""
-        verdict = "missing"
-        for partition in self.store.places(task_id):  # a run of a schedule is in 0
-            verdict = str(
-                self._run(
-                    self._update,
-                    task_id,
-                    run_ms,
-                    fingerprint,
-                    orjson.dumps(list(set_fields)),
-                    orjson.dumps(list(remove_fields)),
-                    int(window_seconds * 1000),
-                    now=now,
-                    partition=partition,
-                )
+        return str(
+            self._run(
+                self._update,
+                task_id,
+                run_ms,
+                fingerprint,
+                orjson.dumps(list(set_fields)),
+                orjson.dumps(list(remove_fields)),
+                int(window_seconds * 1000),
+                now=now,
+                partition=self.store.partition_of(task_id),
             )
-            if verdict != "missing":
-                break
-        return verdict
+        )
 
     def cancel_many(
         self, task_ids: Sequence[str], now: datetime | None = None
@@ -68,12 +63,10 @@ class EditStore:
         """Cancel those not started: how many, and the ids that were already handed off."""
         if not task_ids:
             return 0, []
-        # Each id in every place it may be (a run of a schedule is in partition 0): the
-        # script passes over an id it has no record of, and a record is in one place only.
+        # Each id in the partition it hashes to (runs of schedules too).
         by_part: dict[int, list[str]] = {}
         for task_id in task_ids:
-            for partition in self.store.places(task_id):
-                by_part.setdefault(partition, []).append(task_id)
+            by_part.setdefault(self.store.partition_of(task_id), []).append(task_id)
         count, handed = 0, list[str]()
         for partition, ids in sorted(by_part.items()):
             reply = self._run(self._cancel_many, *ids, now=now, partition=partition)

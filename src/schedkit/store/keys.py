@@ -12,7 +12,8 @@
 ``{prefix}:stats``         hash   running totals that the metrics endpoint reads; fields:
                                   :class:`Stat` (finished:STATE, late:BOUND, ...)
 ``{prefix}:sc:{id}``       hash   one recurring schedule (fields: :class:`ScheduleField`)
-``{prefix}:scs``           zset   every schedule id, score 0, so ids page in lexical order
+``{prefix}:scs``           zset   every schedule id (of the partition), score 0, so ids page in
+                                  lexical order
 ``{prefix}:scdue``         zset   schedule ids by when the dispatchers materialize them next (ms)
 ``{prefix}:scr:{id}``      zset   a schedule's runs (task ids) by nominal time (ms): the parked
                                   ones and the latest few before now
@@ -28,12 +29,13 @@ Runs of a schedule carry the labels ``SCHEDULE_LABEL`` (its id) and ``NOMINAL_LA
 ``{prefix}:dispatchers``   zset   dispatcher ids by when their membership lapses (P > 1 only)
 
 **Partitions.** The store is split into P partitions (``SCHEDKIT_STORE_PARTITIONS``, 1 by
-default). Partition 0 keeps the names above; partition p > 0 has the same task keys under its
+default). Partition 0 keeps the names above; partition p > 0 has the same keys under its
 own prefix, a hash tag of its own (``{schedkit:2}:t:{id}``, :func:`partition_prefix`). A
-task lives in the partition its id hashes to (:func:`partition_of`), except the runs of
-recurring schedules: the schedule scripts make them in the same script as the schedule's own
-keys, so they live in partition 0 with the schedules; lookups by id try partition 0 after
-the hashed one.
+task lives in the partition its id hashes to (:func:`partition_of`), and so does a recurring
+schedule (its id hashed alike): its hash, runs and running sets, and its entries in that
+partition's ``scs`` and ``scdue``. Its runs are made in the same script as the cursor's
+advance, so in the schedule's partition too: a run's id is chosen to hash there
+(:func:`run_id_for`), and every lookup by id goes to one partition.
 
 On a Redis Cluster the prefix is a hash tag (``{schedkit}:t:{id}``, see :func:`one_slot`): every
 key of a partition is in one slot, which the scripts need; with P > 1 the partitions' slots
@@ -62,7 +64,7 @@ import enum
 import zlib
 from dataclasses import dataclass
 
-from schedkit.model import TaskState
+from schedkit.model import TaskState, task_id_for
 from schedkit.recurring import NOMINAL_LABEL, OVERLAP_LABEL, SCHEDULE_LABEL
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "Stat",
     "partition_of",
     "partition_prefix",
+    "run_id_for",
 ]
 
 #: Most partitions a store may have: each is a due index a dispatcher polls and a stream a
@@ -150,6 +153,20 @@ def partition_of(task_id: str, partitions: int) -> int:
     if partitions <= 1:
         return 0
     return zlib.crc32(task_id.encode()) % partitions
+
+
+def run_id_for(run_key: str, partition: int, partitions: int) -> str:
+    """The task id of a schedule's run with idempotency key ``run_key``, made to hash to
+    ``partition`` (its schedule's), so the run is found where :func:`partition_of` says: the
+    key's own id when it does (always with one partition, so ids from before partitions
+    stay), else the first of ``run_key#1``, ``run_key#2``, ... whose id does. Deterministic:
+    a run made again gets the same id. About P tries on average, each a short hash."""
+    task_id = task_id_for(run_key)
+    salt = 0
+    while partition_of(task_id, partitions) != partition:
+        salt += 1
+        task_id = task_id_for(f"{run_key}#{salt}")
+    return task_id
 
 
 class ScheduleField(enum.StrEnum):

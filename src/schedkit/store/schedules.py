@@ -2,25 +2,30 @@
 materialize from, their runs, and the overlap guard a worker's start goes through.
 
 Each change is one Lua script (``sched_*.lua`` after ``sched_prelude.lua``), so a schedule,
-its indexes and its parked runs change together. Making runs is ``sched_runs.lua`` followed by
-``schedule.lua``: the guard checks the schedule's generation and cursor and advances them in
-the same script that stores the runs, so a materializer that read before a pause, an update or
-another materializer stores nothing.
+its indexes and its parked runs change together. A schedule lives in the store partition its
+id hashes to, and its runs with it (their ids are chosen to hash there, ``run_id_for``): every
+script of a schedule works in that one partition, one slot on a cluster.
+
+Making runs is ``sched_runs.lua`` followed by ``schedule.lua``: the guard checks the
+schedule's generation and cursor and advances them in the same script that stores the runs,
+so a materializer that read before a pause, an update or another materializer stores nothing.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from schedkit.errors import NotFound, excerpt
-from schedkit.model import ScheduleResult, TaskSpec, from_millis, task_id_for, to_millis, utc_now
+from schedkit.model import ScheduleResult, TaskSpec, from_millis, to_millis, utc_now
 from schedkit.recurring import ScheduleDef, ScheduleRecord, ScheduleRun
 from schedkit.store.codec import schedule_payload, schedule_results
-from schedkit.store.keys import ScheduleField
+from schedkit.store.keys import Keys, ScheduleField, run_id_for
 from schedkit.store.record import NewTasks, encode_template, template_row
 from schedkit.store.store import Store, script_argv, script_text, store_errors
 
@@ -96,7 +101,6 @@ class ScheduleStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.keys = store.keys
         client = store.redis
         self._scripts = {
             name: client.register_script(script_text(*_SCHED, *parts))
@@ -104,11 +108,47 @@ class ScheduleStore:
         }
         self._start = client.register_script(script_text("run_guard", "start"))
 
+    def keys_of(self, schedule_id: str) -> Keys:
+        """The keys of the partition ``schedule_id`` (and its runs) lives in."""
+        return self.store.parts[self.store.partition_of(schedule_id)]
+
+    def _call(self, partition: int, schedule_id: str) -> tuple[list[str], str]:
+        """A schedule script's KEYS in ``partition`` and the task key prefix its ARGV opens
+        with."""
+        keys = self.store.parts[partition]
+        return self.store.part_script_keys[partition] + keys.schedule_keys(schedule_id), (
+            keys.task_prefix
+        )
+
     def _run(self, name: str, schedule_id: str, *args: Any, now: datetime | None = None) -> Any:
-        keys = self.store.script_keys + self.keys.schedule_keys(schedule_id)
-        argv = script_argv(self.keys.task_prefix, self.store.history, now, *args)
+        keys, task_prefix = self._call(self.store.partition_of(schedule_id), schedule_id)
+        argv = script_argv(task_prefix, self.store.history, now, *args)
         with store_errors():
             return self._scripts[name](keys=keys, args=argv)
+
+    def _pipelined(self, name: str, calls: Sequence[tuple[int, list[str], list[Any]]]) -> list[Any]:
+        """Script ``name`` once per (partition, KEYS, ARGV): one pipeline per server the
+        partitions are on (one on a single Redis); replies in call order. One call goes
+        alone: a pipeline of scripts first asks SCRIPT EXISTS, a round trip more."""
+        script = self._scripts[name]
+        if len(calls) == 1:
+            _, keys, argv = calls[0]
+            with store_errors():
+                return [script(keys=keys, args=argv)]
+        groups: dict[int, tuple[int, list[int]]] = {}
+        for n, (partition, _, _) in enumerate(calls):
+            client = self.store.slot_client(partition)
+            groups.setdefault(id(client), (partition, []))[1].append(n)
+        replies: list[Any] = [None] * len(calls)
+        for partition, members in groups.values():
+            with store_errors(), self.store.slot_moves():
+                pipe = self.store.script_pipeline(partition)
+                for n in members:
+                    _, keys, argv = calls[n]
+                    script(keys=keys, args=argv, client=pipe)
+                for n, reply in zip(members, pipe.execute(), strict=True):
+                    replies[n] = reply
+        return replies
 
     # -- changes ----------------------------------------------------------------------------
 
@@ -122,6 +162,12 @@ class ScheduleStore:
         now: datetime | None = None,
     ) -> str:
         """'created', 'existing' (same definition), 'conflict' or 'full'."""
+        # The script counts its own partition's schedules; the others' are counted first, so
+        # only creates racing in other partitions can pass the bound, by one each.
+        room = max_schedules
+        if self.store.partitions > 1:
+            home = self.store.partition_of(schedule_id)
+            room -= sum(size for part, size in enumerate(self._counts()) if part != home)
         return str(
             self._run(
                 "create",
@@ -129,7 +175,7 @@ class ScheduleStore:
                 schedule_id,
                 *_definition_argv(definition),
                 to_millis(cursor),
-                max_schedules,
+                room,
                 now=now,
             )
         )
@@ -185,22 +231,23 @@ class ScheduleStore:
         if not plans:
             return []
         now = now or utc_now()
-        batches = [_batch(plan.runs, now) for plan in plans]
-        script = self._scripts["runs"]
-        with store_errors(), self.store.slot_moves():
-            pipe = self.store.script_pipeline()
-            for plan, batch in zip(plans, batches, strict=True):
-                keys = self.store.script_keys + self.keys.schedule_keys(plan.record.id)
-                argv = script_argv(
-                    self.keys.task_prefix,
-                    self.store.history,
-                    now,
-                    int(window_seconds * 1000),
-                    schedule_payload(batch),
-                    *plan.guard(batch),
-                )
-                script(keys=keys, args=argv, client=pipe)
-            replies = pipe.execute()
+        calls = []
+        batches = []
+        for plan in plans:
+            partition = self.store.partition_of(plan.record.id)
+            batch = _batch(plan.runs, now, partition, self.store.partitions)
+            keys, task_prefix = self._call(partition, plan.record.id)
+            argv = script_argv(
+                task_prefix,
+                self.store.history,
+                now,
+                int(window_seconds * 1000),
+                schedule_payload(batch),
+                *plan.guard(batch),
+            )
+            batches.append(batch)
+            calls.append((partition, keys, argv))
+        replies = self._pipelined("runs", calls)
         outcomes = []
         for batch, reply in zip(batches, replies, strict=True):
             if reply and isinstance(reply[0], str) and not reply[0].isdigit():
@@ -212,19 +259,46 @@ class ScheduleStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def take_due(self, now: datetime, limit: int, lease_seconds: float) -> list[str]:
-        """Ids of schedules due by ``now``, each passed by other materializers for
-        ``lease_seconds`` (or until its runs are made)."""
-        ids = self._run("take_due", "", limit, int(lease_seconds * 1000), now=now)
-        return [str(i) for i in ids]
-
-    def due(self, now: datetime, limit: int) -> list[str]:
-        """Ids of schedules whose runs should be made by ``now``, earliest first."""
-        with store_errors():
-            ids = self.store.redis.zrangebyscore(
-                self.keys.schedules_due, "-inf", to_millis(now), start=0, num=limit
+    def take_due(
+        self,
+        now: datetime,
+        limit: int,
+        lease_seconds: float,
+        partitions: Sequence[int] | None = None,
+    ) -> list[str]:
+        """Ids of schedules due by ``now`` in ``partitions`` (None: all), each passed by
+        other materializers for ``lease_seconds`` (or until its runs are made). Each
+        partition gives its share of ``limit``, so a backlog in one does not starve the
+        others."""
+        parts = self.store.all_partitions(partitions)
+        if not parts:
+            return []
+        share = -(-limit // len(parts))
+        calls = []
+        for partition in parts:
+            keys, task_prefix = self._call(partition, "")
+            argv = script_argv(
+                task_prefix, self.store.history, now, share, int(lease_seconds * 1000)
             )
-        return [str(i) for i in ids]
+            calls.append((partition, keys, argv))
+        return [str(i) for ids in self._pipelined("take_due", calls) for i in ids]
+
+    def due(self, now: datetime, limit: int, partitions: Sequence[int] | None = None) -> list[str]:
+        """Ids of schedules whose runs should be made by ``now`` in ``partitions`` (None:
+        all), earliest first."""
+        with store_errors():
+            pipe = self.store.redis.pipeline(transaction=False)
+            for partition in self.store.all_partitions(partitions):
+                pipe.zrangebyscore(
+                    self.store.parts[partition].schedules_due,
+                    "-inf",
+                    to_millis(now),
+                    start=0,
+                    num=limit,
+                    withscores=True,
+                )
+            found = [(score, str(i)) for got in pipe.execute() for i, score in got]
+        return [i for _, i in sorted(found)[:limit]]
 
     def get(self, schedule_id: str, now: datetime | None = None) -> ScheduleRecord:
         """One schedule with its recent runs, or NotFound."""
@@ -242,10 +316,11 @@ class ScheduleStore:
         with store_errors():
             pipe = self.store.redis.pipeline(transaction=False)
             for sid in schedule_ids:
-                pipe.hgetall(self.keys.schedule(sid))
+                keys = self.keys_of(sid)
+                pipe.hgetall(keys.schedule(sid))
                 if recent:
                     pipe.zrevrangebyscore(
-                        self.keys.schedule_runs(sid),
+                        keys.schedule_runs(sid),
                         now_ms,
                         "-inf",
                         start=0,
@@ -266,43 +341,60 @@ class ScheduleStore:
         return out
 
     def page_ids(self, after: str, limit: int) -> list[str]:
-        """Up to ``limit`` schedule ids after ``after``, in lexical order."""
+        """Up to ``limit`` schedule ids after ``after``, in lexical order: each partition's
+        first ``limit`` merged (ids are ASCII, so byte order and str order agree)."""
         start = f"({after}" if after else "-"
         with store_errors():
-            ids = self.store.redis.zrangebylex(self.keys.schedules, start, "+", start=0, num=limit)
-        return [str(i) for i in ids]
+            pipe = self.store.redis.pipeline(transaction=False)
+            for keys in self.store.parts:
+                pipe.zrangebylex(keys.schedules, start, "+", start=0, num=limit)
+            pages = [[str(i) for i in ids] for ids in pipe.execute()]
+        merged: Iterator[str] = heapq.merge(*pages)
+        return list(itertools.islice(merged, limit))
+
+    def _counts(self) -> list[int]:
+        """How many schedules each partition keeps."""
+        with store_errors():
+            pipe = self.store.redis.pipeline(transaction=False)
+            for keys in self.store.parts:
+                pipe.zcard(keys.schedules)
+            return [int(size) for size in pipe.execute()]
 
     def count(self) -> int:
-        """How many schedules the store keeps."""
-        with store_errors():
-            return int(self.store.redis.zcard(self.keys.schedules))
+        """How many schedules the store keeps, all partitions together."""
+        return sum(self._counts())
 
     def parked_runs(self, schedule_id: str) -> list[str]:
         """Ids of the schedule's runs in its runs index (parked ones and the latest)."""
+        key = self.keys_of(schedule_id).schedule_runs(schedule_id)
         with store_errors():
-            return [
-                str(i) for i in self.store.redis.zrange(self.keys.schedule_runs(schedule_id), 0, -1)
-            ]
+            return [str(i) for i in self.store.redis.zrange(key, 0, -1)]
 
     # -- the worker's side ------------------------------------------------------------------
 
     def start_run(self, task_id: str, *, buffer_ms: int, now: datetime | None = None) -> str:
         """The worker's start through the overlap guard: start.lua's verdicts, or
-        'overlap:skipped', 'overlap:buffered', 'overlap:cancel <ids>'."""
+        'overlap:skipped', 'overlap:buffered', 'overlap:cancel <ids>'.
+
+        In the partition the run's id hashes to, which holds its schedule too: a task that
+        is no schedule's run is started there like any other."""
+        partition = self.store.partition_of(task_id)
+        keys = self.store.parts[partition]
         argv = script_argv(
-            self.keys.task_prefix,
+            keys.task_prefix,
             self.store.history,
             now,
             task_id,
-            self.keys.schedule(""),
-            self.keys.schedule_running(""),
+            keys.schedule(""),
+            keys.schedule_running(""),
             buffer_ms,
         )
-        # Waited for like start.lua alone (see Store.start): partition 0 holds the runs.
+        # Waited for like start.lua alone (see Store.start).
+        script_keys = self.store.part_script_keys[partition]
         return cast(
             str,
             self.store.acknowledged(
-                self._start, self.store.script_keys, argv, partition=0, what="start"
+                self._start, script_keys, argv, partition=partition, what="start"
             ),
         )
 
@@ -318,15 +410,17 @@ def _definition_argv(definition: ScheduleDef) -> tuple[str, str, str, str]:
     )
 
 
-def _batch(runs: Sequence[tuple[datetime, TaskSpec]], now: datetime) -> NewTasks:
+def _batch(
+    runs: Sequence[tuple[datetime, TaskSpec]], now: datetime, partition: int, partitions: int
+) -> NewTasks:
+    """The runs as new tasks of ``partition`` (their schedule's): ids that hash there."""
     templates: list[list[str]] = []
     rows = []
     for number, (_, spec) in enumerate(runs):
         template = encode_template(spec)
         templates.append(template.fields)
-        rows.append(
-            template_row(template, task_id_for(spec.key), spec.key, to_millis(spec.run_at), number)
-        )
+        task_id = run_id_for(spec.key, partition, partitions)
+        rows.append(template_row(template, task_id, spec.key, to_millis(spec.run_at), number))
     return NewTasks(templates, rows, to_millis(now))
 
 

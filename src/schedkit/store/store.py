@@ -253,7 +253,7 @@ class Store:
         # Blocking reads wait on purpose: they get a pool whose read timeout allows for it.
         self._waiting = waiting or client
         #: How many partitions the store has; partition 0 keeps the prefix's own key names
-        #: and the schedules (``schedkit.store.keys``).
+        #: (``schedkit.store.keys``).
         self.partitions = check_partitions(partitions)
         self.parts = [Keys(partition_prefix(prefix, p)) for p in range(partitions)]
         self.keys = self.parts[0]
@@ -345,12 +345,6 @@ class Store:
         """The partition ``task_id`` hashes to."""
         return partition_of(task_id, self.partitions)
 
-    def places(self, task_id: str) -> list[int]:
-        """Where a task with this id may be: its hashed partition, then partition 0, where
-        the runs of schedules live (see ``schedkit.store.keys``)."""
-        home = self.partition_of(task_id)
-        return [home] if home == 0 else [home, 0]
-
     def close(self) -> None:
         """Release the connection pools."""
         close_sync(self.redis)
@@ -408,7 +402,7 @@ class Store:
         self.replicas.check(int(confirmed), what)
         return reply
 
-    def _slot_client(self, partition: int = 0) -> redis.Redis:
+    def slot_client(self, partition: int = 0) -> redis.Redis:
         """A client of the one server that holds ``partition``'s keys: the store's own, or on
         a cluster the primary of its slot (WAIT counts the replicas of the connection it is
         sent on, and a cluster pipeline would send it to any node)."""
@@ -422,7 +416,7 @@ class Store:
         """A pipeline (no transaction) that may run scripts. On a cluster it goes to the
         primary of ``partition``'s slot: a cluster pipeline refuses scripts, and every key of
         a partition is in that one slot. Execute it inside :meth:`slot_moves`."""
-        return self._slot_client(partition).pipeline(transaction=False)
+        return self.slot_client(partition).pipeline(transaction=False)
 
     def _evalsha_many(
         self, name: str, calls: Sequence[tuple[int, list[Any]]], *, acknowledged: bool = False
@@ -438,7 +432,7 @@ class Store:
         script = self._scripts[name]
         groups: dict[int, tuple[redis.Redis, list[int]]] = {}
         for n, (partition, _) in enumerate(calls):
-            client = self._slot_client(partition)
+            client = self.slot_client(partition)
             groups.setdefault(id(client), (client, []))[1].append(n)
         replies: list[Any] = [None] * len(calls)
         wait = acknowledged and self.replicas.count > 0
@@ -565,20 +559,12 @@ class Store:
         return record
 
     def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
-        """Records for ids in one round trip (two when some are runs of schedules in
-        partition 0 of a partitioned store); None where there is none."""
+        """Records for ids in one round trip; None where there is none."""
         with store_errors():
             pipe = self.redis.pipeline(transaction=False)
             for task_id in task_ids:
                 pipe.hgetall(self.parts[self.partition_of(task_id)].task(task_id))
             raws: list[Any] = pipe.execute()
-            missed = [n for n, raw in enumerate(raws) if not raw and self.partition_of(task_ids[n])]
-            if missed:
-                pipe = self.redis.pipeline(transaction=False)
-                for n in missed:
-                    pipe.hgetall(self.keys.task(task_ids[n]))
-                for n, raw in zip(missed, pipe.execute(), strict=True):
-                    raws[n] = raw
         return [
             decode(task_id, raw) if raw else None
             for task_id, raw in zip(task_ids, raws, strict=True)
@@ -761,8 +747,9 @@ class Store:
         return len(flat) // 7, int(flat[0])
 
     def _claimed_in(self, task_id: str, where: Mapping[str, int] | None) -> int:
-        """The partition a claimed task is settled in: ``where`` says (runs of schedules are
-        claimed from partition 0), else the one its id hashes to."""
+        """The partition a claimed task is settled in: ``where`` says (the one it was claimed
+        from, :attr:`Claimed.partition`), else the one its id hashes to. Every task, runs of
+        schedules too, lives where its id hashes, so both agree."""
         return where[task_id] if where else self.partition_of(task_id)
 
     def _settle(
@@ -793,7 +780,7 @@ class Store:
         where: Mapping[str, int] | None = None,
     ) -> None:
         """The broker has these tasks: QUEUED, claim settled (``where``: the partition each
-        was claimed from, :attr:`Claimed.partition`; needed for runs of schedules)."""
+        was claimed from, :attr:`Claimed.partition`; else the one its id hashes to)."""
         self._settle("queued", [(i,) for i in task_ids], now, where)
 
     def mark_queued_later(
@@ -813,7 +800,7 @@ class Store:
         commands: dict[int, tuple[redis.Redis, list[tuple[Any, ...]]]] = {}
         for partition, ids in by_part.items():
             keys = self.part_script_keys[partition]
-            client = self._slot_client(partition)
+            client = self.slot_client(partition)
             queue = commands.setdefault(id(client), (client, []))[1]
             for first in range(0, len(ids), CLAIM_SLICE):
                 argv = self.argv(partition, now, "queued", *ids[first : first + CLAIM_SLICE])
@@ -949,21 +936,12 @@ class Store:
 
     # -- the worker's side ------------------------------------------------------------------
 
-    def start(
-        self, task_id: str, now: datetime | None = None, *, places: Sequence[int] | None = None
-    ) -> str:
-        """Ask to start a task: 'started', 'unmanaged', 'cancelled', 'expired', 'duplicate:…'
-        (looked for in ``places``, by default every place its id may be)."""
-        verdict = "unmanaged"
-        for partition in self.places(task_id) if places is None else places:
-            # Waited for like an acknowledged write: the run-once guard only holds across a
-            # failover if the promoted replica knows the task started.
-            verdict = cast(
-                str, self._run_acknowledged("start", task_id, now=now, partition=partition)
-            )
-            if verdict != "unmanaged":
-                break
-        return verdict
+    def start(self, task_id: str, now: datetime | None = None) -> str:
+        """Ask to start a task: 'started', 'unmanaged', 'cancelled', 'expired', 'duplicate:…'."""
+        # Waited for like an acknowledged write: the run-once guard only holds across a
+        # failover if the promoted replica knows the task started.
+        partition = self.partition_of(task_id)
+        return cast(str, self._run_acknowledged("start", task_id, now=now, partition=partition))
 
     def finish(
         self,
@@ -976,11 +954,17 @@ class Store:
         now: datetime | None = None,
     ) -> bool:
         """Record how a started task ended; False if it was not STARTED."""
-        return any(
+        return bool(
             self._run_acknowledged(
-                "finish", task_id, state.value, result, error, traceback, now=now, partition=p
+                "finish",
+                task_id,
+                state.value,
+                result,
+                error,
+                traceback,
+                now=now,
+                partition=self.partition_of(task_id),
             )
-            for p in self.places(task_id)
         )
 
     def finish_many(
@@ -991,35 +975,21 @@ class Store:
         if not records:
             return
         now = now or utc_now()
-        places = [self.partition_of(task_id) for task_id, *_ in records]
-        calls = [
-            (p, self.argv(p, now, task_id, state.value, *rest))
-            for p, (task_id, state, *rest) in zip(places, records, strict=True)
-        ]
+        calls = []
+        for task_id, state, *rest in records:
+            partition = self.partition_of(task_id)
+            calls.append((partition, self.argv(partition, now, task_id, state.value, *rest)))
         # Acknowledged: a batch a failover could lose is kept and written again (finish only
         # changes a STARTED task, so a second write changes nothing twice).
-        done = self._evalsha_many("finish", calls, acknowledged=True)
-        # A run of a schedule lives in partition 0 whatever its id hashes to; the script
-        # only changes a STARTED task, so a second try changes nothing twice.
-        again = [
-            (0, self.argv(0, now, task_id, state.value, *rest))
-            for p, ok, (task_id, state, *rest) in zip(places, done, records, strict=True)
-            if p and not ok
-        ]
-        if again:
-            self._evalsha_many("finish", again, acknowledged=True)
+        self._evalsha_many("finish", calls, acknowledged=True)
 
     # -- cancelling -------------------------------------------------------------------------
 
     def cancel(self, task_id: str, now: datetime | None = None) -> tuple[str, TaskState | None]:
         """Cancel a task not yet started: returns (verdict, state before)."""
-        verdict, previous = "missing", ""
-        for partition in self.places(task_id):
-            verdict, previous = self._run_acknowledged(
-                "cancel", task_id, now=now, partition=partition
-            )
-            if verdict != "missing":
-                break
+        verdict, previous = self._run_acknowledged(
+            "cancel", task_id, now=now, partition=self.partition_of(task_id)
+        )
         return verdict, TaskState(previous) if previous else None
 
 

@@ -1,6 +1,6 @@
 -- The overlap guard before start.lua, for runs of schedules. ARGV[4] id (start.lua's),
--- ARGV[5] the schedule key prefix and ARGV[6] the started-runs key prefix (a run's schedule
--- is found in its record, so these keys cannot be declared, like task keys), ARGV[7] how
+-- ARGV[5] the schedule key prefix and ARGV[6] the started-runs key prefix, both of the run's
+-- partition, which holds its schedule (a run's schedule is found in its record, so these keys cannot be declared, like task keys), ARGV[7] how
 -- long a buffered run waits before it is handed off again (ms).
 -- Returns early 'overlap:skipped', 'overlap:buffered' or 'overlap:cancel <ids>' (the caller
 -- stops those runs and starts this one again); else marks the run started and start.lua runs.

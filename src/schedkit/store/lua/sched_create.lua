@@ -1,6 +1,7 @@
 -- Create a schedule. ARGV[4] id, ARGV[5] definition JSON, ARGV[6] its fingerprint,
 -- ARGV[7] overlap policy, ARGV[8] pause on failure ('1' or ''), ARGV[9] first cursor ms,
--- ARGV[10] most schedules the store keeps.
+-- ARGV[10] most schedules this partition may keep (the store's bound less the schedules of
+-- the other partitions).
 -- Returns 'created', 'existing' (same fingerprint), 'conflict' or 'full'.
 local id = ARGV[4]
 if redis.call('EXISTS', sched) == 1 then

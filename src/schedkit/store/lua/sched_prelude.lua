@@ -1,6 +1,6 @@
 -- Shared by the schedule scripts, after prelude.lua. Their KEYS are the task scripts' ones,
 -- then the five of keys.Keys.schedule_keys, which the header names: sched (the schedule's
--- hash), scheds (the id list), sched_due, sched_runs (its runs by nominal time) and
+-- hash), scheds (the partition's id list), sched_due, sched_runs (its runs by nominal time) and
 -- sched_running (its started runs). Fields: sfield (the header).
 
 -- Remove the schedule's parked runs that no dispatcher has claimed (a claimed one is being
