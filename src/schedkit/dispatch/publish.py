@@ -164,6 +164,31 @@ class _Tags:
         return f'"{self._head}{self._count:012x}"'
 
 
+#: Stored args JSON that is a flat list of integers, as the store writes it (compact): the
+#: most common shape, spliced into the message as it stands.
+_INTS = re.compile(r"\[(?:(?:0|-?[1-9][0-9]*)(?:,(?:0|-?[1-9][0-9]*))*)?\]")
+
+
+def _args_parts(task: Claimed, template: Template) -> tuple[str, str]:
+    """The JSON text of ``task``'s args as kombu writes it in the body, and their argsrepr.
+
+    Stored args that are a flat list of integers are not decoded: the body has the stored
+    text with kombu's separator, the repr the same numbers in a tuple, which is what
+    ``saferepr`` writes for such a tuple short of its size bound. Anything else is decoded
+    and written as before."""
+    stored = task.args_json
+    if stored == "":
+        return "[]", "()"
+    if stored is not None and _INTS.fullmatch(stored):
+        text = stored.replace(",", ", ")
+        inner = text[1:-1]
+        argsrepr = f"({inner})" if "," in inner or not inner else f"({inner},)"
+        if len(argsrepr) < template.argsrepr_size // 2:  # as _repr decides
+            return text, argsrepr
+    args = task.args
+    return _encode(args), _repr(tuple(args), template.argsrepr_size, template.repr_levels)
+
+
 def _eta(run_at: datetime) -> str:
     return run_at.isoformat()
 
@@ -322,6 +347,8 @@ class _RedisBatch:
         self.refusal = refusal
         self.base64 = self.channel.body_encoding == "base64"
         self.tags = _Tags()
+        #: Each run time's eta header, JSON-quoted: a burst shares a few run times.
+        self.etas: dict[datetime, str] = {}
 
     def _declare(self, template: Template, declare: Sequence[Any]) -> None:
         """Declare the template's queue once per channel, as Producer.publish would."""
@@ -404,23 +431,31 @@ class _RedisBatch:
         frame = self._frame(template)
         if frame is None:
             return None
-        args = task.args
-        kwargs = task.kwargs
+        args_text, argsrepr = _args_parts(task, template)
+        kwargs_json = task.kwargs_json
+        if kwargs_json == "" or (kwargs_json is None and not task.kwargs):
+            kwargs_text = kwargsrepr = "{}"
+        else:
+            kwargs = task.kwargs
+            # Decoded from JSON: a plain encoder writes what kombu's would.
+            kwargs_text = _encode(kwargs)
+            kwargsrepr = _repr(kwargs, template.kwargsrepr_size, template.repr_levels)
         # The body is what json_dumps((args, kwargs, embed)) writes, the embed encoded once
-        # per template; args and kwargs came from JSON, so a plain encoder is enough.
-        body = f"{_encode([args, kwargs])[:-1]}, {frame.embed}]"
+        # per template.
+        body = f"[{args_text}, {kwargs_text}, {frame.embed}]"
         if self.base64:
             encoded = '"' + b64encode(body.encode()).decode("ascii") + '"'
         else:
             encoded = quote(self.channel.encode_body(body, self.channel.body_encoding)[0])
-        kwargsrepr = (
-            _repr(kwargs, template.kwargsrepr_size, template.repr_levels) if kwargs else "{}"
-        )
+        run_at = task.run_at
+        eta = self.etas.get(run_at)
+        if eta is None:
+            eta = self.etas[run_at] = quote(run_at.isoformat())
         text = frame.fill(
             {
                 "id": quote(task.id),
-                "eta": quote(task.run_at.isoformat()),
-                "argsrepr": quote(_repr(tuple(args), template.argsrepr_size, template.repr_levels)),
+                "eta": eta,
+                "argsrepr": quote(argsrepr),
                 "kwargsrepr": quote(kwargsrepr),
                 "body": encoded,
                 "tag": self.tags.next(),
