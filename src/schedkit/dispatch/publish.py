@@ -32,11 +32,12 @@ import logging
 import re
 import time
 import uuid
-from base64 import b64encode
+from binascii import b2a_base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from json.encoder import encode_basestring_ascii as quote
+from operator import itemgetter
 from typing import Any
 
 from celery import Celery
@@ -306,30 +307,40 @@ _MARK = "@@schedkit:{}@@"
 _MARKED = re.compile('"' + _MARK.format("(\\w+)") + '"')
 
 
+#: The per-message values, in the order :meth:`_Frame.fill` takes them.
+_SLOTS = ("id", "eta", "argsrepr", "kwargsrepr", "body", "tag")
+
+
 @dataclass
 class _Frame:
     """One template's message as kombu's Redis channel writes it, with the values each
-    message has of its own left as named ``%``-format slots: the list it goes to, the text,
-    and the JSON text of the template's embed (callbacks, chain, chord)."""
+    message has of its own left as ``%s`` slots: the list it goes to, the text, the JSON
+    text of the template's embed (callbacks, chain, chord), and which of the values (in
+    :data:`_SLOTS` order) each slot takes."""
 
     key: str
     text: str
     channel: Any
     embed: str
+    pick: Callable[[tuple[str, ...]], tuple[str, ...]]
 
     @classmethod
     def of(cls, key: str, marked: str, channel: Any, embed: str) -> _Frame:
         """The frame of ``marked``, JSON text whose per-message values are marks."""
         pieces = _MARKED.split(marked)
         text = [pieces[0].replace("%", "%%")]
+        slots: list[int] = []
         for i in range(1, len(pieces), 2):
-            text.append(f"%({pieces[i]})s")
+            slots.append(_SLOTS.index(pieces[i]))
+            text.append("%s")
             text.append(pieces[i + 1].replace("%", "%%"))
-        return cls(key, "".join(text), channel, embed)
+        # itemgetter of one index gives the item itself, not a tuple of it.
+        pick = itemgetter(*slots) if len(slots) > 1 else itemgetter(slice(slots[0], slots[0] + 1))
+        return cls(key, "".join(text), channel, embed, pick)
 
-    def fill(self, values: dict[str, str]) -> str:
-        """The message text with each slot's value (JSON-quoted): one C call."""
-        return self.text % values
+    def fill(self, values: tuple[str, ...]) -> str:
+        """The message text with each slot's value (JSON-quoted; :data:`_SLOTS` order)."""
+        return self.text % self.pick(values)
 
 
 class _RedisBatch:
@@ -347,6 +358,9 @@ class _RedisBatch:
         self.refusal = refusal
         self.base64 = self.channel.body_encoding == "base64"
         self.tags = _Tags()
+        #: The last message's (task, queue, priority, template, frame): a burst's tasks
+        #: mostly share one.
+        self._last: tuple[str, str, int | None, Template, _Frame | None] | None = None
         #: Each run time's eta header, JSON-quoted: a burst shares a few run times.
         self.etas: dict[datetime, str] = {}
 
@@ -427,8 +441,18 @@ class _RedisBatch:
 
     def _message(self, task: Claimed) -> tuple[str, str] | None:
         """(list key, message text) of ``task``, or None when it must go one by one."""
-        template = self.publisher.template(task)
-        frame = self._frame(template)
+        last = self._last
+        if (
+            last is not None
+            and last[0] == task.task
+            and last[1] == task.queue
+            and last[2] == task.priority
+        ):
+            template, frame = last[3], last[4]
+        else:
+            template = self.publisher.template(task)
+            frame = self._frame(template)
+            self._last = (task.task, task.queue, task.priority, template, frame)
         if frame is None:
             return None
         args_text, argsrepr = _args_parts(task, template)
@@ -444,7 +468,7 @@ class _RedisBatch:
         # per template.
         body = f"[{args_text}, {kwargs_text}, {frame.embed}]"
         if self.base64:
-            encoded = '"' + b64encode(body.encode()).decode("ascii") + '"'
+            encoded = '"' + b2a_base64(body.encode(), newline=False).decode("ascii") + '"'
         else:
             encoded = quote(self.channel.encode_body(body, self.channel.body_encoding)[0])
         run_at = task.run_at
@@ -452,14 +476,7 @@ class _RedisBatch:
         if eta is None:
             eta = self.etas[run_at] = quote(run_at.isoformat())
         text = frame.fill(
-            {
-                "id": quote(task.id),
-                "eta": eta,
-                "argsrepr": quote(argsrepr),
-                "kwargsrepr": quote(kwargsrepr),
-                "body": encoded,
-                "tag": self.tags.next(),
-            }
+            (quote(task.id), eta, quote(argsrepr), quote(kwargsrepr), encoded, self.tags.next())
         )
         return frame.key, text
 
