@@ -314,12 +314,12 @@ _SLOTS = ("id", "eta", "argsrepr", "kwargsrepr", "body", "tag")
 @dataclass
 class _Frame:
     """One template's message as kombu's Redis channel writes it, with the values each
-    message has of its own left as ``%s`` slots: the list it goes to, the text, the JSON
-    text of the template's embed (callbacks, chain, chord), and which of the values (in
-    :data:`_SLOTS` order) each slot takes."""
+    message has of its own left out: the list it goes to, the text as pieces with a gap
+    (None) between each two, the JSON text of the template's embed (callbacks, chain,
+    chord), and which of the values (in :data:`_SLOTS` order) each gap takes."""
 
     key: str
-    text: str
+    pieces: list[str | None]
     channel: Any
     embed: str
     pick: Callable[[tuple[str, ...]], tuple[str, ...]]
@@ -327,20 +327,20 @@ class _Frame:
     @classmethod
     def of(cls, key: str, marked: str, channel: Any, embed: str) -> _Frame:
         """The frame of ``marked``, JSON text whose per-message values are marks."""
-        pieces = _MARKED.split(marked)
-        text = [pieces[0].replace("%", "%%")]
-        slots: list[int] = []
-        for i in range(1, len(pieces), 2):
-            slots.append(_SLOTS.index(pieces[i]))
-            text.append("%s")
-            text.append(pieces[i + 1].replace("%", "%%"))
+        split = _MARKED.split(marked)
+        pieces: list[str | None] = list(split)
+        pieces[1::2] = [None] * (len(split) // 2)
+        slots = [_SLOTS.index(name) for name in split[1::2]]
         # itemgetter of one index gives the item itself, not a tuple of it.
         pick = itemgetter(*slots) if len(slots) > 1 else itemgetter(slice(slots[0], slots[0] + 1))
-        return cls(key, "".join(text), channel, embed, pick)
+        return cls(key, pieces, channel, embed, pick)
 
     def fill(self, values: tuple[str, ...]) -> str:
-        """The message text with each slot's value (JSON-quoted; :data:`_SLOTS` order)."""
-        return self.text % self.pick(values)
+        """The message text with each gap's value (JSON-quoted; :data:`_SLOTS` order): one
+        join, about twice as fast as %-formatting the whole text."""
+        text = self.pieces.copy()
+        text[1::2] = self.pick(values)
+        return "".join(text)  # type: ignore[arg-type]  # every gap is filled
 
 
 class _RedisBatch:
