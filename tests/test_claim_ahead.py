@@ -135,3 +135,35 @@ def test_a_direct_round_hands_off_and_settles_what_was_claimed_ahead(
     assert store.redis.zcard(store.keys.claims) == 0
     assert store.count(TaskState.QUEUED) == 20
     assert store.count(TaskState.SCHEDULED) == 5
+
+
+def test_a_failed_round_gives_back_the_claim_taken_ahead_before_it_waits(
+    schedules: Schedules, store: Store, redis_url: str
+) -> None:
+    """Kept through the loop's back-off, a claim taken ahead could outlive its lease and be
+    handed off while another dispatcher has taken it: the failed round releases it first."""
+    settings = Settings(store_url=redis_url, claim_batch=10, max_in_flight=0, **FAST)  # type: ignore[arg-type]
+    schedule_ids(schedules, [TaskSpec("add", datetime.now(UTC), [n, 0]) for n in range(35)])
+    dispatcher = Dispatcher(store, Celery("ahead-failed"), settings)
+    assert dispatcher.run_once(overlap=True) == 10
+
+    def broken(claimed: Any, *, overlap: bool) -> int:
+        dispatcher._stop.set()  # one failed round, then the loop ends
+        raise RuntimeError("a bad round")
+
+    seen: dict[str, Any] = {}
+    real_wait = dispatcher._stop.wait
+
+    def wait(seconds: float | None = None) -> bool:
+        seen["claims"] = store.redis.zcard(store.keys.claims)
+        seen["ahead"] = dispatcher._ahead
+        return real_wait(0)
+
+    dispatcher._hand_off = broken  # type: ignore[method-assign]
+    dispatcher._stop.wait = wait  # type: ignore[method-assign]
+    dispatcher.run()
+    # The failed round's own 10 stay claimed (their lease lapses); the next 10, claimed
+    # ahead, were released before the back-off.
+    assert seen == {"claims": 10, "ahead": None}
+    assert store.count(TaskState.QUEUED) == 10  # the first round, settled during the second
+    assert store.count(TaskState.SCHEDULED) == 15  # in the due index: all but those 20

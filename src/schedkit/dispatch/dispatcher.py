@@ -136,15 +136,19 @@ class Dispatcher:
         """Mark QUEUED what the last overlapped round handed off, and give back a claim
         taken ahead for a round that will not come (the broker failed, the loop ends)."""
         held, self._held = self._held, {}
-        ahead, self._ahead = self._ahead, None
         try:
             if held:
                 self.store.mark_queued(list(held), now=self.clock(), where=held)
         finally:
-            if ahead is not None:
-                claimed = ahead()
-                where = {t.id: t.partition for t in claimed}
-                self.store.release(list(where), now=self.clock(), where=where)
+            self._give_back_ahead()
+
+    def _give_back_ahead(self) -> None:
+        """Release the claim taken ahead, if any: due again at once."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            claimed = ahead()
+            where = {t.id: t.partition for t in claimed}
+            self.store.release(list(where), now=self.clock(), where=where)
 
     def _hand_off(self, claimed: Claims, *, overlap: bool) -> int:
         if not claimed:
@@ -259,6 +263,10 @@ class Dispatcher:
                 self._wait(HELD_BACK_WAIT if self.held_back else self.seconds_until_work())
             except Exception as exc:
                 # The loop must outlive any one bad round: a dead dispatcher hands off nothing.
+                # A claim taken ahead is not kept through the wait (its lease could lapse and
+                # another dispatcher take it): given back now, or left to lapse if Redis is away.
+                with contextlib.suppress(Exception):
+                    self._give_back_ahead()
                 wait = backoff.failed()
                 if isinstance(exc, Unavailable):
                     log.warning("store unavailable, retrying in %.1fs: %s", wait, exc)
