@@ -232,6 +232,34 @@ def test_a_task_no_replica_has_confirmed_is_not_handed_off_until_one_has(
     assert replica_record(pair, store, claimed[0]).spec.key == "unconfirmed"
 
 
+def test_a_claim_sent_ahead_gives_nothing_to_hand_off_until_a_replica_confirms_it(
+    pair: Pair, stub_for: StubFor
+) -> None:
+    """The dispatcher's loop claims its next round while it publishes one
+    (Store.claim_later): those claims too are handed off only once a replica has them."""
+    stub, store = stub_for(1, 0.3)
+    stub.ScheduleTask(pb.ScheduleTaskRequest(spec=spec("ahead")), timeout=30)
+    pair.freeze()
+    answered = store.claim_later(window_seconds=WINDOW, lease_seconds=0.5, limit=10)
+    with pytest.raises(Unavailable, match="took the claim, but 0 of 1 replicas"):
+        answered()
+    pair.thaw()
+    claimed: list[str] = []
+    # The refused claim's lease (0.5 s) lapses; then the task is claimed, with the replica.
+    poll(
+        lambda: bool(
+            claimed.extend(
+                c.id for c in store.claim_later(window_seconds=WINDOW, lease_seconds=30, limit=10)()
+            )
+            or claimed
+        ),
+        10,
+        "the task to be claimed ahead once the replica confirms",
+    )
+    assert len(claimed) == 1
+    assert replica_record(pair, store, claimed[0]).spec.key == "ahead"
+
+
 def test_a_start_no_replica_confirms_is_refused_and_the_retry_starts_it_once(
     pair: Pair, stub_for: StubFor
 ) -> None:

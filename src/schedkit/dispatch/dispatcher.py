@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 from celery import Celery
@@ -73,41 +74,81 @@ class Dispatcher:
         #: Tasks (id: partition claimed from) the last overlapped round handed off and has
         #: not marked QUEUED yet.
         self._held: dict[str, int] = {}
+        #: The next round's claim, sent while the last round was built (its replies unread).
+        self._ahead: Callable[[], Claims] | None = None
 
     def run_once(self, *, overlap: bool = False) -> int:
         """One round: claim, hand off, settle. Returns how many tasks the broker took.
 
-        With ``overlap`` (the loop's rounds), a full round's QUEUED marks are held and sent
-        after the next round's claim, while its messages are built: Redis settles one round
-        as Python prepares the next. :meth:`settle_held` writes them at once.
+        With ``overlap`` (the loop's rounds), a full round overlaps its neighbours in Redis:
+        its QUEUED marks are held and sent after the next round's claim, while that round's
+        messages are built, and the next round's claim is sent before this round's
+        messages are built and read after they are published. :meth:`settle_held` writes
+        the marks at once and gives back a claim taken ahead.
         """
         partitions = self.leases.current()
         self.held_back = 0
-        if not partitions:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            # Claimed while the last round was published (on the partitions served then,
+            # under their lease): confirmed (replicas too) before any of it is handed off.
+            claimed = ahead()
+        elif not partitions:
             self.settle_held()
             return 0
-        claimed = self.store.claim(
-            window_seconds=self.settings.handoff_window,
-            lease_seconds=self.settings.claim_lease,
-            limit=self.settings.claim_batch,
-            max_in_flight=self.settings.max_in_flight,
-            now=self.clock(),
-            partitions=partitions,
-        )
+        else:
+            claimed = self.store.claim(**self._claim_args(partitions))
         self.held_back = claimed.held_back
         held, self._held = self._held, {}
         answered = self.store.mark_queued_later(list(held), where=held) if held else None
         try:
+            if (
+                overlap
+                and partitions
+                and len(claimed) >= self.settings.claim_batch
+                and not claimed.held_back
+            ):
+                # More is due and has room: Redis claims it while this round is published.
+                self._claim_ahead(partitions)
             return self._hand_off(claimed, overlap=overlap)
         finally:
             if answered is not None:
                 answered()
 
+    def _claim_args(self, partitions: Sequence[int]) -> dict[str, Any]:
+        return {
+            "window_seconds": self.settings.handoff_window,
+            "lease_seconds": self.settings.claim_lease,
+            "limit": self.settings.claim_batch,
+            "max_in_flight": self.settings.max_in_flight,
+            "now": self.clock(),
+            "partitions": partitions,
+        }
+
+    def _claim_ahead(self, partitions: Sequence[int]) -> None:
+        try:
+            self._ahead = self.store.claim_later(**self._claim_args(partitions))
+        except Unavailable as exc:
+            # Only a head start lost: the next round claims as usual.
+            log.warning("could not claim the next round ahead: %s", exc)
+
     def settle_held(self) -> None:
-        """Mark QUEUED what the last overlapped round handed off."""
+        """Mark QUEUED what the last overlapped round handed off, and give back a claim
+        taken ahead for a round that will not come (the broker failed, the loop ends)."""
         held, self._held = self._held, {}
-        if held:
-            self.store.mark_queued(list(held), now=self.clock(), where=held)
+        try:
+            if held:
+                self.store.mark_queued(list(held), now=self.clock(), where=held)
+        finally:
+            self._give_back_ahead()
+
+    def _give_back_ahead(self) -> None:
+        """Release the claim taken ahead, if any: due again at once."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            claimed = ahead()
+            where = {t.id: t.partition for t in claimed}
+            self.store.release(list(where), now=self.clock(), where=where)
 
     def _hand_off(self, claimed: Claims, *, overlap: bool) -> int:
         if not claimed:
@@ -223,6 +264,10 @@ class Dispatcher:
                 self._wait(HELD_BACK_WAIT if self.held_back else self.seconds_until_work())
             except Exception as exc:
                 # The loop must outlive any one bad round: a dead dispatcher hands off nothing.
+                # A claim taken ahead is not kept through the wait (its lease could lapse and
+                # another dispatcher take it): given back now, or left to lapse if Redis is away.
+                with contextlib.suppress(Exception):
+                    self._give_back_ahead()
                 wait = backoff.failed()
                 if isinstance(exc, Unavailable):
                     log.warning("store unavailable, retrying in %.1fs: %s", wait, exc)

@@ -32,11 +32,12 @@ import logging
 import re
 import time
 import uuid
-from base64 import b64encode
+from binascii import b2a_base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from json.encoder import encode_basestring_ascii as quote
+from operator import itemgetter
 from typing import Any
 
 from celery import Celery
@@ -164,6 +165,31 @@ class _Tags:
         return f'"{self._head}{self._count:012x}"'
 
 
+#: Stored args JSON that is a flat list of integers, as the store writes it (compact): the
+#: most common shape, spliced into the message as it stands.
+_INTS = re.compile(r"\[(?:(?:0|-?[1-9][0-9]*)(?:,(?:0|-?[1-9][0-9]*))*)?\]")
+
+
+def _args_parts(task: Claimed, template: Template) -> tuple[str, str]:
+    """The JSON text of ``task``'s args as kombu writes it in the body, and their argsrepr.
+
+    Stored args that are a flat list of integers are not decoded: the body has the stored
+    text with kombu's separator, the repr the same numbers in a tuple, which is what
+    ``saferepr`` writes for such a tuple short of its size bound. Anything else is decoded
+    and written as before."""
+    stored = task.args_json
+    if stored == "":
+        return "[]", "()"
+    if stored is not None and _INTS.fullmatch(stored):
+        text = stored.replace(",", ", ")
+        inner = text[1:-1]
+        argsrepr = f"({inner})" if "," in inner or not inner else f"({inner},)"
+        if len(argsrepr) < template.argsrepr_size // 2:  # as _repr decides
+            return text, argsrepr
+    args = task.args
+    return _encode(args), _repr(tuple(args), template.argsrepr_size, template.repr_levels)
+
+
 def _eta(run_at: datetime) -> str:
     return run_at.isoformat()
 
@@ -281,30 +307,40 @@ _MARK = "@@schedkit:{}@@"
 _MARKED = re.compile('"' + _MARK.format("(\\w+)") + '"')
 
 
+#: The per-message values, in the order :meth:`_Frame.fill` takes them.
+_SLOTS = ("id", "eta", "argsrepr", "kwargsrepr", "body", "tag")
+
+
 @dataclass
 class _Frame:
     """One template's message as kombu's Redis channel writes it, with the values each
-    message has of its own left as named ``%``-format slots: the list it goes to, the text,
-    and the JSON text of the template's embed (callbacks, chain, chord)."""
+    message has of its own left out: the list it goes to, the text as pieces with a gap
+    (None) between each two, the JSON text of the template's embed (callbacks, chain,
+    chord), and which of the values (in :data:`_SLOTS` order) each gap takes."""
 
     key: str
-    text: str
+    pieces: list[str | None]
     channel: Any
     embed: str
+    pick: Callable[[tuple[str, ...]], tuple[str, ...]]
 
     @classmethod
     def of(cls, key: str, marked: str, channel: Any, embed: str) -> _Frame:
         """The frame of ``marked``, JSON text whose per-message values are marks."""
-        pieces = _MARKED.split(marked)
-        text = [pieces[0].replace("%", "%%")]
-        for i in range(1, len(pieces), 2):
-            text.append(f"%({pieces[i]})s")
-            text.append(pieces[i + 1].replace("%", "%%"))
-        return cls(key, "".join(text), channel, embed)
+        split = _MARKED.split(marked)
+        pieces: list[str | None] = list(split)
+        pieces[1::2] = [None] * (len(split) // 2)
+        slots = [_SLOTS.index(name) for name in split[1::2]]
+        # itemgetter of one index gives the item itself, not a tuple of it.
+        pick = itemgetter(*slots) if len(slots) > 1 else itemgetter(slice(slots[0], slots[0] + 1))
+        return cls(key, pieces, channel, embed, pick)
 
-    def fill(self, values: dict[str, str]) -> str:
-        """The message text with each slot's value (JSON-quoted): one C call."""
-        return self.text % values
+    def fill(self, values: tuple[str, ...]) -> str:
+        """The message text with each gap's value (JSON-quoted; :data:`_SLOTS` order): one
+        join, about twice as fast as %-formatting the whole text."""
+        text = self.pieces.copy()
+        text[1::2] = self.pick(values)
+        return "".join(text)  # type: ignore[arg-type]  # every gap is filled
 
 
 class _RedisBatch:
@@ -322,6 +358,11 @@ class _RedisBatch:
         self.refusal = refusal
         self.base64 = self.channel.body_encoding == "base64"
         self.tags = _Tags()
+        #: The last message's (task, queue, priority, template, frame): a burst's tasks
+        #: mostly share one.
+        self._last: tuple[str, str, int | None, Template, _Frame | None] | None = None
+        #: Each run time's eta header, JSON-quoted: a burst shares a few run times.
+        self.etas: dict[datetime, str] = {}
 
     def _declare(self, template: Template, declare: Sequence[Any]) -> None:
         """Declare the template's queue once per channel, as Producer.publish would."""
@@ -400,31 +441,42 @@ class _RedisBatch:
 
     def _message(self, task: Claimed) -> tuple[str, str] | None:
         """(list key, message text) of ``task``, or None when it must go one by one."""
-        template = self.publisher.template(task)
-        frame = self._frame(template)
+        last = self._last
+        if (
+            last is not None
+            and last[0] == task.task
+            and last[1] == task.queue
+            and last[2] == task.priority
+        ):
+            template, frame = last[3], last[4]
+        else:
+            template = self.publisher.template(task)
+            frame = self._frame(template)
+            self._last = (task.task, task.queue, task.priority, template, frame)
         if frame is None:
             return None
-        args = task.args
-        kwargs = task.kwargs
+        args_text, argsrepr = _args_parts(task, template)
+        kwargs_json = task.kwargs_json
+        if kwargs_json == "" or (kwargs_json is None and not task.kwargs):
+            kwargs_text = kwargsrepr = "{}"
+        else:
+            kwargs = task.kwargs
+            # Decoded from JSON: a plain encoder writes what kombu's would.
+            kwargs_text = _encode(kwargs)
+            kwargsrepr = _repr(kwargs, template.kwargsrepr_size, template.repr_levels)
         # The body is what json_dumps((args, kwargs, embed)) writes, the embed encoded once
-        # per template; args and kwargs came from JSON, so a plain encoder is enough.
-        body = f"{_encode([args, kwargs])[:-1]}, {frame.embed}]"
+        # per template.
+        body = f"[{args_text}, {kwargs_text}, {frame.embed}]"
         if self.base64:
-            encoded = '"' + b64encode(body.encode()).decode("ascii") + '"'
+            encoded = '"' + b2a_base64(body.encode(), newline=False).decode("ascii") + '"'
         else:
             encoded = quote(self.channel.encode_body(body, self.channel.body_encoding)[0])
-        kwargsrepr = (
-            _repr(kwargs, template.kwargsrepr_size, template.repr_levels) if kwargs else "{}"
-        )
+        run_at = task.run_at
+        eta = self.etas.get(run_at)
+        if eta is None:
+            eta = self.etas[run_at] = quote(run_at.isoformat())
         text = frame.fill(
-            {
-                "id": quote(task.id),
-                "eta": quote(task.run_at.isoformat()),
-                "argsrepr": quote(_repr(tuple(args), template.argsrepr_size, template.repr_levels)),
-                "kwargsrepr": quote(kwargsrepr),
-                "body": encoded,
-                "tag": self.tags.next(),
-            }
+            (quote(task.id), eta, quote(argsrepr), quote(kwargsrepr), encoded, self.tags.next())
         )
         return frame.key, text
 

@@ -66,19 +66,93 @@ ALL_STATES: tuple[TaskState, ...] = tuple(TaskState)
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
 class Claimed:
-    """A task claimed for hand-off, with what apply_async needs."""
+    """A task claimed for hand-off, with what apply_async needs.
 
-    id: str
-    task: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    run_at: datetime
-    queue: str
-    priority: int | None
-    #: The store partition it was claimed from: its claim is settled there.
-    partition: int = 0
+    A claim read from the store keeps the JSON text its args and kwargs are stored as
+    (``args_json``, ``kwargs_json``; "" for none) and decodes it on first use of ``args`` or
+    ``kwargs``: the publisher splices common shapes into the message without decoding
+    (``schedkit.dispatch.publish``). Built from values, the texts are None.
+    """
+
+    __slots__ = (
+        "_args",
+        "_kwargs",
+        "args_json",
+        "id",
+        "kwargs_json",
+        "partition",
+        "priority",
+        "queue",
+        "run_at",
+        "task",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        task: str,
+        args: list[Any] | None,
+        kwargs: dict[str, Any] | None,
+        run_at: datetime,
+        queue: str,
+        priority: int | None,
+        partition: int = 0,
+        *,
+        args_json: str | None = None,
+        kwargs_json: str | None = None,
+    ) -> None:
+        self.id = id
+        self.task = task
+        self._args = args
+        self._kwargs = kwargs
+        self.run_at = run_at
+        self.queue = queue
+        self.priority = priority
+        #: The store partition it was claimed from: its claim is settled there.
+        self.partition = partition
+        self.args_json = args_json
+        self.kwargs_json = kwargs_json
+
+    @property
+    def args(self) -> list[Any]:
+        """The positional arguments (decoded from the stored text on first use)."""
+        if self._args is None:
+            self._args = json.loads(self.args_json) if self.args_json else []
+        return self._args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments (decoded from the stored text on first use)."""
+        if self._kwargs is None:
+            self._kwargs = json.loads(self.kwargs_json) if self.kwargs_json else {}
+        return self._kwargs
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.task,
+            self.args,
+            self.kwargs,
+            self.run_at,
+            self.queue,
+            self.priority,
+            self.partition,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Claimed):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable caches: compared, not hashed
+
+    def __repr__(self) -> str:
+        return (
+            f"Claimed(id={self.id!r}, task={self.task!r}, args={self.args!r}, "
+            f"kwargs={self.kwargs!r}, run_at={self.run_at!r}, queue={self.queue!r}, "
+            f"priority={self.priority!r}, partition={self.partition})"
+        )
 
 
 class Claims(list[Claimed]):
@@ -683,26 +757,158 @@ class Store:
         """
         claimed = Claims()
         open_parts = list(self.all_partitions(partitions))
-        if max_in_flight > 0:
-            # Each partition counts its own in flight: its share keeps the sum at the bound.
-            max_in_flight = -(-max_in_flight // self.partitions)
+        share = self._flight_share(max_in_flight)
         held: dict[int, int] = {}
+        self._claim_more(
+            claimed, open_parts, held, limit, window_seconds, lease_seconds, share, now
+        )
+        return self._claims_done(claimed, held)
+
+    def _flight_share(self, max_in_flight: int) -> int:
+        """The in-flight bound of one partition: each counts its own in flight, and the
+        shares keep the sum at ``max_in_flight``."""
+        return -(-max_in_flight // self.partitions) if max_in_flight > 0 else max_in_flight
+
+    def _claim_more(
+        self,
+        claimed: Claims,
+        open_parts: list[int],
+        held: dict[int, int],
+        limit: int,
+        window_seconds: float,
+        lease_seconds: float,
+        share: int,
+        now: datetime | None,
+    ) -> None:
+        """Claim a slice at a time from ``open_parts`` in turn until ``claimed`` holds
+        ``limit`` or every partition came up short (it leaves ``open_parts``)."""
         while open_parts and len(claimed) < limit:
             for partition in list(open_parts):
                 want = min(CLAIM_SLICE, limit - len(claimed))
                 if want <= 0:
                     break
                 got = self._claim_slice(
-                    claimed, partition, want, window_seconds, lease_seconds, max_in_flight, now
+                    claimed, partition, want, window_seconds, lease_seconds, share, now
                 )
                 held[partition] = got[1]
                 if got[0] < want:
                     open_parts.remove(partition)
+
+    @staticmethod
+    def _claims_done(claimed: Claims, held: dict[int, int]) -> Claims:
         claimed.held_back = sum(held.values())
         if len(held) > 1:
             # Each partition's slice is in run-time order; hand off the round in that order.
             claimed.sort(key=lambda task: task.run_at)
         return claimed
+
+    def claim_later(
+        self,
+        *,
+        window_seconds: float,
+        lease_seconds: float,
+        limit: int,
+        max_in_flight: int = 0,
+        now: datetime | None = None,
+        partitions: Sequence[int] | None = None,
+    ) -> Callable[[], Claims]:
+        """:meth:`claim`, its script calls sent now and their replies read when the returned
+        function is called (exactly once): the dispatcher claims its next round while it
+        publishes this one. For a burst: every slice a full claim takes is sent at once (in
+        :meth:`claim`'s turns among partitions), one connection per server; each call is
+        still one atomic script of one slice. With replicas asked for, a WAIT follows each
+        server's calls and nothing is returned before it confirms them. A partition whose
+        slices came up short gives its unused share to those whose did not, as in
+        :meth:`claim`, when the replies are read."""
+        parts = list(self.all_partitions(partitions))
+        share = self._flight_share(max_in_flight)
+        plan: list[tuple[int, int]] = []  # (partition, want) per call, in claim's order
+        planned = 0
+        while parts and planned < limit:
+            for partition in parts:
+                want = min(CLAIM_SLICE, limit - planned)
+                if want <= 0:
+                    break
+                plan.append((partition, want))
+                planned += want
+        sha = self._scripts["claim"].sha
+        wait = self.replicas.count > 0
+        groups: dict[int, tuple[redis.Redis, list[int]]] = {}  # server: its calls in the plan
+        for n, (partition, _) in enumerate(plan):
+            client = self._slot_client(partition)
+            groups.setdefault(id(client), (client, []))[1].append(n)
+        sent: list[tuple[Any, Any, list[int]]] = []  # (pool, connection, calls)
+        with store_errors(), self.slot_moves():
+            try:
+                for client, members in groups.values():
+                    commands: list[tuple[Any, ...]] = []
+                    for n in members:
+                        partition, want = plan[n]
+                        keys = self.part_script_keys[partition]
+                        argv = self.argv(
+                            partition,
+                            now,
+                            int(window_seconds * 1000),
+                            int(lease_seconds * 1000),
+                            want,
+                            max(0, share),
+                            CLAIM_SCAN,
+                        )
+                        commands.append(("EVALSHA", sha, len(keys), *keys, *argv))
+                    if wait:
+                        commands.append(("WAIT", *self.replicas.wait_args()))
+                    pool = client.connection_pool
+                    connection: Any = pool.get_connection()  # redis-py types it loosely
+                    sent.append((pool, connection, members))
+                    connection.send_packed_command(connection.pack_commands(commands))
+            except BaseException:
+                for pool, connection, _ in sent:
+                    connection.disconnect()
+                    pool.release(connection)
+                raise
+
+        def answered() -> Claims:
+            replies: list[Any] = [None] * len(plan)
+            failure: BaseException | None = None
+            confirmed: list[int] = []
+            with store_errors(), self.slot_moves():
+                for pool, connection, members in sent:
+                    try:
+                        for n in members:
+                            # Redis lost its scripts: the call claimed nothing (left None).
+                            with contextlib.suppress(redis.exceptions.NoScriptError):
+                                replies[n] = connection.read_response()
+                        if wait:
+                            confirmed.append(int(connection.read_response()))
+                    except BaseException as exc:
+                        connection.disconnect()
+                        failure = failure or exc
+                    finally:
+                        pool.release(connection)
+                if failure is not None:
+                    raise failure
+            for count in confirmed:
+                self.replicas.check(count, "claim")
+            claimed = Claims()
+            held: dict[int, int] = {}
+            short: set[int] = set()
+            for (partition, want), flat in zip(plan, replies, strict=True):
+                if flat is None:
+                    continue
+                got = self._claimed_from(claimed, partition, flat)
+                held[partition] = got[1]
+                if got[0] < want:
+                    short.add(partition)
+            # What calls that did not run (no script) and partitions that came up short left
+            # of the limit goes to the others (those the plan did not reach too), a slice at
+            # a time, as claim does.
+            open_parts = [p for p in parts if p not in short]
+            self._claim_more(
+                claimed, open_parts, held, limit, window_seconds, lease_seconds, share, now
+            )
+            return self._claims_done(claimed, held)
+
+        return answered
 
     def _claim_slice(
         self,
@@ -730,18 +936,32 @@ class Store:
             now=now,
             partition=partition,
         )
+        return self._claimed_from(claimed, partition, flat)
+
+    @staticmethod
+    def _claimed_from(claimed: Claims, partition: int, flat: list[Any]) -> tuple[int, int]:
+        """Append the tasks of one claim script reply to ``claimed``: (how many it took, how
+        many it held back)."""
+        # Tasks of one burst share run times: one datetime per distinct run time.
+        times: dict[str, datetime] = {}
+        append = claimed.append
         for i in range(1, len(flat), 7):
             task_id, task, args, kwargs, run, queue, priority = flat[i : i + 7]
-            claimed.append(
+            run_at = times.get(run)
+            if run_at is None:
+                run_at = times[run] = from_millis(int(run))
+            append(
                 Claimed(
-                    id=task_id,
-                    task=task,
-                    args=json.loads(args) if args else [],
-                    kwargs=json.loads(kwargs) if kwargs else {},
-                    run_at=from_millis(int(run)),
-                    queue=queue,
-                    priority=int(priority) if priority else None,
-                    partition=partition,
+                    task_id,
+                    task,
+                    None,
+                    None,
+                    run_at,
+                    queue,
+                    int(priority) if priority else None,
+                    partition,
+                    args_json=args,
+                    kwargs_json=kwargs,
                 )
             )
         return len(flat) // 7, int(flat[0])
