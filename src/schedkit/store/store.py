@@ -835,7 +835,7 @@ class Store:
         wait = self.replicas.count > 0
         groups: dict[int, tuple[redis.Redis, list[int]]] = {}  # server: its calls in the plan
         for n, (partition, _) in enumerate(plan):
-            client = self._slot_client(partition)
+            client = self.slot_client(partition)
             groups.setdefault(id(client), (client, []))[1].append(n)
         sent: list[tuple[Any, Any, list[int]]] = []  # (pool, connection, calls)
         with store_errors(), self.slot_moves():
