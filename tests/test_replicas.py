@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -28,7 +28,7 @@ from schedkit.service.schedules import Schedules
 from schedkit.service.server import Server
 from schedkit.settings import Settings
 from schedkit.store.record import decode
-from schedkit.store.store import Replicas, Store
+from schedkit.store.store import Claimed, Replicas, Store
 from schedkit.testing import redis_server
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
@@ -201,6 +201,19 @@ def replica_record(pair: Pair, store: Store, task_id: str) -> TaskRecord:
         replica.close()
 
 
+def claimed_once_lapsed(claim: Callable[[], Sequence[Claimed]]) -> list[str]:
+    """The ids ``claim`` returns once a refused claim's lease (0.5 s) has lapsed and the
+    replica confirms: exactly one task is expected."""
+    claimed: list[str] = []
+    poll(
+        lambda: bool(claimed.extend(c.id for c in claim()) or claimed),
+        10,
+        "the task to be claimed once the replica confirms",
+    )
+    assert len(claimed) == 1
+    return claimed
+
+
 def test_a_task_no_replica_has_confirmed_is_not_handed_off_until_one_has(
     pair: Pair, stub_for: StubFor
 ) -> None:
@@ -216,19 +229,9 @@ def test_a_task_no_replica_has_confirmed_is_not_handed_off_until_one_has(
     with pytest.raises(Unavailable, match="took the claim, but 0 of 1 replicas"):
         store.claim(window_seconds=WINDOW, lease_seconds=0.5, limit=10)
     pair.thaw()
-    claimed: list[str] = []
-    # The refused claim's lease (0.5 s) lapses; then the task is claimed, with the replica.
-    poll(
-        lambda: bool(
-            claimed.extend(
-                c.id for c in store.claim(window_seconds=WINDOW, lease_seconds=30, limit=10)
-            )
-            or claimed
-        ),
-        10,
-        "the task to be claimed once the replica confirms",
+    claimed = claimed_once_lapsed(
+        lambda: store.claim(window_seconds=WINDOW, lease_seconds=30, limit=10)
     )
-    assert len(claimed) == 1
     assert replica_record(pair, store, claimed[0]).spec.key == "unconfirmed"
 
 
@@ -244,19 +247,9 @@ def test_a_claim_sent_ahead_gives_nothing_to_hand_off_until_a_replica_confirms_i
     with pytest.raises(Unavailable, match="took the claim, but 0 of 1 replicas"):
         answered()
     pair.thaw()
-    claimed: list[str] = []
-    # The refused claim's lease (0.5 s) lapses; then the task is claimed, with the replica.
-    poll(
-        lambda: bool(
-            claimed.extend(
-                c.id for c in store.claim_later(window_seconds=WINDOW, lease_seconds=30, limit=10)()
-            )
-            or claimed
-        ),
-        10,
-        "the task to be claimed ahead once the replica confirms",
+    claimed = claimed_once_lapsed(
+        lambda: store.claim_later(window_seconds=WINDOW, lease_seconds=30, limit=10)()
     )
-    assert len(claimed) == 1
     assert replica_record(pair, store, claimed[0]).spec.key == "ahead"
 
 
