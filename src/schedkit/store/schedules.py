@@ -135,14 +135,10 @@ class ScheduleStore:
             _, keys, argv = calls[0]
             with store_errors():
                 return [script(keys=keys, args=argv)]
-        groups: dict[int, tuple[int, list[int]]] = {}
-        for n, (partition, _, _) in enumerate(calls):
-            client = self.store.slot_client(partition)
-            groups.setdefault(id(client), (partition, []))[1].append(n)
         replies: list[Any] = [None] * len(calls)
-        for partition, members in groups.values():
+        for client, members in self.store.by_server([partition for partition, _, _ in calls]):
             with store_errors(), self.store.slot_moves():
-                pipe = self.store.script_pipeline(partition)
+                pipe = client.pipeline(transaction=False)
                 for n in members:
                     _, keys, argv = calls[n]
                     script(keys=keys, args=argv, client=pipe)

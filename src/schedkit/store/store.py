@@ -35,6 +35,7 @@ from schedkit.store.codec import (
     schedule_results,
 )
 from schedkit.store.connect import close_sync, is_cluster, sync_client
+from schedkit.store.deferred import Deferred
 from schedkit.store.header import lua_header
 from schedkit.store.keys import (
     MAX_PARTITIONS,
@@ -504,13 +505,9 @@ class Store:
         this script), so loading it and sending them again runs each once.
         """
         script = self._scripts[name]
-        groups: dict[int, tuple[redis.Redis, list[int]]] = {}
-        for n, (partition, _) in enumerate(calls):
-            client = self.slot_client(partition)
-            groups.setdefault(id(client), (client, []))[1].append(n)
         replies: list[Any] = [None] * len(calls)
         wait = acknowledged and self.replicas.count > 0
-        for client, members in groups.values():
+        for client, members in self.by_server([partition for partition, _ in calls]):
             for attempt in (1, 2):
                 pipe = client.pipeline(transaction=False)
                 for n in members:
@@ -534,6 +531,20 @@ class Store:
                     replies[n] = reply
                 break
         return replies
+
+    def by_server(self, partitions: Sequence[int]) -> list[tuple[redis.Redis, list[int]]]:
+        """The servers ``partitions`` live on (one on a single Redis), each with the indices
+        into ``partitions`` of the calls it takes, in order."""
+        groups: dict[int, tuple[redis.Redis, list[int]]] = {}
+        for n, partition in enumerate(partitions):
+            client = self.slot_client(partition)
+            groups.setdefault(id(client), (client, []))[1].append(n)
+        return list(groups.values())
+
+    def _evalsha_command(self, script: str, partition: int, argv: list[Any]) -> tuple[Any, ...]:
+        """An EVALSHA of script ``script`` in ``partition`` as a packed command takes it."""
+        keys = self.part_script_keys[partition]
+        return ("EVALSHA", self._scripts[script].sha, len(keys), *keys, *argv)
 
     @contextlib.contextmanager
     def slot_moves(self) -> Iterator[None]:
@@ -831,62 +842,44 @@ class Store:
                     break
                 plan.append((partition, want))
                 planned += want
-        sha = self._scripts["claim"].sha
         wait = self.replicas.count > 0
-        groups: dict[int, tuple[redis.Redis, list[int]]] = {}  # server: its calls in the plan
-        for n, (partition, _) in enumerate(plan):
-            client = self.slot_client(partition)
-            groups.setdefault(id(client), (client, []))[1].append(n)
-        sent: list[tuple[Any, Any, list[int]]] = []  # (pool, connection, calls)
+        groups = self.by_server([partition for partition, _ in plan])
+        batches = []
+        for client, members in groups:
+            commands = [
+                self._evalsha_command(
+                    "claim",
+                    plan[n][0],
+                    self.argv(
+                        plan[n][0],
+                        now,
+                        int(window_seconds * 1000),
+                        int(lease_seconds * 1000),
+                        plan[n][1],
+                        max(0, share),
+                        CLAIM_SCAN,
+                    ),
+                )
+                for n in members
+            ]
+            if wait:
+                commands.append(("WAIT", *self.replicas.wait_args()))
+            batches.append((client, commands))
         with store_errors(), self.slot_moves():
-            try:
-                for client, members in groups.values():
-                    commands: list[tuple[Any, ...]] = []
-                    for n in members:
-                        partition, want = plan[n]
-                        keys = self.part_script_keys[partition]
-                        argv = self.argv(
-                            partition,
-                            now,
-                            int(window_seconds * 1000),
-                            int(lease_seconds * 1000),
-                            want,
-                            max(0, share),
-                            CLAIM_SCAN,
-                        )
-                        commands.append(("EVALSHA", sha, len(keys), *keys, *argv))
-                    if wait:
-                        commands.append(("WAIT", *self.replicas.wait_args()))
-                    pool = client.connection_pool
-                    connection: Any = pool.get_connection()  # redis-py types it loosely
-                    sent.append((pool, connection, members))
-                    connection.send_packed_command(connection.pack_commands(commands))
-            except BaseException:
-                for pool, connection, _ in sent:
-                    connection.disconnect()
-                    pool.release(connection)
-                raise
+            sent = Deferred(batches)
 
         def answered() -> Claims:
             replies: list[Any] = [None] * len(plan)
-            failure: BaseException | None = None
             confirmed: list[int] = []
             with store_errors(), self.slot_moves():
-                for pool, connection, members in sent:
-                    try:
-                        for n in members:
-                            # Redis lost its scripts: the call claimed nothing (left None).
-                            with contextlib.suppress(redis.exceptions.NoScriptError):
-                                replies[n] = connection.read_response()
-                        if wait:
-                            confirmed.append(int(connection.read_response()))
-                    except BaseException as exc:
-                        connection.disconnect()
-                        failure = failure or exc
-                    finally:
-                        pool.release(connection)
-                if failure is not None:
-                    raise failure
+                answers = sent.replies()
+            for (_, members), got in zip(groups, answers, strict=True):
+                if wait:
+                    confirmed.append(int(got.pop()))
+                for n, reply in zip(members, got, strict=True):
+                    # Redis lost its scripts: the call claimed nothing (left None).
+                    if not isinstance(reply, redis.exceptions.NoScriptError):
+                        replies[n] = reply
             for count in confirmed:
                 self.replicas.check(count, "claim")
             claimed = Claims()
@@ -895,9 +888,8 @@ class Store:
             for (partition, want), flat in zip(plan, replies, strict=True):
                 if flat is None:
                     continue
-                got = self._claimed_from(claimed, partition, flat)
-                held[partition] = got[1]
-                if got[0] < want:
+                took, held[partition] = self._claimed_from(claimed, partition, flat)
+                if took < want:
                     short.add(partition)
             # What calls that did not run (no script) and partitions that came up short left
             # of the limit goes to the others (those the plan did not reach too), a slice at
@@ -1016,47 +1008,28 @@ class Store:
         by_part: dict[int, list[str]] = {}
         for task_id in task_ids:
             by_part.setdefault(self._claimed_in(task_id, where), []).append(task_id)
-        sha = self._scripts["handed"].sha
-        commands: dict[int, tuple[redis.Redis, list[tuple[Any, ...]]]] = {}
-        for partition, ids in by_part.items():
-            keys = self.part_script_keys[partition]
-            client = self.slot_client(partition)
-            queue = commands.setdefault(id(client), (client, []))[1]
-            for first in range(0, len(ids), CLAIM_SLICE):
-                argv = self.argv(partition, now, "queued", *ids[first : first + CLAIM_SLICE])
-                queue.append(("EVALSHA", sha, len(keys), *keys, *argv))
-        sent: list[tuple[Any, Any, int]] = []  # (pool, connection, replies owed)
+        parts = list(by_part)
+        batches = []
+        for client, members in self.by_server(parts):
+            commands = []
+            for n in members:
+                ids = by_part[parts[n]]
+                for first in range(0, len(ids), CLAIM_SLICE):
+                    argv = self.argv(parts[n], now, "queued", *ids[first : first + CLAIM_SLICE])
+                    commands.append(self._evalsha_command("handed", parts[n], argv))
+            batches.append((client, commands))
         with store_errors():
-            try:
-                for client, queue in commands.values():
-                    pool = client.connection_pool
-                    connection: Any = pool.get_connection()  # redis-py types it loosely
-                    sent.append((pool, connection, len(queue)))
-                    connection.send_packed_command(connection.pack_commands(queue))
-            except BaseException:
-                for pool, connection, _ in sent:
-                    connection.disconnect()
-                    pool.release(connection)
-                raise
+            sent = Deferred(batches)
 
         def answered() -> None:
-            missing = False
-            failure: BaseException | None = None
             with store_errors():
-                for pool, connection, owed in sent:
-                    try:
-                        for _ in range(owed):
-                            try:
-                                connection.read_response()
-                            except redis.exceptions.NoScriptError:
-                                missing = True  # Redis lost its scripts: nothing of it ran
-                    except BaseException as exc:
-                        connection.disconnect()
-                        failure = failure or exc
-                    finally:
-                        pool.release(connection)
-                if failure is not None:
-                    raise failure
+                answers = sent.replies()
+            # Redis lost its scripts: nothing of those calls ran.
+            missing = any(
+                isinstance(reply, redis.exceptions.NoScriptError)
+                for got in answers
+                for reply in got
+            )
             if missing:
                 # Settles only what is still claimed.
                 self.mark_queued(task_ids, now=now, where=where)
