@@ -10,6 +10,7 @@ from celery.signals import setup_logging
 
 from schedkit.dispatch.hook import install
 from schedkit.dispatch.registry import load_app, worker_queues
+from schedkit.dispatch.transport import transport_for
 from schedkit.logs import configure
 from schedkit.settings import Settings
 
@@ -18,6 +19,11 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
     """Point ``app`` at the configured broker (when one is set) and install the hook."""
     if settings.effective_broker_url:
         app.conf.update(broker_url=settings.effective_broker_url)
+    # A redis:// broker without a transport of the app's own choosing: kombu's, minus a
+    # client object built per command (dispatch/transport.py).
+    transport = transport_for(app.conf.broker_url or "")
+    if transport and not app.conf.broker_transport:
+        app.conf.update(broker_transport=transport)
     app.conf.update(broker_connection_retry_on_startup=True)
     # Redis broker: a message a worker took but never acknowledged (it died holding ETA
     # tasks) goes back to the queue after this long. schedkit hands tasks off at most a
