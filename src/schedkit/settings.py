@@ -149,6 +149,12 @@ class Settings:
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **given) if given else settings
 
+    def to_env(self) -> dict[str, str]:
+        """Every field as the ``SCHEDKIT_<FIELD>`` variable :meth:`from_env` reads back: how a
+        child process (the stack's worker) gets these settings, all of them, so a new field
+        cannot be forgotten on the way."""
+        return {f"SCHEDKIT_{f.name.upper()}": _format(getattr(self, f.name)) for f in fields(self)}
+
     def with_store(self, store_url: str) -> Settings:
         """Return a copy pointing at a running store; an unset broker follows it."""
         return replace(self, store_url=store_url)
@@ -200,6 +206,13 @@ class Settings:
         ):
             return {"master_name": SentinelUrl.parse(self.store_url).service}
         return {}
+
+
+def _format(value: Any) -> str:
+    """A field's value as :func:`_parse` reads it back."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

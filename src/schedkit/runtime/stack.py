@@ -143,27 +143,21 @@ class Stack:
             "--loglevel", self.settings.worker_loglevel,
         ]  # fmt: skip
 
+    def worker_env(self) -> dict[str, str]:
+        """The worker's environment: this process's, then every one of the stack's settings
+        (the start guard waits for the replicas the stack asks for, the worker consumes every
+        queue a task may name, the overlap guard buffers as configured, ...)."""
+        env = {**os.environ, **self.settings.to_env()}
+        env.pop("SCHEDKIT_TOKEN", None)  # the worker answers no calls: it needs no token
+        return env
+
     def start_worker(self) -> subprocess.Popen[bytes]:
         """Start (or restart) the Celery worker process."""
-        env = {
-            **os.environ,
-            "SCHEDKIT_PREFIX": self.settings.prefix,
-            "SCHEDKIT_STORE_PARTITIONS": str(self.settings.store_partitions),
-            # The start guard and finish records wait for the replicas the stack asks for.
-            "SCHEDKIT_STORE_REPLICAS": str(self.settings.store_replicas),
-            "SCHEDKIT_STORE_REPLICA_TIMEOUT": str(self.settings.store_replica_timeout),
-            "SCHEDKIT_STORE_TIMEOUT": str(self.settings.store_timeout),
-            "SCHEDKIT_VISIBILITY_TIMEOUT": str(self.settings.visibility_timeout),
-            "SCHEDKIT_LOG_FORMAT": self.settings.log_format,
-            # The worker consumes every queue a task may name (worker_queues).
-            "SCHEDKIT_ALLOW_QUEUES": self.settings.allow_queues,
-            "SCHEDKIT_WORKER_ACK_EMULATION": "1" if self.settings.worker_ack_emulation else "0",
-        }
         output = open(self.worker_log, "ab") if self.worker_log else None  # noqa: SIM115
         # A session of its own: Ctrl-C reaches schedkit up, which stops the parts in order.
         self.worker = subprocess.Popen(
             self.worker_command(),
-            env=env,
+            env=self.worker_env(),
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,
