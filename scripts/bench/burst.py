@@ -336,3 +336,53 @@ def celery_burst(report: Report, sizes: Sizes, url: str) -> None:
     drain = count / max(max(late) / 1000, 1e-3)
     _burst_results(report, "plain Celery worker, ETA", late, drain, idle, top, count)
     flush_celery_queue(url)
+
+
+def claim_calls(report: Report, sizes: Sizes, url: str) -> None:
+    """How long one claim script call holds Redis over ``burst_tasks`` parked due tasks, with
+    nothing else running: rounds of claims as the dispatcher takes them (up to 100), then as
+    many while Redis rewrites its append-only file (a fork: writes copy the pages they touch). It
+    tells Redis's own time per call apart from the burst's, where SLOWLOG also counts the time
+    Redis waited for a core it shares with the worker and the dispatcher."""
+    count = sizes.burst_tasks
+    settings = Settings(store_url=url, prefix=fresh_prefix())
+    batch = settings.claim_batch  # what one dispatcher round claims
+    rounds = max(1, min(100, count // (2 * batch)))  # a share of the tasks for each phase
+    store = Store.for_settings(settings)
+    probe = redis.Redis.from_url(url)
+    at = datetime.now(UTC) + timedelta(seconds=1)
+    try:
+        _park(store, settings, count, at)
+        time.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()))  # until they are due
+        # No rewrite but the one started below: the quiet rounds stay quiet.
+        probe.config_set("auto-aof-rewrite-percentage", 0)
+        _no_rewrite(probe)
+        probe.config_set("slowlog-log-slower-than", 0)
+        probe.config_set("slowlog-max-len", 100_000)
+        note = f"{count:,} tasks parked, due; {rounds} rounds of {batch:,}, nothing else running"
+        for phase, rewrite in (("quiet", False), ("during an append-only file rewrite", True)):
+            probe.slowlog_reset()
+            if rewrite:
+                probe.bgrewriteaof()
+            for _ in range(rounds):
+                store.claim(window_seconds=WINDOW, lease_seconds=3600, limit=batch)
+            rewriting = bool(probe.info("persistence")["aof_rewrite_in_progress"])
+            longest = _longest_lua_ms(probe).get("claim", 0.0)
+            label = f"{note}; rewrite still running at the end: {rewriting}" if rewrite else note
+            report.add(Result(f"claim call, longest ({phase})", "schedkit", "ms", [longest],
+                              note=label))  # fmt: skip
+    finally:
+        probe.config_set("slowlog-log-slower-than", 10_000)
+        _no_rewrite(probe)  # the next measure gets Redis without one
+        probe.config_set("auto-aof-rewrite-percentage", 100)  # Redis's default
+        probe.close()
+        store.close()
+
+
+def _no_rewrite(probe: redis.Redis) -> None:
+    """Wait for an append-only file rewrite in progress to end."""
+    wait_until(
+        lambda: not probe.info("persistence")["aof_rewrite_in_progress"],
+        300,
+        "the append-only file rewrite to end",
+    )
