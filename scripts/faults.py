@@ -53,7 +53,7 @@ def main() -> int:
         "--worker-rows", type=int, default=2_000, help="tasks held by the worker, etc."
     )
     parser.add_argument(
-        "--burst-rows", type=int, default=20_000, help="dispatcher-kill: tasks due at one instant"
+        "--burst-rows", type=int, default=100_000, help="dispatcher-kill: tasks due at one instant"
     )
     parser.add_argument("--streams", type=int, default=50, help="concurrent scheduler streams")
     parser.add_argument("--stream-rows", type=int, default=20_000, help="rows per stream")
