@@ -386,3 +386,38 @@ def _no_rewrite(probe: redis.Redis) -> None:
         300,
         "the append-only file rewrite to end",
     )
+
+
+def celery_queued(report: Report, sizes: Sizes, url: str) -> None:
+    """The same number of tasks already waiting in the queue, without ETA, when a plain Celery
+    worker of the same size starts: how fast that worker drains a burst it receives while it
+    runs it, as schedkit's worker does (the ETA side received its burst before the instant).
+    From the first start to the last, and the worker's RSS growth."""
+    from fixtures import STARTS_KEY, celery
+
+    count = sizes.burst_tasks
+    client = redis.Redis.from_url(url)
+    client.delete(STARTS_KEY)
+    with celery.producer_or_acquire() as producer:
+        task = celery.tasks["schedule_celery_task"]
+        for n in range(count):
+            task.apply_async(args=[n], producer=producer)
+    with celery_worker(url) as worker:
+        idle = rss_bytes(worker.pid)  # it starts on the queue at once: no quiet moment
+        peak = _Peak(worker.pid)
+        wait_until(lambda: client.llen(STARTS_KEY) >= count, 120 + count / 50, "the queue")
+        top = peak.stop()
+        starts = [float(v) for v in client.lrange(STARTS_KEY, 0, -1)]
+    client.delete(STARTS_KEY)
+    client.close()
+    who = "plain Celery worker, the burst queued"
+    note = (
+        f"{count:,} tasks waiting in the queue (no ETA) when the worker starts; first to last start"
+    )
+    drain = count / max(max(starts) - min(starts), 1e-3)
+    report.add(Result("burst: drain rate", who, "tasks/s", [drain], note=note,
+                      higher_is_better=True))  # fmt: skip
+    growth = max(0, top - idle)
+    per_task = f"{growth / count:,.0f} bytes per task; from its first reading"
+    report.add(Result("burst: worker RSS growth", who, "MB", [growth / 1e6], note=per_task))
+    flush_celery_queue(url)

@@ -34,14 +34,21 @@ def _client() -> redis.Redis:
     return _redis
 
 
+#: When each task sent without an ETA started (epoch seconds): the burst's queued side.
+STARTS_KEY = "bench:starts"
+
+
 @celery.task(bind=True, name="schedule_celery_task")
 def schedule_celery_task(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str:
-    """The seed design's task; records how late it started against its ETA."""
+    """The seed design's task; records how late it started against its ETA (without one:
+    when it started)."""
     started = time.time()
     eta = self.request.eta
     if eta:
         lateness = started - datetime.fromisoformat(eta).timestamp()
         _client().rpush(LATENESS_KEY, f"{lateness:.6f}")
+    else:
+        _client().rpush(STARTS_KEY, f"{started:.6f}")
     return "Task completed"
 
 

@@ -43,7 +43,7 @@ TARGETS: dict[str, tuple[str, float]] = {
 GROUPS = ("ingest", "latency", "handoff", "lateness", "memory", "burst", "processes", "cluster")
 #: The parts of the burst group, in the order they run (--burst-sides picks some: a
 #: 1,000,000-task burst takes a quarter of an hour a side); "claims" times claim calls alone.
-BURST_SIDES = ("schedkit", "schedkit-no-ack", "celery", "claims")
+BURST_SIDES = ("schedkit", "schedkit-no-ack", "celery", "celery-queued", "claims")
 
 
 def benchmarks(
@@ -88,6 +88,7 @@ def benchmarks(
         "schedkit": lambda r, s, u, w: burst.schedkit_burst(r, s, u),
         "schedkit-no-ack": lambda r, s, u, w: burst.schedkit_burst(r, s, u, ack_emulation=False),
         "celery": lambda r, s, u, w: burst.celery_burst(r, s, u),
+        "celery-queued": lambda r, s, u, w: burst.celery_queued(r, s, u),
         "claims": lambda r, s, u, w: burst.claim_calls(r, s, u),
     }
     table["burst"] = [sides[side] for side in burst_sides]
