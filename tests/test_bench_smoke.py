@@ -66,6 +66,15 @@ def test_every_benchmark_runs_and_yields_numbers(tmp_path: Path) -> None:
         ("busiest Redis CPU per task: ingest", "schedkit on one Redis"),
         ("one Redis vs cluster: ingest", "schedkit on one Redis"),
         ("unary calls/s, 32 clients", "schedkit serve --processes 2"),
+        ("hand-off rate", "schedkit, 2 dispatcher processes"),
+        ("hand-off rate", "bare apply_async(eta) loop"),
+        ("burst: drain rate", "schedkit"),
+        ("burst: drain rate", "schedkit, SCHEDKIT_WORKER_ACK_EMULATION=0"),
+        ("burst: drain rate", "plain Celery worker, ETA"),
+        ("burst: drain rate", "plain Celery worker, the burst queued"),
+        ("burst: worker start rate (metrics)", "schedkit"),
+        ("claim call, longest (quiet)", "schedkit"),
+        ("claim call, longest (during an append-only file rewrite)", "schedkit"),
     }
     assert expected <= seen, expected - seen
     for result in results:
