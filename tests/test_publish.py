@@ -23,6 +23,7 @@ from schedkit.demo import runs
 from schedkit.dispatch.broker import Broker
 from schedkit.dispatch.dispatcher import message_refusal
 from schedkit.dispatch.publish import Publisher
+from schedkit.dispatch.transport import is_handoff
 from schedkit.model import TaskState
 from schedkit.store.store import Claimed
 from schedkit.testing import local_stack
@@ -86,11 +87,13 @@ def test_a_published_message_equals_what_apply_async_sends(redis_url: str, n: in
     try:
         task = claimed(n, CASES[n])
         send_as_apply_async(broker, task)
-        theirs = comparable(popped(client))
+        theirs_sent = popped(client)
+        theirs = comparable(theirs_sent)
         outcome = Publisher(demo_app, broker).publish([task], message_refusal)
         assert outcome.reasons == [None]
         assert outcome.error is None
-        ours = comparable(popped(client))
+        ours_sent = popped(client)
+        ours = comparable(ours_sent)
     finally:
         client.close()
         broker.close()
@@ -119,6 +122,9 @@ def test_a_published_message_equals_what_apply_async_sends(redis_url: str, n: in
     assert ours == theirs
     assert ours["headers"]["id"] == task.id
     assert ours["headers"]["task"] == task.task
+    # The one difference: a tag that tells the worker's transport it is a hand-off.
+    assert is_handoff(ours_sent["properties"]["delivery_tag"])
+    assert not is_handoff(theirs_sent["properties"]["delivery_tag"])
 
 
 def test_many_messages_of_one_template_each_carry_their_own_id_eta_and_arguments(

@@ -1,8 +1,11 @@
 """The worker's Redis transport (dispatch/transport.py): kombu's, with one client object per
-channel instead of one per command, chosen for redis:// brokers only."""
+channel instead of one per command, and no ``unacked`` record for schedkit's hand-offs (the
+dispatcher hands those off again itself), chosen for redis:// brokers only."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,9 +13,14 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
-from schedkit.dispatch.transport import TRANSPORT, Transport, transport_for
+from schedkit.demo import app as demo_app
+from schedkit.dispatch.broker import Broker
+from schedkit.dispatch.dispatcher import message_refusal
+from schedkit.dispatch.publish import Publisher
+from schedkit.dispatch.transport import TRANSPORT, Transport, is_handoff, transport_for
 from schedkit.dispatch.worker import configure_app
 from schedkit.settings import Settings
+from schedkit.store.store import Claimed
 
 MESSAGES = 40
 
@@ -106,3 +114,81 @@ def test_the_worker_app_uses_it_unless_the_app_chose_its_own(redis_url: str) -> 
     own = Celery("t", set_as_current=False)
     own.conf.broker_transport = "redis"
     assert configure_app(own, settings).conf.broker_transport == "redis"
+
+
+QUEUE = Queue("celery", Exchange("celery", type="direct"), routing_key="celery")
+
+
+def publish_two(url: str) -> None:
+    """One task through schedkit's hand-off publisher, one through plain ``apply_async``."""
+    broker = Broker(demo_app, url)
+    try:
+        run_at = datetime.now(UTC) + timedelta(hours=1)
+        handoff = Claimed("handed", "add", [1, 2], {}, run_at, "", None)
+        assert Publisher(demo_app, broker).publish([handoff], message_refusal).error is None
+        with broker.producer() as producer:
+            demo_app.tasks["add"].apply_async((3, 4), task_id="other", producer=producer)
+    finally:
+        broker.close()
+
+
+def take_both(connection: Connection) -> dict[str, Any]:
+    """Both messages, received with ack emulation and not acknowledged, by task id."""
+    got: dict[str, Any] = {}
+
+    def take(body: Any, message: Any) -> None:
+        got[message.headers["id"]] = message
+
+    consumer = connection.Consumer(QUEUE, callbacks=[take], accept=["json"])
+    consumer.consume()
+    while len(got) < 2:
+        connection.drain_events(timeout=10)
+    assert is_handoff(got["handed"].delivery_tag)
+    assert not is_handoff(got["other"].delivery_tag)
+    return got
+
+
+def test_a_handoff_is_held_in_memory_and_any_other_message_in_the_unacked_hash(
+    redis_url: str,
+) -> None:
+    with Connection(redis_url, transport=Transport) as connection:
+        channel: Any = connection.default_channel
+        publish_two(redis_url)
+        got = take_both(connection)
+        recorded = {tag.decode() for tag in channel.client.hkeys(channel.unacked_key)}
+        assert recorded == {got["other"].delivery_tag}
+        assert channel.client.zcard(channel.unacked_index_key) == 1
+        for message in got.values():
+            message.ack()
+        assert channel.client.hlen(channel.unacked_key) == 0
+        assert channel.client.llen("celery") == 0
+
+
+def test_a_closing_worker_puts_back_what_it_had_not_acknowledged(redis_url: str) -> None:
+    """kombu restores unacknowledged messages when a consumer's channel closes (a warm
+    shutdown): the hand-off from memory, the other from the unacked hash; an acknowledged
+    hand-off is not put back."""
+    publish_two(redis_url)
+    with Connection(redis_url, transport=Transport) as connection:
+        take_both(connection)
+    with Connection(redis_url, transport=Transport) as connection:
+        again = take_both(connection)
+        again["handed"].ack()
+    with Connection(redis_url, transport=Transport) as connection:
+        channel: Any = connection.default_channel
+        waiting = [json.loads(raw) for raw in channel.client.lrange("celery", 0, -1)]
+        assert [m["headers"]["id"] for m in waiting] == ["other"]
+
+
+def test_a_handoff_rejected_to_the_queue_is_received_again(redis_url: str) -> None:
+    publish_two(redis_url)
+    with Connection(redis_url, transport=Transport) as connection:
+        got = take_both(connection)
+        got["handed"].reject(requeue=True)
+        got["other"].ack()
+        again: list[Any] = []
+        with connection.Consumer(QUEUE, callbacks=[lambda body, m: again.append(m)]):
+            connection.drain_events(timeout=10)
+        assert [m.delivery_tag for m in again] == [got["handed"].delivery_tag]
+        assert again[0].delivery_info["redelivered"]
+        again[0].ack()

@@ -95,11 +95,11 @@ class Settings:
     worker_loglevel: str = "INFO"
     #: Redis broker: the worker keeps each message it took in the broker's ``unacked`` hash
     #: until Celery acknowledges it, so a worker that dies holding messages gets them back
-    #: after the visibility timeout (kombu's ack emulation, Celery's default). That costs
-    #: the worker two more round trips per message, a third of its rate in a burst. schedkit
-    #: hands off again what a dead worker held (``redeliver``), so a worker that runs only
-    #: tasks schedkit schedules can turn it off; Celery retries and tasks sent with plain
-    #: ``apply_async`` are then lost if the worker is killed while holding them.
+    #: after the visibility timeout (kombu's ack emulation, Celery's default), for every
+    #: message but schedkit's own hand-offs: schedkit hands those off again itself
+    #: (``redeliver``), so the worker keeps them in memory only (dispatch/transport.py).
+    #: Off: no message is recorded, which saves two round trips per Celery retry or plain
+    #: ``apply_async`` message; those are then lost if the worker is killed holding them.
     worker_ack_emulation: bool = True
     #: Embedded Redis fsync policy for its append-only file: always, everysec or no.
     appendfsync: str = "everysec"

@@ -45,6 +45,7 @@ from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps as json_dumps
 
 from schedkit.dispatch.broker import Broker
+from schedkit.dispatch.transport import HANDOFF_TAG_PREFIX
 from schedkit.store.store import Claimed
 
 log = logging.getLogger(__name__)
@@ -160,9 +161,10 @@ class _Tags:
         self._count = 0
 
     def next(self) -> str:
-        """The next tag of the batch."""
+        """The next tag of the batch; the prefix tells the worker's transport the message is a
+        hand-off, which the dispatcher hands off again if it never starts (transport.py)."""
         self._count += 1
-        return f'"{self._head}{self._count:012x}"'
+        return f'"{HANDOFF_TAG_PREFIX}{self._head}{self._count:012x}"'
 
 
 #: Stored args JSON that is a flat list of integers, as the store writes it (compact): the
