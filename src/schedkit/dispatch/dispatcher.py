@@ -226,9 +226,10 @@ class Dispatcher:
         )
 
     def redeliver_if_due(self) -> int:
-        """Hand off again what the broker lost, checked every half visibility timeout (at
-        most a minute): a task still QUEUED a visibility timeout after both its hand-off and
-        its run time never reached a worker, or the broker would have redelivered it."""
+        """Hand off again what never started, checked every half visibility timeout (at most
+        a minute): a task still QUEUED a visibility timeout after both its hand-off and its
+        run time was lost by the broker, or held by a worker that died (the worker keeps
+        hand-offs out of kombu's unacked record: dispatch/transport.py)."""
         now = self.clock()
         if now < self._next_redeliver:
             return 0

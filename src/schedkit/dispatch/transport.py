@@ -12,12 +12,13 @@ object.
 
 Ack emulation (kombu's, on by default) writes every message a worker takes into the broker's
 ``unacked`` hash and index on receipt and removes it on ack, so a worker that dies holding it
-gets it back after the visibility timeout: two more round trips per message on the worker's one
-consumer thread, a quarter of a burst's drain rate. schedkit's dispatcher already hands off
-again a task it handed off that never started (``redeliver``), so the messages it publishes
-(their delivery tags start with :data:`HANDOFF_TAG_PREFIX`) are kept in the worker's memory
-only, as with ack emulation off; a warm shutdown still puts back those not yet acknowledged.
-Every other message (Celery retries, plain ``apply_async``) keeps kombu's record.
+gets it back after the visibility timeout: two more round trips per message on the worker's
+one consumer thread (without them a burst drained 1.45 times faster, docs/benchmarks.md).
+schedkit's dispatcher already hands off again a task it handed off that never started
+(``redeliver``), so the messages it publishes (their delivery tags start with
+:data:`HANDOFF_TAG_PREFIX`) are kept in the worker's memory only, as with ack emulation off;
+a warm shutdown still puts back those not yet acknowledged. Every other message (Celery
+retries, plain ``apply_async``) keeps kombu's record.
 
 Used for ``redis://`` brokers only (:func:`transport_for`): ``rediss://`` and Sentinel keep
 kombu's own transport, whose set-up depends on the URL's scheme.
