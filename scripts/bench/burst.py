@@ -350,6 +350,7 @@ def claim_calls(report: Report, sizes: Sizes, url: str) -> None:
     rounds = max(1, min(100, count // (2 * batch)))  # a share of the tasks for each phase
     store = Store.for_settings(settings)
     probe = redis.Redis.from_url(url)
+    percentage = probe.config_get("auto-aof-rewrite-percentage")["auto-aof-rewrite-percentage"]
     at = datetime.now(UTC) + timedelta(seconds=1)
     try:
         _park(store, settings, count, at)
@@ -374,7 +375,7 @@ def claim_calls(report: Report, sizes: Sizes, url: str) -> None:
     finally:
         probe.config_set("slowlog-log-slower-than", 10_000)
         _no_rewrite(probe)  # the next measure gets Redis without one
-        probe.config_set("auto-aof-rewrite-percentage", 100)  # Redis's default
+        probe.config_set("auto-aof-rewrite-percentage", percentage)
         probe.close()
         store.close()
 

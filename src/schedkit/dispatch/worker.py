@@ -20,7 +20,8 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
     if settings.effective_broker_url:
         app.conf.update(broker_url=settings.effective_broker_url)
     # A redis:// broker without a transport of the app's own choosing: kombu's, minus a
-    # client object built per command (dispatch/transport.py).
+    # client object built per command and the unacked record of schedkit's own hand-offs
+    # (dispatch/transport.py).
     transport = transport_for(app.conf.broker_url or "")
     if transport and not app.conf.broker_transport:
         app.conf.update(broker_transport=transport)
