@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "drills"))
 import failover
 
 import faults
+from schedkit.testing import interrupt_on_sigterm
 
 DRILLS: dict[str, Callable[[argparse.Namespace], faults.Counts]] = {
     "server-kill": lambda o: faults.server_killed_mid_stream(o.rows, o.workdir),
@@ -69,6 +70,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep logs and data here")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    interrupt_on_sigterm()  # a killed drill still stops the servers it started
     failed = False
     for name in options.drills or list(DRILLS):
         began = time.monotonic()

@@ -27,10 +27,17 @@ from schedkit.service.schedules import Schedules
 from schedkit.service.servicer import SPEC_FIELDS
 from schedkit.settings import Settings
 from schedkit.store.store import Store
-from schedkit.testing import LocalStack, local_stack, redis_server
+from schedkit.testing import LocalStack, interrupt_on_sigterm, local_stack, redis_server
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a CI timeout, ``kill``, an IDE's stop button) ends the run as Ctrl-C does,
+    tearing fixtures down, so no Redis server or worker a test started outlives the run."""
+    interrupt_on_sigterm()
+
 
 # Small windows keep the suite quick; the logic is the same at the default 30 s.
 FAST = {"handoff_window": 3.0, "poll_interval": 0.2, "claim_lease": 5.0}

@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Report, Result, Sizes, load, machine
 from parts import bench_redis
 
+from schedkit.testing import interrupt_on_sigterm
+
 # What the design brief promises, per measure (schedkit's row is checked against it).
 TARGETS: dict[str, tuple[str, float]] = {
     "ingest": (">=", 50_000),
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(burst_sides) - set(BURST_SIDES):
         parser.error(f"unknown burst side(s) in {options.burst_sides!r}; choose from {BURST_SIDES}")
 
+    interrupt_on_sigterm()  # a killed run still stops the servers and workers it started
     report = Report()
     report.loads.append(load())
     started = time.monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 import socket
 import subprocess
 import tempfile
@@ -38,6 +39,20 @@ class LocalStack(Stack):
         tokens = self.settings.tokens()
         options.setdefault("token", tokens[0] if tokens else "")
         return Client.connect(self.address, **options)
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM end this process as Ctrl-C does, with a KeyboardInterrupt.
+
+    Python's own SIGTERM handling exits at once, skipping every ``with`` block and fixture
+    teardown, so the Redis servers and workers a test run, benchmark or drill started would
+    outlive it. Call it from the main thread, before starting them.
+    """
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 @contextlib.contextmanager
