@@ -185,15 +185,17 @@ def write_timetable(path: Path, count: int, start: datetime) -> Path:
     return path
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (a prefork worker's pool), none if it is gone."""
+    try:
+        return [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def rss_bytes(pid: int, *, children: bool = True) -> int:
     """Resident memory of a process (and its children, for prefork workers)."""
-    pids = [pid]
-    if children:
-        try:
-            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            pids += [int(k) for k in kids]
-        except OSError:
-            pass
+    pids = [pid, *(child_pids(pid) if children else [])]
     total = 0
     for one in pids:
         try:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
-from common import HERE, PYTHON, wait_until
+from common import HERE, PYTHON, child_pids, wait_until
 
 from schedkit.runtime.embedded import RedisServer, free_port
 from schedkit.runtime.stack import Stack, local_settings
@@ -34,6 +34,34 @@ def env_for(url: str) -> dict[str, str]:
     return {**os.environ, "BENCH_REDIS_URL": url, "PYTHONPATH": path}
 
 
+#: The cores the workers run on when the run keeps them apart (``run.py --pin-workers``);
+#: None: wherever the OS puts them, beside everything else.
+WORKER_CORES: set[int] | None = None
+
+
+def keep_workers_apart() -> None:
+    """Give the workers the last core and this process (and what it starts from now on:
+    Redis, servers, dispatchers) the others, so a worker's rate is its own, not what it
+    gets of cores it shares with the rest, as when workers run on machines of their own."""
+    global WORKER_CORES
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--pin-workers needs at least 2 cores")
+    WORKER_CORES = {cores[-1]}
+    os.sched_setaffinity(0, set(cores[:-1]))
+
+
+def place_worker(pid: int) -> None:
+    """Move a started worker (every thread of it and of its pool processes) onto
+    :data:`WORKER_CORES`, when the run keeps workers apart."""
+    if WORKER_CORES is None:
+        return
+    for process in [pid, *child_pids(pid)]:
+        for thread in os.listdir(f"/proc/{process}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(thread), WORKER_CORES)
+
+
 def fresh_prefix() -> str:
     """A key prefix of its own for each run, so runs on one Redis never meet."""
     return f"sk{uuid.uuid4().hex[:6]}"
@@ -49,6 +77,8 @@ def schedkit_stack(url: str, *, worker: bool = False, **overrides: object) -> It
     with stack:
         if worker:
             stack.wait_for_worker(120)
+            assert stack.worker is not None
+            place_worker(stack.worker.pid)
         yield stack
 
 
@@ -161,6 +191,7 @@ def celery_worker(url: str, *, concurrency: int = 2) -> Iterator[subprocess.Pope
             return bool(celery.control.ping(timeout=0.5))
 
         wait_until(answers, 120, "the plain Celery worker")
+        place_worker(process.pid)
         yield process
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import parts
 from common import Report, Result, Sizes, load, machine
-from parts import bench_redis
+from parts import bench_redis, keep_workers_apart
 
 from schedkit.testing import interrupt_on_sigterm
 
@@ -153,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(GROUPS), help=f"comma-separated groups: {', '.join(GROUPS)}"
     )
+    parser.add_argument(
+        "--pin-workers",
+        action="store_true",
+        help="run the workers on the last core and everything else on the others",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     options = parser.parse_args(argv)
     sizes = Sizes.smoke() if options.smoke else Sizes.quick() if options.quick else Sizes()
@@ -174,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown burst side(s) in {options.burst_sides!r}; choose from {BURST_SIDES}")
 
     interrupt_on_sigterm()  # a killed run still stops the servers and workers it started
+    if options.pin_workers:
+        keep_workers_apart()
     report = Report()
     report.loads.append(load())
     started = time.monotonic()
@@ -187,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             for bench in benchmarks(group, burst_sides):
                 bench(report, sizes, redis.url, Path(tmp))
     report.loads.append(load())
-    print(f"machine: {machine()}")
+    placement = f"; workers alone on core {min(parts.WORKER_CORES)}" if parts.WORKER_CORES else ""
+    print(f"machine: {machine()}{placement}")
     print(
         f"sizes: {', '.join(f'{k}={v:,}' for k, v in dataclasses.asdict(sizes).items())}; "
         f"took {time.monotonic() - started:,.0f}s; load average (1/5/15 min) before "
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         options.json.write_text(
             json.dumps(
                 {
-                    "machine": machine(),
+                    "machine": machine() + placement,
                     "sizes": dataclasses.asdict(sizes),
                     "loads": report.loads,
                     "results": [dataclasses.asdict(r) for r in report.results],
