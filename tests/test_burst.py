@@ -24,7 +24,8 @@ from schedkit.client.client import Client
 from schedkit.demo import runs
 from schedkit.model import TaskRecord, TaskSpec, TaskState
 from schedkit.service.schedules import Schedules
-from schedkit.store.store import CLAIM_SLICE, Store
+from schedkit.store.claimed import CLAIM_SLICE
+from schedkit.store.store import Store
 from schedkit.testing import LocalStack, local_stack
 
 FINAL = ["SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"]

@@ -20,8 +20,9 @@ from schedkit.dispatch.registry import TaskRegistry
 from schedkit.model import TaskSpec, TaskState
 from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
+from schedkit.store.claimed import CLAIM_SLICE
 from schedkit.store.keys import partition_of
-from schedkit.store.store import CLAIM_SLICE, Store
+from schedkit.store.store import Store
 from schedkit.testing import redis_server
 
 PARTS = 4

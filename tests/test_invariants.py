@@ -25,7 +25,8 @@ from schedkit.dispatch.registry import TaskRegistry
 from schedkit.model import TaskSpec, TaskState
 from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
-from schedkit.store.store import Claimed, Store
+from schedkit.store.claimed import Claimed
+from schedkit.store.store import Store
 from schedkit.testing import LocalStack, local_stack
 
 FINAL = ["SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"]

@@ -24,9 +24,11 @@ from schedkit.settings import Settings
 from schedkit.store.edits import LUA_FILES as EDIT_LUA
 from schedkit.store.header import lua_header
 from schedkit.store.keys import EVENT_IDS, EventField, Keys, Stat
+from schedkit.store.query import TaskQuery
 from schedkit.store.record import Field
 from schedkit.store.schedules import LUA_FILES as SCHEDULE_LUA
-from schedkit.store.store import SCRIPTS, Store, TaskQuery, script_text
+from schedkit.store.scripts import SCRIPTS, script_text
+from schedkit.store.store import Store
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
 STATES = {state.value for state in TaskState}
@@ -142,7 +144,7 @@ def test_the_header_names_keys_in_the_order_the_store_passes_them(store: Store) 
 def test_the_scripts_are_the_same_text_in_every_process() -> None:
     # Set order of strings differs between processes: a header from a set would change SHAs.
     program = (
-        "import hashlib\nfrom schedkit.store.store import SCRIPTS, script_text\n"
+        "import hashlib\nfrom schedkit.store.scripts import SCRIPTS, script_text\n"
         "print(hashlib.sha1(''.join(map(script_text, SCRIPTS)).encode()).hexdigest())"
     )
     digests = {

@@ -25,7 +25,7 @@ from schedkit.dispatch.dispatcher import message_refusal
 from schedkit.dispatch.publish import Publisher
 from schedkit.dispatch.transport import is_handoff
 from schedkit.model import TaskState
-from schedkit.store.store import Claimed
+from schedkit.store.claimed import Claimed
 from schedkit.testing import local_stack
 
 #: (task, args, kwargs, queue, priority): every option a task carries to the broker.

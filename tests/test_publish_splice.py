@@ -9,7 +9,7 @@ import pytest
 
 from schedkit.dispatch.publish import Template, _args_parts, _encode, _repr
 from schedkit.model import dumps
-from schedkit.store.store import Claimed
+from schedkit.store.claimed import Claimed
 
 RUN_AT = datetime(2031, 5, 4, 3, 2, 1, tzinfo=UTC)
 TEMPLATE = Template(

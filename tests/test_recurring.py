@@ -25,7 +25,8 @@ from schedkit.service.edits import TaskEdits
 from schedkit.service.recurring import Recurring
 from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
-from schedkit.store.store import Store, TaskQuery
+from schedkit.store.query import TaskQuery
+from schedkit.store.store import Store
 
 T0 = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)
 

@@ -27,8 +27,10 @@ from schedkit.runtime.embedded import RedisServer
 from schedkit.service.schedules import Schedules
 from schedkit.service.server import Server
 from schedkit.settings import Settings
+from schedkit.store.claimed import Claimed
 from schedkit.store.record import decode
-from schedkit.store.store import Claimed, Replicas, Store
+from schedkit.store.replicas import Replicas
+from schedkit.store.store import Store
 from schedkit.testing import redis_server
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc

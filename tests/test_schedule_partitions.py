@@ -21,7 +21,8 @@ from schedkit.service.recurring import Recurring
 from schedkit.service.schedules import Schedules
 from schedkit.settings import Settings
 from schedkit.store.keys import partition_of, run_id_for
-from schedkit.store.store import Store, TaskQuery
+from schedkit.store.query import TaskQuery
+from schedkit.store.store import Store
 
 PARTS = 4
 T0 = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)

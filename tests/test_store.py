@@ -20,7 +20,8 @@ from schedkit.service.server import Server
 from schedkit.service.watch import ChangeFeed
 from schedkit.store.aio import AsyncStore
 from schedkit.store.codec import StateChange
-from schedkit.store.store import Store, TaskQuery
+from schedkit.store.query import TaskQuery
+from schedkit.store.store import Store
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
 

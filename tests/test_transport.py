@@ -20,7 +20,7 @@ from schedkit.dispatch.publish import Publisher
 from schedkit.dispatch.transport import TRANSPORT, Transport, is_handoff, transport_for
 from schedkit.dispatch.worker import configure_app
 from schedkit.settings import Settings
-from schedkit.store.store import Claimed
+from schedkit.store.claimed import Claimed
 
 MESSAGES = 40
 

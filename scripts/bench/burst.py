@@ -167,7 +167,7 @@ def _burst_results(
 
 def _longest_lua_ms(client: redis.Redis) -> dict[str, float]:
     """The longest call of each schedkit script SLOWLOG kept (calls over 1 ms here), in ms."""
-    from schedkit.store.store import SCRIPTS, script_text
+    from schedkit.store.scripts import SCRIPTS, script_text
 
     names = {client.script_load(script_text(name)): name for name in SCRIPTS}
     longest: dict[str, float] = {}

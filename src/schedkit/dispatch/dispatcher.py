@@ -32,7 +32,8 @@ from schedkit.dispatch.publish import Publisher
 from schedkit.errors import Unavailable
 from schedkit.model import utc_now
 from schedkit.settings import Settings
-from schedkit.store.store import Claims, Store
+from schedkit.store.claimed import Claims
+from schedkit.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from kombu.utils.json import dumps as json_dumps
 
 from schedkit.dispatch.broker import Broker
 from schedkit.dispatch.transport import HANDOFF_TAG_PREFIX
-from schedkit.store.store import Claimed
+from schedkit.store.claimed import Claimed
 
 log = logging.getLogger(__name__)
 

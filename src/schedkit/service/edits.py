@@ -25,8 +25,8 @@ from schedkit.model import (
 )
 from schedkit.service.schedules import Schedules
 from schedkit.store.edits import EditStore
+from schedkit.store.query import TaskQuery
 from schedkit.store.record import Field, encode_template
-from schedkit.store.store import TaskQuery
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from schedkit.errors import InvalidArgument
 from schedkit.recurring import ScheduleRecord
 from schedkit.service.edits import UPDATABLE, TaskEdits
 from schedkit.service.recurring import Recurring
-from schedkit.store.store import TaskQuery
+from schedkit.store.query import TaskQuery
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.wire.convert import (
     outcome_to_proto,

@@ -45,8 +45,9 @@ from schedkit.model import (
 )
 from schedkit.settings import Settings
 from schedkit.store.codec import StateChange
+from schedkit.store.query import TaskQuery
 from schedkit.store.record import NewTasks, Row, Template, dumps, encode_template, template_row
-from schedkit.store.store import Store, TaskQuery
+from schedkit.store.store import Store
 from schedkit.wire.cache import ENTRY_OVERHEAD, ByteBoundedLRU
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from schedkit.service.schedules import (
 )
 from schedkit.service.watch import ChangeFeed
 from schedkit.store.aio import AsyncStore
-from schedkit.store.store import TaskQuery
+from schedkit.store.query import TaskQuery
 from schedkit.v1 import schedule_service_pb2 as pb
 from schedkit.v1 import schedule_service_pb2_grpc as pb_grpc
 from schedkit.wire.cache import TemplateCache

@@ -18,12 +18,8 @@ from schedkit.model import ScheduleResult, TaskRecord
 from schedkit.store.codec import StateChange, changes_of, schedule_payload, schedule_results
 from schedkit.store.connect import async_client, close_async, is_cluster
 from schedkit.store.record import NewTasks, decode
-from schedkit.store.store import (
-    Store,
-    script_argv,
-    script_text,
-    store_errors,
-)
+from schedkit.store.scripts import script_argv, script_text, store_errors
+from schedkit.store.store import Store
 
 
 class AsyncStore:

@@ -8,7 +8,8 @@ from datetime import datetime
 
 import orjson
 
-from schedkit.store.store import Store, script_text, store_errors
+from schedkit.store.scripts import script_text, store_errors
+from schedkit.store.store import Store
 
 #: The Lua files of edits.
 LUA_FILES = ("update", "cancel_many")

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -27,6 +26,7 @@ from schedkit.model import (
     to_millis,
     utc_now,
 )
+from schedkit.store.claimed import CLAIM_SCAN, CLAIM_SLICE, Claimed, Claims
 from schedkit.store.codec import (
     make_page_token,
     pairs,
@@ -36,7 +36,6 @@ from schedkit.store.codec import (
 )
 from schedkit.store.connect import close_sync, is_cluster, sync_client
 from schedkit.store.deferred import Deferred
-from schedkit.store.header import lua_header
 from schedkit.store.keys import (
     MAX_PARTITIONS,
     Keys,
@@ -44,123 +43,19 @@ from schedkit.store.keys import (
     partition_of,
     partition_prefix,
 )
+from schedkit.store.query import TaskQuery
 from schedkit.store.record import Field, NewTasks, decode
+from schedkit.store.replicas import Replicas
+from schedkit.store.scripts import SCRIPTS, load_script, script_argv, store_errors
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
     from schedkit.settings import Settings
 
-SCRIPTS = (
-    "schedule",
-    "claim",
-    "handed",
-    "redeliver",
-    "start",
-    "finish",
-    "cancel",
-    "page",
-    "purge",
-)
 ALL_STATES: tuple[TaskState, ...] = tuple(TaskState)
 
 log = logging.getLogger(__name__)
-
-
-class Claimed:
-    """A task claimed for hand-off, with what apply_async needs.
-
-    A claim read from the store keeps the JSON text its args and kwargs are stored as
-    (``args_json``, ``kwargs_json``; "" for none) and decodes it on first use of ``args`` or
-    ``kwargs``: the publisher splices common shapes into the message without decoding
-    (``schedkit.dispatch.publish``). Built from values, the texts are None.
-    """
-
-    __slots__ = (
-        "_args",
-        "_kwargs",
-        "args_json",
-        "id",
-        "kwargs_json",
-        "partition",
-        "priority",
-        "queue",
-        "run_at",
-        "task",
-    )
-
-    def __init__(
-        self,
-        id: str,
-        task: str,
-        args: list[Any] | None,
-        kwargs: dict[str, Any] | None,
-        run_at: datetime,
-        queue: str,
-        priority: int | None,
-        partition: int = 0,
-        *,
-        args_json: str | None = None,
-        kwargs_json: str | None = None,
-    ) -> None:
-        self.id = id
-        self.task = task
-        self._args = args
-        self._kwargs = kwargs
-        self.run_at = run_at
-        self.queue = queue
-        self.priority = priority
-        #: The store partition it was claimed from: its claim is settled there.
-        self.partition = partition
-        self.args_json = args_json
-        self.kwargs_json = kwargs_json
-
-    @property
-    def args(self) -> list[Any]:
-        """The positional arguments (decoded from the stored text on first use)."""
-        if self._args is None:
-            self._args = json.loads(self.args_json) if self.args_json else []
-        return self._args
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """The keyword arguments (decoded from the stored text on first use)."""
-        if self._kwargs is None:
-            self._kwargs = json.loads(self.kwargs_json) if self.kwargs_json else {}
-        return self._kwargs
-
-    def _key(self) -> tuple[Any, ...]:
-        return (
-            self.id,
-            self.task,
-            self.args,
-            self.kwargs,
-            self.run_at,
-            self.queue,
-            self.priority,
-            self.partition,
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Claimed):
-            return NotImplemented
-        return self._key() == other._key()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable caches: compared, not hashed
-
-    def __repr__(self) -> str:
-        return (
-            f"Claimed(id={self.id!r}, task={self.task!r}, args={self.args!r}, "
-            f"kwargs={self.kwargs!r}, run_at={self.run_at!r}, queue={self.queue!r}, "
-            f"priority={self.priority!r}, partition={self.partition})"
-        )
-
-
-class Claims(list[Claimed]):
-    """Claimed tasks; ``held_back`` counts due tasks the last call left for want of room in
-    their queue (its in-flight bound)."""
-
-    held_back: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,116 +65,6 @@ class Part:
     partition: int
     tasks: NewTasks
     positions: list[int]
-
-
-#: Most tasks one claim script call takes, and most due entries it reads: a call over a
-#: burst of any size stays a few milliseconds long.
-CLAIM_SLICE = 100
-CLAIM_SCAN = 4 * CLAIM_SLICE
-
-
-@dataclass(frozen=True)
-class TaskQuery:
-    """What ListTasks and WatchTasks select; empty fields match everything."""
-
-    states: frozenset[TaskState] = frozenset()
-    task: str = ""
-    labels: tuple[tuple[str, str], ...] = ()
-    run_after: datetime | None = None
-    run_before: datetime | None = None
-    ids: frozenset[str] = frozenset()
-
-    def matches(self, record: TaskRecord) -> bool:
-        """True when ``record`` passes every set field."""
-        spec = record.spec
-        return (
-            (not self.states or record.state in self.states)
-            and (not self.task or spec.task == self.task)
-            and all(spec.labels.get(k) == v for k, v in self.labels)
-            and (self.run_after is None or spec.run_at >= self.run_after)
-            and (self.run_before is None or spec.run_at < self.run_before)
-            and (not self.ids or record.id in self.ids)
-        )
-
-
-@dataclass(frozen=True)
-class Replicas:
-    """How many replicas must confirm a write the caller is told succeeded (Redis WAIT),
-    and for how long to wait for them. Without it, an OK means the primary has the write;
-    a failover before it reached a replica loses it."""
-
-    count: int = 0
-    timeout: float = 1.0
-
-    @classmethod
-    def of(cls, settings: Settings) -> Replicas:
-        if settings.store_replicas < 0:
-            raise ConfigError(
-                f"SCHEDKIT_STORE_REPLICAS is {settings.store_replicas}: give 0 or more"
-            )
-        if settings.store_replicas and settings.store_replica_timeout <= 0:
-            raise ConfigError(
-                "SCHEDKIT_STORE_REPLICA_TIMEOUT must be above 0 seconds "
-                f"(it is {settings.store_replica_timeout:g})"
-            )
-        if (
-            settings.store_replicas
-            and settings.store_timeout
-            and settings.store_replica_timeout >= settings.store_timeout
-        ):
-            raise ConfigError(
-                f"SCHEDKIT_STORE_REPLICA_TIMEOUT ({settings.store_replica_timeout:g} s) must be "
-                f"below SCHEDKIT_STORE_TIMEOUT ({settings.store_timeout:g} s), or the call "
-                "times out before the replicas can answer"
-            )
-        return cls(settings.store_replicas, settings.store_replica_timeout)
-
-    def wait_args(self) -> tuple[int, int]:
-        """WAIT's arguments: replicas, then the timeout in ms (never 0, which blocks)."""
-        return self.count, max(1, int(self.timeout * 1000))
-
-    def check(self, confirmed: int, write: str) -> None:
-        """Raise Unavailable when fewer than ``count`` replicas confirmed ``write``."""
-        if confirmed < self.count:
-            raise Unavailable(
-                f"the store's primary took the {write}, but {confirmed} of "
-                f"{self.count} replicas confirmed it within {self.timeout:g} s "
-                "(SCHEDKIT_STORE_REPLICAS): a failover could lose it. Retrying is safe: the "
-                "same idempotency key never makes a second task, and a cancel is done once"
-            )
-
-
-@contextlib.contextmanager
-def store_errors() -> Iterator[None]:
-    """Map Redis connection failures to Unavailable at the store boundary."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise Unavailable(f"schedule store unreachable: {exc}") from exc
-    except (
-        redis.exceptions.ClusterError,
-        redis.exceptions.TryAgainError,
-        redis.exceptions.RedisClusterException,  # no node of the cluster reachable
-    ) as exc:
-        # A cluster moving slots or failing over a primary: the next call may succeed.
-        raise Unavailable(f"schedule store cluster not ready: {exc}") from exc
-    except redis.ResponseError as exc:
-        if "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
-            raise Unavailable(f"schedule store not ready: {exc}") from exc
-        raise
-
-
-def script_text(name: str, *more: str) -> str:
-    """The Lua source of script ``name``: the generated header, the prelude, the script, and
-    the bodies of ``more`` after it (a guard before the script it guards)."""
-    package = resources.files("schedkit.store") / "lua"
-    prelude = (package / "prelude.lua").read_text()
-    bodies = [(package / f"{part}.lua").read_text() for part in (name, *more)]
-    return lua_header() + prelude + "\n" + "\n".join(bodies)
-
-
-def _load_script(client: redis.Redis, name: str) -> Any:
-    return client.register_script(script_text(name))
 
 
 #: Seconds a store call waits for Redis to take a connection or to answer before it fails
@@ -336,7 +121,7 @@ class Store:
         self.part_script_keys = [keys.script_keys() for keys in self.parts]
         self.script_keys = self.part_script_keys[0]
         self.history = history
-        self._scripts = {name: _load_script(client, name) for name in SCRIPTS}
+        self._scripts = {name: load_script(client, name) for name in SCRIPTS}
         self._wake_turn = 0
 
     @classmethod
@@ -1184,9 +969,3 @@ class Store:
             "cancel", task_id, now=now, partition=self.partition_of(task_id)
         )
         return verdict, TaskState(previous) if previous else None
-
-
-def script_argv(task_prefix: str, history: int, now: datetime | None, *args: Any) -> list[Any]:
-    """A script's ARGV: what prelude.lua reads first (task key prefix, history, clock), then
-    ``args``."""
-    return [task_prefix, history, to_millis(now or utc_now()), *args]
