@@ -167,9 +167,18 @@ def _burst_results(
 
 def _longest_lua_ms(client: redis.Redis) -> dict[str, float]:
     """The longest call of each schedkit script SLOWLOG kept (calls over 1 ms here), in ms."""
+    from schedkit.dispatch import leases
+    from schedkit.store import schedules
     from schedkit.store.scripts import SCRIPTS, script_text
 
-    names = {client.script_load(script_text(name)): name for name in SCRIPTS}
+    texts = {name: script_text(name) for name in SCRIPTS}
+    # The worker's start guard runs the run guard and the start as one script.
+    texts["start"] = script_text("run_guard", "start")
+    # What dispatchers also call: the materializer's schedule scripts, the partition leases.
+    for name, parts in schedules._SCRIPTS.items():
+        texts[f"schedules {name}"] = script_text(*schedules._SCHED, *parts)
+    texts["lease renew"], texts["lease release"] = leases._RENEW, leases._RELEASE
+    names = {client.script_load(text): name for name, text in texts.items()}
     longest: dict[str, float] = {}
     for entry in client.slowlog_get(100_000):
         words = bytes(entry.get("command", b"")).split()
