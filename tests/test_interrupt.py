@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
+
+from conftest import poll
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,13 +34,6 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def _wait(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_sigterm_stops_the_redis_servers_a_test_run_started(tmp_path: Path) -> None:
     out = tmp_path / "url"
     test_file = tmp_path / "test_holding.py"
@@ -56,7 +49,11 @@ def test_sigterm_stops_the_redis_servers_a_test_run_started(tmp_path: Path) -> N
     )
     redis_pid = None
     try:
-        _wait(lambda: (out.exists() and out.read_text()) or run.poll() is not None, 120, "the test")
+        poll(
+            lambda: bool(out.exists() and out.read_text()) or run.poll() is not None,
+            120,
+            "the test",
+        )
         assert run.poll() is None, run.communicate()[0]
         client = redis.Redis.from_url(out.read_text())
         redis_pid = int(client.info("server")["process_id"])
@@ -64,7 +61,7 @@ def test_sigterm_stops_the_redis_servers_a_test_run_started(tmp_path: Path) -> N
 
         run.send_signal(signal.SIGTERM)
         output, _ = run.communicate(timeout=60)
-        _wait(lambda: not _alive(redis_pid), 30, f"the test's redis-server (pid {redis_pid})")
+        poll(lambda: not _alive(redis_pid), 30, f"the test's redis-server (pid {redis_pid})")
         assert "KeyboardInterrupt" in output, output
     finally:
         if run.poll() is None:
