@@ -39,16 +39,18 @@ def env_for(url: str) -> dict[str, str]:
 WORKER_CORES: set[int] | None = None
 
 
-def keep_workers_apart() -> None:
+def keep_workers_apart() -> int:
     """Give the workers the last core and this process (and what it starts from now on:
     Redis, servers, dispatchers) the others, so a worker's rate is its own, not what it
-    gets of cores it shares with the rest, as when workers run on machines of their own."""
+    gets of cores it shares with the rest, as when workers run on machines of their own.
+    Returns the workers' core."""
     global WORKER_CORES
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         raise SystemExit("--pin-workers needs at least 2 cores")
     WORKER_CORES = {cores[-1]}
     os.sched_setaffinity(0, set(cores[:-1]))
+    return cores[-1]
 
 
 def place_worker(pid: int) -> None:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import parts
 from common import Report, Result, Sizes, load, machine
 from parts import bench_redis, keep_workers_apart
 
@@ -180,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown burst side(s) in {options.burst_sides!r}; choose from {BURST_SIDES}")
 
     interrupt_on_sigterm()  # a killed run still stops the servers and workers it started
-    if options.pin_workers:
-        keep_workers_apart()
+    workers_core = keep_workers_apart() if options.pin_workers else None
     report = Report()
     report.loads.append(load())
     started = time.monotonic()
@@ -195,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             for bench in benchmarks(group, burst_sides):
                 bench(report, sizes, redis.url, Path(tmp))
     report.loads.append(load())
-    placement = f"; workers alone on core {min(parts.WORKER_CORES)}" if parts.WORKER_CORES else ""
+    placement = f"; workers alone on core {workers_core}" if workers_core is not None else ""
     print(f"machine: {machine()}{placement}")
     print(
         f"sizes: {', '.join(f'{k}={v:,}' for k, v in dataclasses.asdict(sizes).items())}; "
