@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from schedkit.model import to_millis, utc_now
-from schedkit.store.scripts import store_errors
+from schedkit.store.connect import store_errors
 from schedkit.store.store import Store
 
 log = logging.getLogger(__name__)

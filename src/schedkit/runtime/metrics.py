@@ -50,8 +50,8 @@ from prometheus_client.registry import Collector
 
 from schedkit.errors import Unavailable
 from schedkit.model import FINAL_STATES, LATENESS_BUCKETS_MS, TaskState, to_millis, utc_now
+from schedkit.store.connect import store_errors
 from schedkit.store.keys import Stat
-from schedkit.store.scripts import store_errors
 from schedkit.store.store import Store
 
 log = logging.getLogger(__name__)

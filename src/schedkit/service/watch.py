@@ -22,9 +22,8 @@ from schedkit.model import TaskRecord
 from schedkit.service.schedules import matching_changes, wanted_changes
 from schedkit.store.aio import AsyncStore, stream_cursors
 from schedkit.store.codec import StateChange
-from schedkit.store.connect import async_client, close_async
+from schedkit.store.connect import async_client, close_async, store_errors
 from schedkit.store.query import TaskQuery
-from schedkit.store.scripts import store_errors
 
 log = logging.getLogger(__name__)
 

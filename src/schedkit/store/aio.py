@@ -16,9 +16,9 @@ from typing import Any
 from schedkit.errors import NotFound
 from schedkit.model import ScheduleResult, TaskRecord
 from schedkit.store.codec import StateChange, changes_of, schedule_payload, schedule_results
-from schedkit.store.connect import async_client, close_async, is_cluster
+from schedkit.store.connect import async_client, close_async, is_cluster, store_errors
 from schedkit.store.record import NewTasks, decode
-from schedkit.store.scripts import script_argv, script_text, store_errors
+from schedkit.store.scripts import script_argv, script_text
 from schedkit.store.store import Store
 
 

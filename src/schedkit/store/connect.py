@@ -8,6 +8,8 @@ failover): calls in flight then fail as Unavailable, and the next ones reach the
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, cast
 
 import redis
@@ -17,6 +19,7 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
 
+from schedkit.errors import Unavailable
 from schedkit.settings import CLUSTER_SCHEME, SENTINEL_SCHEME, ClusterUrl, SentinelUrl
 
 
@@ -119,3 +122,23 @@ async def close_async(client: redis.asyncio.Redis) -> None:
     manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", ()):
         await sentinel.aclose()
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Map Redis connection failures to Unavailable at the store boundary."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise Unavailable(f"schedule store unreachable: {exc}") from exc
+    except (
+        redis.exceptions.ClusterError,
+        redis.exceptions.TryAgainError,
+        redis.exceptions.RedisClusterException,  # no node of the cluster reachable
+    ) as exc:
+        # A cluster moving slots or failing over a primary: the next call may succeed.
+        raise Unavailable(f"schedule store cluster not ready: {exc}") from exc
+    except redis.ResponseError as exc:
+        if "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
+            raise Unavailable(f"schedule store not ready: {exc}") from exc
+        raise

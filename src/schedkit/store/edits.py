@@ -8,7 +8,8 @@ from datetime import datetime
 
 import orjson
 
-from schedkit.store.scripts import script_text, store_errors
+from schedkit.store.connect import store_errors
+from schedkit.store.scripts import script_text
 from schedkit.store.store import Store
 
 #: The Lua files of edits.

@@ -25,9 +25,10 @@ from schedkit.errors import NotFound, excerpt
 from schedkit.model import ScheduleResult, TaskSpec, from_millis, to_millis, utc_now
 from schedkit.recurring import ScheduleDef, ScheduleRecord, ScheduleRun
 from schedkit.store.codec import schedule_payload, schedule_results
+from schedkit.store.connect import store_errors
 from schedkit.store.keys import Keys, ScheduleField, run_id_for
 from schedkit.store.record import NewTasks, encode_template, template_row
-from schedkit.store.scripts import script_argv, script_text, store_errors
+from schedkit.store.scripts import script_argv, script_text
 from schedkit.store.store import Store
 
 log = logging.getLogger(__name__)

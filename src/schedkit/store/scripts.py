@@ -1,18 +1,13 @@
-"""The task scripts' Lua source, how they are loaded, and the ARGV every one begins with;
-and how Redis failures reach the store's callers (Unavailable)."""
+"""The task scripts' Lua source, how they are loaded, and the ARGV every one begins with."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from datetime import datetime
 from importlib import resources
 from typing import Any
 
 import redis
-import redis.cluster
 
-from schedkit.errors import Unavailable
 from schedkit.model import to_millis, utc_now
 from schedkit.store.header import lua_header
 
@@ -27,26 +22,6 @@ SCRIPTS = (
     "page",
     "purge",
 )
-
-
-@contextlib.contextmanager
-def store_errors() -> Iterator[None]:
-    """Map Redis connection failures to Unavailable at the store boundary."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise Unavailable(f"schedule store unreachable: {exc}") from exc
-    except (
-        redis.exceptions.ClusterError,
-        redis.exceptions.TryAgainError,
-        redis.exceptions.RedisClusterException,  # no node of the cluster reachable
-    ) as exc:
-        # A cluster moving slots or failing over a primary: the next call may succeed.
-        raise Unavailable(f"schedule store cluster not ready: {exc}") from exc
-    except redis.ResponseError as exc:
-        if "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
-            raise Unavailable(f"schedule store not ready: {exc}") from exc
-        raise
 
 
 def script_text(name: str, *more: str) -> str:

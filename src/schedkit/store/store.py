@@ -34,7 +34,7 @@ from schedkit.store.codec import (
     schedule_payload,
     schedule_results,
 )
-from schedkit.store.connect import close_sync, is_cluster, sync_client
+from schedkit.store.connect import close_sync, is_cluster, store_errors, sync_client
 from schedkit.store.deferred import Deferred
 from schedkit.store.keys import (
     MAX_PARTITIONS,
@@ -46,7 +46,7 @@ from schedkit.store.keys import (
 from schedkit.store.query import TaskQuery
 from schedkit.store.record import Field, NewTasks, decode
 from schedkit.store.replicas import Replicas
-from schedkit.store.scripts import SCRIPTS, load_script, script_argv, store_errors
+from schedkit.store.scripts import SCRIPTS, load_script, script_argv
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
